@@ -1,0 +1,290 @@
+"""``get_amp`` and the :class:`Amp` it returns: libmushu's amplifier API over the bus."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+
+import zmq
+
+from .config import setting
+from .control import ControlClient
+from .errors import AmpError, GapWarning, MushuError, ServiceUnavailable
+from .protocol import Block, ProtocolError, StreamInfo, data_topic, decode_block_frames, decode_message, info_topic
+from .stream import Assembler
+
+log = logging.getLogger("mushu.client")
+
+#: Messages a subscriber queues before the bus drops for it (then the
+#: client refetches from the amp's history).
+RCVHWM = 100_000
+#: Without any message (blocks or the ~1 s stream info) for this long, the
+#: client checks that the amp service is still there.
+SILENCE_S = 3.0
+
+
+def get_available_amps(control: str | None = None, timeout: float = 2.0) -> list[str]:
+    """Names of the amplifiers the amp service can use now.
+
+    Parameters
+    ----------
+    control : str, optional
+        Endpoint of the amp service's control socket (default: environment
+        variable ``MUSHU_AMP_CONTROL``, else ``tcp://127.0.0.1:12346``).
+    timeout : float
+        Seconds to wait for the service.
+
+    Raises
+    ------
+    ServiceUnavailable
+        The amp service did not answer.
+    """
+    ctl = ControlClient(setting("MUSHU_AMP_CONTROL", control), timeout, "amp")
+    try:
+        return [a["name"] for a in ctl.call("amps") if a.get("available")]
+    finally:
+        ctl.close()
+
+
+def get_amp(name: str, data: str | None = None, control: str | None = None,
+            timeout: float = 2.0) -> "Amp":
+    """Select amplifier ``name`` on the amp service and return an :class:`Amp` for it.
+
+    Parameters
+    ----------
+    name : str
+        Driver name, one of :func:`get_available_amps`.
+    data, control : str, optional
+        Endpoints of the amp service's data and control sockets (default:
+        ``MUSHU_AMP_DATA`` / ``MUSHU_AMP_CONTROL``, else localhost).
+    timeout : float
+        Seconds to wait for each control reply and, in :meth:`Amp.get_data`,
+        for new data.
+
+    Raises
+    ------
+    ServiceUnavailable
+        The amp service did not answer.
+    KeyError
+        No driver of that name exists.
+    RuntimeError
+        The driver is not available, or another amp is running.
+    """
+    return Amp(name, data=data, control=control, timeout=timeout)
+
+
+class Amp:
+    """An amplifier run by the amp service, with libmushu's methods.
+
+    ``get_data()`` returns every sample since the previous call, in order,
+    with no gap and no duplicate: blocks the bus dropped or that were sent
+    before the subscription took effect are fetched from the service's
+    history. Samples that cannot be recovered are reported with a
+    :class:`GapWarning` and counted in :attr:`lost_samples`, never silently.
+    """
+
+    def __init__(self, name: str, data: str | None = None, control: str | None = None,
+                 timeout: float = 2.0):
+        self.name = name
+        self.timeout = timeout
+        self.data_endpoint = setting("MUSHU_AMP_DATA", data)
+        self._ctl = ControlClient(setting("MUSHU_AMP_CONTROL", control), timeout, "amp")
+        described = self._ctl.call("use", amp=name)
+        self.stream = described["stream"]
+        self._channels = described["channels"]
+        self._fs = described["fs"]
+        self._sub = zmq.Context.instance().socket(zmq.SUB)
+        self._sub.setsockopt(zmq.LINGER, 0)
+        self._sub.setsockopt(zmq.RCVHWM, RCVHWM)
+        self._sub.connect(self.data_endpoint)
+        self._sub.setsockopt(zmq.SUBSCRIBE, data_topic(self.stream))
+        self._sub.setsockopt(zmq.SUBSCRIBE, info_topic(self.stream))
+        self._asm = Assembler()
+        self._end_sample: int | None = None  # set by stop(): no samples after it
+        self._error: str | None = None
+        self._last_message = time.monotonic()
+        #: Counters: messages that failed to decode, samples lost, (first_sample, count) per gap.
+        self.bad_messages = 0
+        self.gaps: list[tuple[int, int]] = []
+
+    # -- libmushu's methods -------------------------------------------------
+
+    @property
+    def presets(self) -> list:
+        """The driver's presets, ``[[label, kwargs], ...]``."""
+        return self._ctl.call("presets")
+
+    def is_available(self) -> bool:
+        """True if the service reports this amplifier available."""
+        return any(a["name"] == self.name and a["available"] for a in self._ctl.call("amps"))
+
+    def configure(self, **kwargs):
+        """Configure the amplifier; raises the driver's ValueError/TypeError as is."""
+        described = self._ctl.call("configure", kwargs=kwargs)
+        self._channels, self._fs = described["channels"], described["fs"]
+
+    def start(self, filename: str | None = None):
+        """Start acquisition; samples from here on are returned by :meth:`get_data`.
+
+        If the amplifier is already running (started by another client),
+        this joins it from the current sample on.
+        """
+        if filename is not None:
+            raise MushuError(f"cannot record to {filename!r}: recording needs the mushu recorder "
+                             "service, which this version does not include yet")
+        r = self._ctl.call("start")
+        self._channels, self._fs = r["channels"], r["fs"]
+        self._asm.begin(r["session"], r["first_sample"])
+        self._end_sample = None
+        self._error = None
+
+    def stop(self):
+        """Stop acquisition. Samples acquired before it stay readable with :meth:`get_data`."""
+        r = self._ctl.call("stop")
+        if r["session"] == self._asm.session:
+            self._end_sample = r["next_sample"]
+
+    def get_channels(self) -> list[str]:
+        """Channel names, in the order of the data's columns."""
+        return list(self._channels)
+
+    def get_sampling_frequency(self) -> float:
+        """Sampling frequency in Hz."""
+        return self._fs
+
+    def get_data(self):
+        """Return every sample acquired since the previous call, and the markers.
+
+        Waits up to ``timeout`` seconds when no new data has arrived yet.
+
+        Returns
+        -------
+        data : ndarray, shape (n_samples, n_channels)
+            Possibly empty.
+        markers : list of (float, str)
+            ``(ms relative to the first returned sample, label)``.
+
+        Raises
+        ------
+        AmpError
+            The driver failed and acquisition stopped.
+        ServiceUnavailable
+            Nothing arrived for several seconds and the service does not answer.
+        """
+        asm = self._asm
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                frames = self._sub.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                if asm.pending_samples or self._error or self._at_end():
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._check_alive()
+                    break
+                self._sub.poll(remaining * 1000)
+                continue
+            self._last_message = time.monotonic()
+            try:
+                msg = decode_message([f.bytes if i < 2 else f for i, f in enumerate(frames)])
+            except ProtocolError as exc:
+                self.bad_messages += 1
+                log.warning("dropped a malformed message from %s: %s", self.data_endpoint, exc)
+                continue
+            if isinstance(msg, Block):
+                self._on_block(msg)
+            else:
+                self._on_info(msg)
+        if self._end_sample is not None and asm.next_sample < self._end_sample:
+            self._fill(self._end_sample)
+        data = asm.take(len(self._channels))
+        if self._error and not len(data):
+            raise AmpError(self._error)
+        return data, []
+
+    # -- stream bookkeeping -------------------------------------------------
+
+    def _at_end(self) -> bool:
+        return self._end_sample is not None and self._asm.next_sample >= self._end_sample
+
+    def _on_block(self, block: Block):
+        asm = self._asm
+        if asm.session is None:  # reading without start(): join where the stream is
+            asm.begin(block.header.session, block.header.first_sample)
+        elif block.header.session != asm.session:
+            return  # a block of an earlier session still queued
+        if asm.missing_before(block):
+            self._fill(block.header.first_sample)
+        asm.add(block)
+
+    def _on_info(self, info: StreamInfo):
+        self._channels, self._fs = info.channels, info.fs
+        if info.session != self._asm.session or info.session is None:
+            return
+        if info.state == "error":
+            self._error = info.error or "the amplifier driver failed"
+        # The info follows every block before it on the same socket: if it
+        # reports samples this client has not seen, the bus dropped them.
+        if info.next_sample > self._asm.next_sample:
+            self._fill(info.next_sample)
+
+    def _fill(self, until: int):
+        """Fetch samples up to ``until`` from the history; report what it no longer holds."""
+        asm = self._asm
+        while asm.next_sample < until:
+            try:
+                result, frames = self._ctl.request("history", session=asm.session, from_sample=asm.next_sample)
+            except (ValueError, ServiceUnavailable) as exc:
+                log.warning("history fetch failed: %s", exc)
+                break
+            added = 0
+            for i in range(0, len(frames) - 1, 2):
+                try:
+                    block = decode_block_frames(frames[i].bytes, frames[i + 1], self.stream)
+                except ProtocolError as exc:
+                    self.bad_messages += 1
+                    log.warning("malformed history block: %s", exc)
+                    break
+                if asm.missing_before(block):
+                    break
+                added += asm.add(block)
+            if not added:
+                break
+        if asm.next_sample < until:
+            first = asm.next_sample
+            lost = asm.skip_to(until)
+            self.gaps.append((first, lost))
+            warnings.warn(GapWarning(f"{lost} samples lost from sample {first} of session "
+                                     f"{asm.session}: no longer in the amp's history"), stacklevel=4)
+
+    def _check_alive(self):
+        if time.monotonic() - self._last_message > SILENCE_S:
+            self._ctl.call("ping")  # raises ServiceUnavailable naming the endpoint
+            self._last_message = time.monotonic()
+
+    # -- extras -------------------------------------------------------------
+
+    @property
+    def lost_samples(self) -> int:
+        """Samples lost since this object was made (see :attr:`gaps`)."""
+        return self._asm.lost
+
+    def status(self) -> dict:
+        """The amp service's status map."""
+        return self._ctl.call("status")
+
+    def close(self):
+        """Close this client's sockets (the service keeps running)."""
+        self._sub.close(linger=0)
+        self._ctl.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+__all__ = ["Amp", "get_amp", "get_available_amps"]

@@ -1,0 +1,24 @@
+"""Endpoints and their defaults, each overridable by an environment variable.
+
+Everything defaults to localhost so that zero configuration works on one
+machine; on a lab network, set the variables (or pass endpoints as arguments)
+to point the client at the hosts that run the services.
+"""
+
+from __future__ import annotations
+
+import os
+
+#: variable -> default. Services bind to these; clients connect to them.
+DEFAULTS = {
+    "MUSHU_AMP_DATA": "tcp://127.0.0.1:12345",
+    "MUSHU_AMP_CONTROL": "tcp://127.0.0.1:12346",
+    "MUSHU_STREAM": "eeg",
+}
+
+
+def setting(name: str, value: str | None = None) -> str:
+    """Return ``value`` if given, else the environment variable ``name``, else its default."""
+    if value is not None:
+        return value
+    return os.environ.get(name) or DEFAULTS[name]

@@ -1,0 +1,86 @@
+"""Request/reply over a service's control socket, with timeouts that never hang."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import zmq
+
+from .errors import RemoteError, ServiceUnavailable
+from .protocol import BUILTIN_ERRORS, ProtocolError, decode_reply, encode_request
+
+
+class ControlClient:
+    """A DEALER socket that sends one request at a time and waits a bounded time.
+
+    A request that gets no reply within ``timeout`` seconds raises
+    :class:`ServiceUnavailable` naming the endpoint; the socket is then
+    replaced so a late reply cannot be mistaken for the next one (the zguide's
+    "lazy pirate"). Error replies are raised as the exception type the service
+    named when it is one of a few builtins (``ValueError``, ``TypeError``,
+    ...), else as :class:`RemoteError`.
+
+    Parameters
+    ----------
+    endpoint : str
+        ZeroMQ endpoint of the service's control socket.
+    timeout : float
+        Seconds to wait for each reply.
+    service : str
+        Name used in error messages.
+    """
+
+    _ids = itertools.count(1)
+
+    def __init__(self, endpoint: str, timeout: float = 2.0, service: str = "service"):
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.service = service
+        self._ctx = zmq.Context.instance()
+        self._sock = None
+
+    def _socket(self):
+        if self._sock is None:
+            self._sock = self._ctx.socket(zmq.DEALER)
+            self._sock.setsockopt(zmq.LINGER, 0)
+            self._sock.connect(self.endpoint)
+        return self._sock
+
+    def close(self):
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def request(self, cmd: str, timeout: float | None = None, **args):
+        """Send ``cmd`` and return ``(result, extra_frames)``; raise on error."""
+        rid = next(self._ids)
+        sock = self._socket()
+        sock.send_multipart([b"", encode_request(cmd, id=rid, **args)])
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sock.poll(remaining * 1000):
+                self.close()
+                raise ServiceUnavailable(
+                    f"no reply from the mushu {self.service} service at {self.endpoint} within "
+                    f"{self.timeout if timeout is None else timeout:g} s (is it running?)")
+            frames = sock.recv_multipart(copy=False)
+            if len(frames) < 2 or frames[0].bytes != b"":
+                continue
+            try:
+                reply = decode_reply(frames[1].bytes)
+            except ProtocolError as exc:
+                raise ServiceUnavailable(f"{self.endpoint} answered with a malformed reply: {exc}") from None
+            if reply.request_id == rid:
+                break
+        if not reply.ok:
+            exc_type = BUILTIN_ERRORS.get(reply.error_type)
+            if exc_type is not None:
+                raise exc_type(reply.error_message)
+            raise RemoteError(reply.error_type, reply.error_message)
+        return reply.result, frames[2:]
+
+    def call(self, cmd: str, **args):
+        """Send ``cmd`` and return its result; raise on error."""
+        return self.request(cmd, **args)[0]

@@ -1,0 +1,31 @@
+"""Exceptions and warnings of the mushu client."""
+
+
+class MushuError(Exception):
+    """Base class of mushu's own errors."""
+
+
+class ServiceUnavailable(MushuError, ConnectionError):
+    """A service did not answer at its endpoint within the timeout."""
+
+
+class RemoteError(MushuError):
+    """A service refused a request with an error that has no builtin equivalent.
+
+    Attributes
+    ----------
+    type_name : str
+        The exception type the service reported.
+    """
+
+    def __init__(self, type_name: str, message: str):
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+
+
+class AmpError(MushuError):
+    """The amplifier driver failed; acquisition has stopped."""
+
+
+class GapWarning(UserWarning):
+    """Samples were lost and could not be refetched from the history."""

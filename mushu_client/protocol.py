@@ -1,0 +1,464 @@
+"""The mushu wire protocol: every message on the bus is encoded and decoded here.
+
+``docs/protocol.md`` is the normative description; this module is its only
+implementation, shared by the services and the client. Following the pyzmq
+serialization how-to, a data block is a small metadata frame plus a raw
+buffer::
+
+    frame 0  topic    b"data/<stream>/"        (prefix-filterable, delimited)
+    frame 1  header   msgpack map              (see BlockHeader)
+    frame 2  payload  raw samples, C order (n_samples, n_channels)
+
+Every decoder validates every field it reads and raises :class:`ProtocolError`
+naming what is wrong. Nothing is ever unpickled: msgpack maps, strings,
+numbers and raw bytes are the only things a decoder accepts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import msgpack
+import numpy as np
+
+PROTOCOL_VERSION = 1
+
+#: Largest header or control frame a decoder will unpack, in bytes.
+MAX_HEADER_BYTES = 64 * 1024
+#: Largest channel count a header may declare.
+MAX_CHANNELS = 65535
+#: Largest sample count one block may declare.
+MAX_BLOCK_SAMPLES = 1 << 24
+
+STREAM_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
+# numpy dtype strings with an explicit byte order: little '<', big '>', or
+# '|' (not applicable) for one-byte types.
+DTYPE = re.compile(r"^(?:[<>](?:f4|f8|i2|i4|i8|u2|u4|u8)|\|(?:i1|u1))$")
+
+DATA = b"data/"
+INFO = b"info/"
+
+
+class ProtocolError(ValueError):
+    """A message that is foreign, malformed or of an unsupported version."""
+
+
+# ---------------------------------------------------------------------------
+# topics
+
+
+def data_topic(stream: str) -> bytes:
+    """Topic frame of the data blocks of ``stream``; also its SUB prefix."""
+    return DATA + _check_stream(stream).encode() + b"/"
+
+
+def info_topic(stream: str) -> bytes:
+    """Topic frame of the stream-info messages of ``stream``."""
+    return INFO + _check_stream(stream).encode() + b"/"
+
+
+def _check_stream(stream: str) -> str:
+    if not isinstance(stream, str) or not STREAM_NAME.match(stream):
+        raise ProtocolError(f"stream name {stream!r} is not 1-64 characters of [A-Za-z0-9_.-]")
+    return stream
+
+
+def _split_topic(topic: bytes) -> tuple[bytes, str]:
+    if not isinstance(topic, (bytes, bytearray, memoryview)):
+        raise ProtocolError(f"topic frame must be bytes, not {type(topic).__name__}")
+    topic = bytes(topic)
+    for prefix in (DATA, INFO):
+        if topic.startswith(prefix) and topic.endswith(b"/"):
+            name = topic[len(prefix):-1]
+            try:
+                return prefix, _check_stream(name.decode("ascii"))
+            except (UnicodeDecodeError, ProtocolError):
+                break
+    raise ProtocolError(f"topic {topic[:80]!r} is not 'data/<stream>/' or 'info/<stream>/'")
+
+
+# ---------------------------------------------------------------------------
+# msgpack with limits
+
+
+def pack(obj) -> bytes:
+    """Pack a map of plain values (no extension types) with msgpack."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack_map(frame, what: str) -> dict:
+    """Unpack one msgpack map from ``frame`` or raise ProtocolError naming ``what``."""
+    if not isinstance(frame, (bytes, bytearray, memoryview)):
+        raise ProtocolError(f"{what} frame must be bytes, not {type(frame).__name__}")
+    if len(frame) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"{what} frame is {len(frame)} bytes, over the {MAX_HEADER_BYTES} limit")
+    try:
+        obj = msgpack.unpackb(
+            frame,
+            raw=False,
+            strict_map_key=True,
+            ext_hook=_refuse_ext,
+            timestamp=0,
+        )
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"{what} frame is not valid msgpack: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"{what} frame must be a msgpack map, not {type(obj).__name__}")
+    return obj
+
+
+def _refuse_ext(code, data):
+    raise ProtocolError(f"msgpack extension type {code} is not allowed")
+
+
+class _Fields:
+    """Typed, named access to a decoded map; every failure names the field."""
+
+    __slots__ = ("m", "what")
+
+    def __init__(self, m: dict, what: str):
+        self.m = m
+        self.what = what
+
+    def _get(self, key):
+        if key not in self.m:
+            raise ProtocolError(f"{self.what}: missing field {key!r}")
+        return self.m[key]
+
+    def int(self, key, lo=None, hi=None):
+        v = self._get(key)
+        if type(v) is not int:
+            raise ProtocolError(f"{self.what}: field {key!r} must be an integer, not {type(v).__name__}")
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise ProtocolError(f"{self.what}: field {key!r}={v} is outside [{lo}, {hi}]")
+        return v
+
+    def str(self, key, pattern=None, max_len=4096):
+        v = self._get(key)
+        if type(v) is not str:
+            raise ProtocolError(f"{self.what}: field {key!r} must be a string, not {type(v).__name__}")
+        if len(v) > max_len or (pattern is not None and not pattern.match(v)):
+            raise ProtocolError(f"{self.what}: field {key!r}={v[:80]!r} is not a valid value")
+        return v
+
+    def opt_str(self, key, max_len=4096):
+        if self.m.get(key) is None:
+            return None
+        return self.str(key, max_len=max_len)
+
+    def positive(self, key):
+        v = self._get(key)
+        if type(v) not in (int, float) or not math.isfinite(v) or v <= 0:
+            raise ProtocolError(f"{self.what}: field {key!r}={v!r} must be a positive finite number")
+        return float(v)
+
+    def str_list(self, key, length=None):
+        v = self._get(key)
+        if type(v) is not list or not all(type(s) is str and len(s) <= 256 for s in v):
+            raise ProtocolError(f"{self.what}: field {key!r} must be a list of strings")
+        if length is not None and len(v) != length:
+            raise ProtocolError(f"{self.what}: field {key!r} has {len(v)} entries, expected {length}")
+        return v
+
+    def version(self):
+        v = self._get("version")
+        if v != PROTOCOL_VERSION or type(v) is not int:
+            raise ProtocolError(f"{self.what}: protocol version {v!r} is not supported (this is {PROTOCOL_VERSION})")
+
+    def kind(self, expected):
+        v = self._get("kind")
+        if v != expected:
+            raise ProtocolError(f"{self.what}: field 'kind'={v!r}, expected {expected!r}")
+
+
+# ---------------------------------------------------------------------------
+# data blocks
+
+
+@dataclass(frozen=True, slots=True)
+class BlockHeader:
+    """The metadata of one data block.
+
+    Attributes
+    ----------
+    stream : str
+        Name of the stream the block belongs to.
+    session : str
+        32 hex digits, new each time acquisition starts.
+    seq : int
+        Per-stream, per-session block sequence number, from 0, without gaps.
+    first_sample : int
+        Absolute index, within the session, of the block's first sample.
+    n_samples, n_channels : int
+        Shape of the payload.
+    fs : float
+        Sampling frequency in Hz.
+    dtype : str
+        numpy dtype string with explicit byte order, e.g. ``'<f4'``.
+    t_ns : int
+        Acquisition time of the first sample, integer nanoseconds of the
+        source host's monotonic clock.
+    """
+
+    stream: str
+    session: str
+    seq: int
+    first_sample: int
+    n_samples: int
+    n_channels: int
+    fs: float
+    dtype: str
+    t_ns: int
+
+    @property
+    def payload_bytes(self) -> int:
+        return self.n_samples * self.n_channels * np.dtype(self.dtype).itemsize
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A decoded data block: its header and a read-only (n_samples, n_channels) array."""
+
+    header: BlockHeader
+    data: np.ndarray
+
+
+def encode_block_header(h: BlockHeader) -> bytes:
+    return pack({
+        "version": PROTOCOL_VERSION,
+        "kind": "block",
+        "stream": h.stream,
+        "session": h.session,
+        "seq": h.seq,
+        "first_sample": h.first_sample,
+        "n_samples": h.n_samples,
+        "n_channels": h.n_channels,
+        "fs": h.fs,
+        "dtype": h.dtype,
+        "t_ns": h.t_ns,
+    })
+
+
+def encode_block(header: BlockHeader, data: np.ndarray) -> list:
+    """Frames of one data block: ``[topic, header, payload]``.
+
+    ``data`` must be C-contiguous with ``header.dtype`` and shape
+    ``(n_samples, n_channels)``; the payload frame is its buffer, not a copy.
+    """
+    if data.dtype.str != header.dtype or data.shape != (header.n_samples, header.n_channels):
+        raise ValueError(f"block data {data.dtype.str}{data.shape} does not match its header "
+                         f"{header.dtype}({header.n_samples}, {header.n_channels})")
+    if not data.flags.c_contiguous:
+        raise ValueError("block data must be C-contiguous")
+    return [data_topic(header.stream), encode_block_header(header), memoryview(data).cast("B")]
+
+
+def decode_block_header(frame, stream: str | None = None) -> BlockHeader:
+    f = _Fields(unpack_map(frame, "block header"), "block header")
+    f.version()
+    f.kind("block")
+    h = BlockHeader(
+        stream=f.str("stream", STREAM_NAME),
+        session=f.str("session", SESSION_ID),
+        seq=f.int("seq", 0, 2**63 - 1),
+        first_sample=f.int("first_sample", 0, 2**63 - 1),
+        n_samples=f.int("n_samples", 1, MAX_BLOCK_SAMPLES),
+        n_channels=f.int("n_channels", 1, MAX_CHANNELS),
+        fs=f.positive("fs"),
+        dtype=f.str("dtype", DTYPE),
+        t_ns=f.int("t_ns", -(2**63), 2**63 - 1),
+    )
+    if stream is not None and h.stream != stream:
+        raise ProtocolError(f"block header: stream {h.stream!r} does not match topic stream {stream!r}")
+    return h
+
+
+def decode_block_frames(header_frame, payload, stream: str | None = None) -> Block:
+    """Decode a header frame and its payload (bytes, memoryview or zmq.Frame)."""
+    h = decode_block_header(header_frame, stream)
+    buf = memoryview(payload.buffer if hasattr(payload, "buffer") else payload)
+    if buf.nbytes != h.payload_bytes:
+        raise ProtocolError(f"block payload is {buf.nbytes} bytes, header declares "
+                            f"{h.n_samples} x {h.n_channels} x {h.dtype} = {h.payload_bytes}")
+    data = np.frombuffer(buf, dtype=h.dtype).reshape(h.n_samples, h.n_channels)
+    return Block(h, data)
+
+
+# ---------------------------------------------------------------------------
+# stream info
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """What a consumer needs to interpret a stream; sent about once a second.
+
+    Attributes
+    ----------
+    stream, session : str
+        As in :class:`BlockHeader`; ``session`` is None before the first start.
+    amp : str
+        Name of the driver producing the stream.
+    state : str
+        ``'idle'``, ``'running'`` or ``'error'``.
+    fs : float
+    dtype : str
+    channels, units : list of str
+        One name and one unit per channel.
+    last_seq : int
+        Sequence number of the last block published in this session, -1 if none.
+    next_sample : int
+        Absolute index the next block will start at.
+    t_ns : int
+        Sender's monotonic clock when the message was sent.
+    error : str or None
+        The driver's error when ``state == 'error'``.
+    """
+
+    stream: str
+    session: str | None
+    amp: str
+    state: str
+    fs: float
+    dtype: str
+    channels: list = field(default_factory=list)
+    units: list = field(default_factory=list)
+    last_seq: int = -1
+    next_sample: int = 0
+    t_ns: int = 0
+    error: str | None = None
+
+
+STATES = ("idle", "running", "error")
+
+
+def encode_info(info: StreamInfo) -> list:
+    """Frames of a stream-info message: ``[topic, header]``."""
+    return [info_topic(info.stream), pack({
+        "version": PROTOCOL_VERSION,
+        "kind": "info",
+        "stream": info.stream,
+        "session": info.session,
+        "amp": info.amp,
+        "state": info.state,
+        "fs": info.fs,
+        "dtype": info.dtype,
+        "channels": list(info.channels),
+        "units": list(info.units),
+        "last_seq": info.last_seq,
+        "next_sample": info.next_sample,
+        "t_ns": info.t_ns,
+        "error": info.error,
+    })]
+
+
+def decode_info(frame, stream: str | None = None) -> StreamInfo:
+    f = _Fields(unpack_map(frame, "stream info"), "stream info")
+    f.version()
+    f.kind("info")
+    session = f.m.get("session")
+    if session is not None:
+        session = f.str("session", SESSION_ID)
+    channels = f.str_list("channels")
+    if len(channels) > MAX_CHANNELS:
+        raise ProtocolError("stream info: too many channels")
+    state = f.str("state")
+    if state not in STATES:
+        raise ProtocolError(f"stream info: field 'state'={state!r} is not one of {STATES}")
+    info = StreamInfo(
+        stream=f.str("stream", STREAM_NAME),
+        session=session,
+        amp=f.str("amp", max_len=64),
+        state=state,
+        fs=f.positive("fs"),
+        dtype=f.str("dtype", DTYPE),
+        channels=channels,
+        units=f.str_list("units", len(channels)),
+        last_seq=f.int("last_seq", -1, 2**63 - 1),
+        next_sample=f.int("next_sample", 0, 2**63 - 1),
+        t_ns=f.int("t_ns", -(2**63), 2**63 - 1),
+        error=f.opt_str("error"),
+    )
+    if stream is not None and info.stream != stream:
+        raise ProtocolError(f"stream info: stream {info.stream!r} does not match topic stream {stream!r}")
+    return info
+
+
+def decode_message(frames) -> Block | StreamInfo:
+    """Decode one bus message (a list of frames) into a Block or StreamInfo."""
+    if not isinstance(frames, (list, tuple)) or not frames:
+        raise ProtocolError("empty message")
+    prefix, stream = _split_topic(frames[0])
+    if prefix == DATA:
+        if len(frames) != 3:
+            raise ProtocolError(f"data message has {len(frames)} frames, expected 3")
+        return decode_block_frames(frames[1], frames[2], stream)
+    if len(frames) != 2:
+        raise ProtocolError(f"info message has {len(frames)} frames, expected 2")
+    return decode_info(frames[1], stream)
+
+
+# ---------------------------------------------------------------------------
+# control requests and replies (ROUTER/DEALER, REQ-compatible envelope)
+
+#: Exception types a reply may name that the client raises as themselves;
+#: anything else becomes a RemoteError. Names are looked up, never evaluated.
+BUILTIN_ERRORS = {"ValueError": ValueError, "TypeError": TypeError, "KeyError": KeyError,
+                  "RuntimeError": RuntimeError, "NotImplementedError": NotImplementedError}
+
+COMMAND = re.compile(r"^[a-z_]{1,32}$")
+
+
+def encode_request(cmd: str, **args) -> bytes:
+    """Encode a control request ``{"version", "cmd", **args}``."""
+    return pack({"version": PROTOCOL_VERSION, "cmd": cmd, **args})
+
+
+def decode_request(frame) -> tuple[str, dict]:
+    """Return ``(cmd, args)`` of a control request."""
+    m = unpack_map(frame, "control request")
+    f = _Fields(m, "control request")
+    f.version()
+    cmd = f.str("cmd", COMMAND)
+    args = {k: v for k, v in m.items() if k not in ("version", "cmd")}
+    return cmd, args
+
+
+def encode_reply(result=None, request_id=None) -> bytes:
+    """A successful reply; ``request_id`` echoes the request's ``id`` field."""
+    return pack({"version": PROTOCOL_VERSION, "id": request_id, "ok": True, "result": result})
+
+
+def encode_error(exc_type: str, message: str, request_id=None) -> bytes:
+    """A failed reply naming the exception type and its message."""
+    return pack({"version": PROTOCOL_VERSION, "id": request_id, "ok": False,
+                 "error": {"type": exc_type, "message": message}})
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    ok: bool
+    request_id: object = None
+    result: object = None
+    error_type: str | None = None
+    error_message: str | None = None
+
+
+def decode_reply(frame) -> Reply:
+    f = _Fields(unpack_map(frame, "control reply"), "control reply")
+    f.version()
+    ok = f.m.get("ok")
+    rid = f.m.get("id")
+    if ok is True:
+        return Reply(True, rid, f.m.get("result"))
+    if ok is False:
+        err = f.m.get("error")
+        if not isinstance(err, dict):
+            raise ProtocolError("control reply: field 'error' must be a map")
+        e = _Fields(err, "control reply error")
+        return Reply(False, rid, None, e.str("type", max_len=64), e.str("message", max_len=65536))
+    raise ProtocolError(f"control reply: field 'ok' must be true or false, not {ok!r}")

@@ -1,0 +1,86 @@
+"""Reassembling a block stream into contiguous samples (no sockets here).
+
+:class:`Assembler` takes decoded blocks in any mix of live and history
+blocks, keeps exactly the samples from its expected position on, once each
+and in order, and tells its owner where samples are missing so they can be
+fetched from the history (the zguide's Clone pattern: subscribe, fetch
+history, drop what the history already covered).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .protocol import Block
+
+
+class Assembler:
+    """Contiguous samples of one session, from ``next_sample`` on.
+
+    Attributes
+    ----------
+    session : str or None
+        The session being assembled.
+    next_sample : int
+        Absolute index of the next sample expected.
+    duplicates : int
+        Samples received twice and dropped.
+    lost : int
+        Samples declared lost with :meth:`skip_to`.
+    """
+
+    def __init__(self):
+        self.session = None
+        self.next_sample = 0
+        self.next_seq = 0
+        self.duplicates = 0
+        self.lost = 0
+        self._pending: list[np.ndarray] = []
+
+    def begin(self, session: str, first_sample: int):
+        """Expect ``session`` from sample ``first_sample`` on; drop anything pending."""
+        self.session = session
+        self.next_sample = first_sample
+        self._pending = []
+
+    def missing_before(self, block: Block) -> int:
+        """Samples missing between what was assembled and ``block`` (0 if none)."""
+        return max(0, block.header.first_sample - self.next_sample)
+
+    def add(self, block: Block) -> int:
+        """Append the part of ``block`` not yet assembled; return samples added.
+
+        The block must not start after ``next_sample`` (fill or skip the gap
+        first).
+        """
+        h = block.header
+        skip = self.next_sample - h.first_sample
+        if skip < 0:
+            raise ValueError(f"block starts at sample {h.first_sample}, after the expected {self.next_sample}")
+        if skip >= h.n_samples:
+            self.duplicates += h.n_samples
+            return 0
+        self.duplicates += skip
+        self._pending.append(block.data[skip:] if skip else block.data)
+        self.next_sample = h.first_sample + h.n_samples
+        self.next_seq = h.seq + 1
+        return h.n_samples - skip
+
+    def skip_to(self, sample: int) -> int:
+        """Declare the samples before ``sample`` lost; return how many."""
+        n = max(0, sample - self.next_sample)
+        self.lost += n
+        self.next_sample = max(self.next_sample, sample)
+        return n
+
+    @property
+    def pending_samples(self) -> int:
+        return sum(len(a) for a in self._pending)
+
+    def take(self, n_channels: int) -> np.ndarray:
+        """Return the assembled samples as one new (time, channels) array in native byte order."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return np.empty((0, n_channels), np.float32)
+        out = np.concatenate(pending) if len(pending) > 1 else pending[0].copy()
+        return out if out.dtype.isnative else out.astype(out.dtype.newbyteorder("="))

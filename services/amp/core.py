@@ -1,0 +1,371 @@
+"""The amp service's core: one driver, its state, its blocks and its history.
+
+No sockets here. ``AmpCore.acquire()`` turns what the driver returns into
+stamped, numbered blocks; ``AmpCore.handle(cmd, args)`` answers a control
+request or raises the exception the caller should see. The service
+(``service.py``) does the I/O around it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import inspect
+import logging
+import os
+import time
+import uuid
+
+import numpy as np
+
+from mushu_client import __version__
+from mushu_client.protocol import PROTOCOL_VERSION, BlockHeader, StreamInfo, encode_block_header
+
+from . import drivers
+
+log = logging.getLogger("mushu.amp")
+
+#: Largest payload of one published block; a driver's larger return is split.
+MAX_BLOCK_BYTES = 1 << 20
+#: Default history size: 64 ch x 1 kHz x float32 is 256 kB/s, so 64 MiB keeps
+#: over four minutes of it (the requirement is at least 60 s).
+DEFAULT_HISTORY_BYTES = 64 << 20
+#: Largest reply to one history request; the consumer asks again for more.
+MAX_HISTORY_REPLY_BYTES = 16 << 20
+
+
+class History:
+    """The most recent blocks of the current session, bounded in bytes.
+
+    Blocks are contiguous (each starts where the previous ended), so a
+    sample index or a sequence number locates a block by bisection.
+    """
+
+    def __init__(self, limit_bytes: int = DEFAULT_HISTORY_BYTES):
+        self.limit_bytes = limit_bytes
+        self.clear()
+
+    def clear(self):
+        self._first: list[int] = []     # first_sample of each block
+        self._blocks: list[tuple] = []  # (header, header_frame, data)
+        self._head = 0                  # index of the oldest kept block
+        self.nbytes = 0
+
+    def __len__(self):
+        return len(self._blocks) - self._head
+
+    def append(self, header: BlockHeader, header_frame: bytes, data: np.ndarray):
+        self._first.append(header.first_sample)
+        self._blocks.append((header, header_frame, data))
+        self.nbytes += data.nbytes
+        while self.nbytes > self.limit_bytes and len(self) > 1:
+            self.nbytes -= self._blocks[self._head][2].nbytes
+            self._blocks[self._head] = None
+            self._head += 1
+        if self._head > 4096 and self._head * 2 > len(self._blocks):
+            del self._first[: self._head], self._blocks[: self._head]
+            self._head = 0
+
+    @property
+    def oldest_sample(self) -> int | None:
+        return self._first[self._head] if len(self) else None
+
+    def since_sample(self, sample: int, max_bytes: int = MAX_HISTORY_REPLY_BYTES) -> list[tuple]:
+        """Blocks from the one containing ``sample`` on, up to ``max_bytes`` of payload."""
+        i = max(self._head, bisect.bisect_right(self._first, sample, lo=self._head) - 1)
+        out, size = [], 0
+        for block in self._blocks[i:]:
+            if out and size + block[2].nbytes > max_bytes:
+                break
+            out.append(block)
+            size += block[2].nbytes
+        return out
+
+    def since_seq(self, seq: int, max_bytes: int = MAX_HISTORY_REPLY_BYTES) -> list[tuple]:
+        """Blocks with sequence number ``seq`` and later, up to ``max_bytes``."""
+        if not len(self):
+            return []
+        oldest_seq = self._blocks[self._head][0].seq
+        i = self._head + max(0, seq - oldest_seq)
+        out, size = [], 0
+        for block in self._blocks[i:]:
+            if out and size + block[2].nbytes > max_bytes:
+                break
+            out.append(block)
+            size += block[2].nbytes
+        return out
+
+
+class AmpCore:
+    """State of the amp service and the rules of its control commands.
+
+    Parameters
+    ----------
+    stream : str
+        Name of the published stream.
+    history_bytes : int
+        Size of the block history kept for late or restarted consumers.
+    """
+
+    def __init__(self, stream: str = "eeg", history_bytes: int = DEFAULT_HISTORY_BYTES):
+        self.stream = stream
+        self.history = History(history_bytes)
+        self.amp_name: str | None = None
+        self.driver = None
+        self.config: dict = {}
+        self.state = "idle"
+        self.error: str | None = None
+        self.session: str | None = None
+        self.seq = 0
+        self.next_sample = 0
+        self.dtype = "<f4"
+        self.channels: list[str] = []
+        self.fs = 1.0
+        self.blocks_published = 0
+        self.samples_published = 0
+        self.bad_requests = 0
+        self.driver_errors = 0
+        self.started_ns = time.monotonic_ns()
+        self.commands = {
+            "ping": self.cmd_ping, "amps": self.cmd_amps, "use": self.cmd_use,
+            "configure": self.cmd_configure, "start": self.cmd_start, "stop": self.cmd_stop,
+            "channels": self.cmd_channels, "fs": self.cmd_fs, "presets": self.cmd_presets,
+            "status": self.cmd_status, "time": self.cmd_time, "history": self.cmd_history,
+        }
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    # -- acquisition ------------------------------------------------------
+
+    def acquire(self) -> list[tuple[BlockHeader, bytes, np.ndarray]]:
+        """Read the driver once; return the new blocks ``(header, header_frame, data)``.
+
+        A driver exception stops acquisition and puts the service in the
+        ``error`` state, with the driver's message for status and clients.
+        """
+        try:
+            data, _markers = self.driver.get_data()
+            t_read = time.monotonic_ns()
+            data = self._as_block_array(data)
+        except Exception as exc:
+            self._driver_failed(exc)
+            return []
+        n = data.shape[0]
+        if n == 0:
+            return []
+        # The last sample was acquired by the time the read returned; the
+        # earlier ones one sample period apart before it.
+        period_ns = 1e9 / self.fs
+        t_first = t_read - round((n - 1) * period_ns)
+        step = max(1, MAX_BLOCK_BYTES // max(1, data.strides[0]))
+        out = []
+        for i in range(0, n, step):
+            chunk = data[i:i + step]
+            header = BlockHeader(self.stream, self.session, self.seq, self.next_sample,
+                                 chunk.shape[0], chunk.shape[1], self.fs, self.dtype,
+                                 t_first + round(i * period_ns))
+            frame = encode_block_header(header)
+            self.history.append(header, frame, chunk)
+            out.append((header, frame, chunk))
+            self.seq += 1
+            self.next_sample += chunk.shape[0]
+            self.blocks_published += 1
+            self.samples_published += chunk.shape[0]
+        return out
+
+    def _as_block_array(self, data) -> np.ndarray:
+        data = np.asarray(data)
+        if data.ndim != 2 or data.shape[1] != len(self.channels):
+            raise ValueError(f"driver returned data of shape {data.shape}, "
+                             f"expected (n, {len(self.channels)})")
+        if data.dtype.str != self.dtype:
+            data = data.astype(np.dtype(self.dtype))
+        return np.ascontiguousarray(data)
+
+    def _driver_failed(self, exc: BaseException):
+        self.driver_errors += 1
+        self.error = f"{self.amp_name}: {type(exc).__name__}: {exc}"
+        self.state = "error"
+        log.error("driver failed, acquisition stopped: %s", self.error)
+        try:
+            self.driver.stop()
+        except Exception as stop_exc:
+            log.error("driver.stop() after the failure failed too: %s", stop_exc)
+
+    def info(self) -> StreamInfo:
+        """The stream-info message describing the stream now."""
+        return StreamInfo(
+            stream=self.stream, session=self.session, amp=self.amp_name or "",
+            state=self.state, fs=float(self.fs), dtype=self.dtype,
+            channels=list(self.channels), units=[self.unit] * len(self.channels),
+            last_seq=self.seq - 1, next_sample=self.next_sample,
+            t_ns=time.monotonic_ns(), error=self.error)
+
+    @property
+    def unit(self) -> str:
+        return getattr(self.driver, "unit", "uV")
+
+    # -- control commands -------------------------------------------------
+
+    def handle(self, cmd: str, args: dict):
+        """Run control command ``cmd``; return its result or raise."""
+        fn = self.commands.get(cmd)
+        if fn is None:
+            raise ValueError(f"unknown command {cmd!r}; commands: {', '.join(sorted(self.commands))}")
+        return fn(**_check_args(cmd, args, fn))
+
+    def _need_driver(self):
+        if self.driver is None:
+            raise RuntimeError("no amp selected; send 'use' with an amp name first")
+
+    def cmd_ping(self):
+        return {"service": "amp", "version": __version__, "protocol": PROTOCOL_VERSION,
+                "stream": self.stream}
+
+    def cmd_amps(self):
+        return drivers.describe_amps()
+
+    def cmd_use(self, amp: str):
+        """Select driver ``amp``; a no-op if it is already selected."""
+        if not isinstance(amp, str):
+            raise TypeError(f"amp must be a string, not {type(amp).__name__}")
+        if amp == self.amp_name:
+            return self._describe()
+        if self.running:
+            raise RuntimeError(f"amp {self.amp_name!r} is running; stop it before selecting {amp!r}")
+        cls = drivers.load_driver(amp)
+        if not cls.is_available():
+            raise RuntimeError(f"amp {amp!r} is not available on this host")
+        driver = cls()
+        self.driver, self.amp_name, self.config, self.error = driver, amp, {}, None
+        self.state = "idle"
+        self._read_driver_shape()
+        log.info("selected amp %s", amp)
+        return self._describe()
+
+    def cmd_configure(self, kwargs: dict | None = None):
+        self._need_driver()
+        if self.running:
+            raise RuntimeError("cannot configure while running; stop the amp first")
+        kwargs = kwargs or {}
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            raise TypeError("configure arguments must be a map of names to values")
+        self.driver.configure(**kwargs)
+        self._read_driver_shape()
+        self.config = dict(kwargs)
+        if self.state == "error":
+            self.state, self.error = "idle", None
+        log.info("configured %s with %s", self.amp_name, kwargs)
+        return self._describe()
+
+    def _read_driver_shape(self):
+        fs = self.driver.get_sampling_frequency()
+        channels = [str(c) for c in self.driver.get_channels()]
+        if isinstance(fs, bool) or not isinstance(fs, (int, float, np.number)) or not fs > 0:
+            raise ValueError(f"driver reports an invalid sampling frequency {fs!r}")
+        self.fs, self.channels = float(fs), channels
+
+    def cmd_start(self):
+        self._need_driver()
+        if self.running:
+            return {**self._describe(), "first_sample": self.next_sample, "joined": True}
+        self._read_driver_shape()
+        self.driver.start()
+        self.session = uuid.uuid4().hex
+        self.seq = 0
+        self.next_sample = 0
+        self.history.clear()
+        self.state, self.error = "running", None
+        log.info("started %s: session %s, %g Hz, %d channels",
+                 self.amp_name, self.session, self.fs, len(self.channels))
+        return {**self._describe(), "first_sample": 0, "joined": False}
+
+    def cmd_stop(self):
+        self._need_driver()
+        if self.running:
+            self.driver.stop()
+            self.state = "idle"
+            log.info("stopped %s after %d samples", self.amp_name, self.next_sample)
+        return self._describe()
+
+    def cmd_channels(self):
+        self._need_driver()
+        return list(self.channels)
+
+    def cmd_fs(self):
+        self._need_driver()
+        return self.fs
+
+    def cmd_presets(self):
+        self._need_driver()
+        return [[str(label), dict(kw)] for label, kw in self.driver.presets]
+
+    def cmd_time(self):
+        return {"t_ns": time.monotonic_ns()}
+
+    def cmd_status(self):
+        return {
+            **self._describe(),
+            "pid": os.getpid(),
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "uptime_s": (time.monotonic_ns() - self.started_ns) / 1e9,
+            "config": self.config,
+            "blocks_published": self.blocks_published,
+            "samples_published": self.samples_published,
+            "bad_requests": self.bad_requests,
+            "driver_errors": self.driver_errors,
+            "history": {"blocks": len(self.history), "bytes": self.history.nbytes,
+                        "limit_bytes": self.history.limit_bytes,
+                        "oldest_sample": self.history.oldest_sample},
+        }
+
+    def cmd_history(self, session: str, from_sample: int | None = None, from_seq: int | None = None):
+        """Blocks of ``session`` from a sample index or a sequence number on.
+
+        Returns the result map and the blocks; the service sends each block
+        as two extra reply frames (header, payload).
+        """
+        if session != self.session:
+            raise ValueError(f"session {session!r} is not in the history (current session {self.session!r})")
+        if (from_sample is None) == (from_seq is None):
+            raise TypeError("history needs exactly one of from_sample and from_seq")
+        for name, v in (("from_sample", from_sample), ("from_seq", from_seq)):
+            if v is not None and (type(v) is not int or v < 0):
+                raise TypeError(f"{name} must be a non-negative integer, not {v!r}")
+        blocks = (self.history.since_sample(from_sample) if from_seq is None
+                  else self.history.since_seq(from_seq))
+        result = {"session": self.session, "blocks": len(blocks),
+                  "oldest_sample": self.history.oldest_sample, "next_sample": self.next_sample}
+        return HistoryReply(result, blocks)
+
+    def _describe(self):
+        return {"amp": self.amp_name, "stream": self.stream, "state": self.state,
+                "error": self.error, "session": self.session, "fs": self.fs,
+                "channels": list(self.channels), "last_seq": self.seq - 1,
+                "next_sample": self.next_sample}
+
+
+class HistoryReply:
+    """A control result that carries blocks as extra frames."""
+
+    __slots__ = ("result", "blocks")
+
+    def __init__(self, result, blocks):
+        self.result = result
+        self.blocks = blocks
+
+
+def _check_args(cmd: str, args: dict, fn) -> dict:
+    """Refuse arguments a command does not take, naming them."""
+    params = inspect.signature(fn).parameters
+    args = {k: v for k, v in args.items() if k != "id"}
+    unknown = [k for k in args if k not in params]
+    if unknown:
+        raise TypeError(f"command {cmd!r} takes no argument {', '.join(map(repr, unknown))}")
+    missing = [p.name for p in params.values()
+               if p.default is inspect.Parameter.empty and p.name not in args]
+    if missing:
+        raise TypeError(f"command {cmd!r} needs argument {', '.join(map(repr, missing))}")
+    return args

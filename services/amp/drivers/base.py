@@ -1,0 +1,116 @@
+"""The driver interface: libmushu's ``Amplifier`` and a clock for simulated amplifiers."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+class Amplifier:
+    """Base class of every amplifier driver, with libmushu's interface.
+
+    A driver is one class. The amp service calls, in its own loop,
+    ``configure(**kwargs)`` (with the user's arguments), ``start()``,
+    ``get_data()`` as often as it can, and ``stop()``. ``configure`` raises
+    ``ValueError`` or ``TypeError`` for settings the amplifier cannot do; the
+    client re-raises them unchanged.
+
+    Attributes
+    ----------
+    presets : list of [str, dict]
+        Named configurations, ``[label, kwargs-for-configure]``.
+    unit : str
+        Physical unit of every channel's values.
+    """
+
+    presets: list = []
+    unit = "uV"
+
+    def configure(self, **kwargs):
+        """Configure the amplifier (mode, sampling frequency, channels, ...)."""
+
+    def start(self):
+        """Make the amplifier ready for delivering data."""
+
+    def stop(self):
+        """Stop the amplifier."""
+
+    def get_data(self):
+        """Return ``(data, markers)``: the samples acquired since the last call.
+
+        Returns
+        -------
+        data : ndarray, shape (n_samples, n_channels)
+            Possibly zero samples.
+        markers : list of (float, str)
+            Markers the device itself produced, in ms relative to the first
+            sample of ``data``.
+        """
+        raise NotImplementedError
+
+    def get_channels(self):
+        """Return the channel names, in the order of the data's columns."""
+        raise NotImplementedError
+
+    def get_sampling_frequency(self):
+        """Return the sampling frequency in Hz."""
+        raise NotImplementedError
+
+    @staticmethod
+    def is_available():
+        """Return True if the amplifier can be used on this computer."""
+        return False
+
+
+class SimulatedAmplifier(Amplifier):
+    """An amplifier whose samples are due by the monotonic clock.
+
+    Sample ``k`` of a run is due ``k / fs`` seconds after ``start()``;
+    ``get_data`` returns every sample due by now and not yet returned, so the
+    stream has exactly ``fs`` samples per second of the clock without drift.
+    Subclasses set ``fs`` and ``channels`` and implement ``samples(k0, n)``.
+    """
+
+    fs: float = 100.0
+    channels: int = 1
+
+    def start(self):
+        self._t0 = time.monotonic_ns()
+        self._next = 0
+
+    def get_data(self):
+        elapsed = time.monotonic_ns() - self._t0
+        fs = self.fs
+        if fs == int(fs):  # integer arithmetic stays exact for any run length
+            due = elapsed * int(fs) // 1_000_000_000 + 1
+        else:
+            due = int(elapsed * fs // 1_000_000_000) + 1
+        n = due - self._next
+        if n <= 0:
+            return np.empty((0, self.channels), np.float32), []
+        data = self.samples(self._next, n)
+        self._next = due
+        return data, []
+
+    def samples(self, k0: int, n: int) -> np.ndarray:
+        """Return samples ``k0 .. k0+n-1`` as a float32 (n, channels) array."""
+        raise NotImplementedError
+
+    def get_channels(self):
+        return [f"Ch_{i}" for i in range(self.channels)]
+
+    def get_sampling_frequency(self):
+        return self.fs
+
+    @staticmethod
+    def is_available():
+        return True
+
+
+def check_fs_channels(fs, channels):
+    """Validate the ``fs`` and ``channels`` arguments shared by simulated drivers."""
+    if isinstance(fs, bool) or not isinstance(fs, (int, float)) or not fs > 0 or fs != fs or fs == float("inf"):
+        raise ValueError(f"fs must be a positive number of Hz, not {fs!r}")
+    if isinstance(channels, bool) or not isinstance(channels, int) or not 1 <= channels <= 65535:
+        raise ValueError(f"channels must be an integer from 1 to 65535, not {channels!r}")

@@ -1,0 +1,216 @@
+"""The amp service process: sockets and threads around :class:`AmpCore`.
+
+Two threads share the core under one lock:
+
+- the acquisition thread owns the PUB socket; while running it reads the
+  driver once per block period, publishes the stamped blocks and, about once
+  a second (and at once after a state change), the stream info;
+- the main thread owns the ROUTER control socket and answers requests.
+
+A driver that blocks in ``get_data`` (hardware) holds the lock only for that
+read, so control requests wait at most one device read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+
+import zmq
+
+from mushu_client.config import setting
+from mushu_client.protocol import ProtocolError, data_topic, decode_request, encode_error, encode_info, encode_reply
+
+from .core import DEFAULT_HISTORY_BYTES, AmpCore, HistoryReply
+
+log = logging.getLogger("mushu.amp")
+
+#: Commands after which the acquisition thread publishes stream info at once.
+STATE_COMMANDS = frozenset({"use", "configure", "start", "stop"})
+INFO_PERIOD_NS = 1_000_000_000
+
+
+class AmpService:
+    """Bind the sockets and serve until :meth:`shutdown`.
+
+    Parameters
+    ----------
+    core : AmpCore
+    data_endpoint, control_endpoint : str
+        ZeroMQ endpoints to bind the PUB and ROUTER sockets to.
+    block_ms : float
+        Period of the acquisition loop, i.e. the duration of a simulated block.
+    sndhwm : int
+        PUB high-water mark per subscriber, in messages. A consumer that falls
+        further behind loses blocks on the bus and refetches them from the
+        history.
+    """
+
+    def __init__(self, core: AmpCore, data_endpoint: str, control_endpoint: str,
+                 block_ms: float = 1.0, sndhwm: int = 10000):
+        self.core = core
+        self.period_ns = max(1, int(block_ms * 1e6))
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.quit = threading.Event()
+        self.ctx = zmq.Context()
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.SNDHWM, sndhwm)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.ctl = self.ctx.socket(zmq.ROUTER)
+        self.ctl.setsockopt(zmq.LINGER, 0)
+        try:
+            self.pub.bind(data_endpoint)
+            self.ctl.bind(control_endpoint)
+        except zmq.ZMQError as exc:
+            self.ctx.destroy(linger=0)
+            raise OSError(f"cannot bind amp service to {data_endpoint} / {control_endpoint}: {exc}") from None
+        self.data_endpoint = data_endpoint
+        self.control_endpoint = control_endpoint
+
+    def run(self):
+        """Serve until :meth:`shutdown` is called (e.g. from a signal handler)."""
+        acq = threading.Thread(target=self._acquisition_loop, name="acquisition", daemon=True)
+        acq.start()
+        log.info("amp service: data on %s, control on %s", self.data_endpoint, self.control_endpoint)
+        try:
+            self._control_loop()
+        finally:
+            self.quit.set()
+            self.wake.set()
+            acq.join()
+            with self.lock:
+                if self.core.running:
+                    self.core.cmd_stop()
+            self.ctx.destroy(linger=0)
+
+    def shutdown(self):
+        self.quit.set()
+        self.wake.set()
+
+    # -- control ----------------------------------------------------------
+
+    def _control_loop(self):
+        poller = zmq.Poller()
+        poller.register(self.ctl, zmq.POLLIN)
+        while not self.quit.is_set():
+            if poller.poll(100):
+                self._serve(self.ctl.recv_multipart())
+
+    def _serve(self, frames: list[bytes]):
+        try:
+            split = frames.index(b"", 1)
+        except ValueError:
+            split = 0
+        envelope = frames[:split + 1] if split else [frames[0], b""]
+        body = frames[split + 1:] if split else frames[1:]
+        rid = None
+        try:
+            if len(body) != 1:
+                raise ProtocolError(f"control request has {len(body)} body frames, expected 1")
+            cmd, args = decode_request(body[0])
+            rid = args.get("id")
+            with self.lock:
+                result = self.core.handle(cmd, args)
+        except ProtocolError as exc:
+            with self.lock:
+                self.core.bad_requests += 1
+            log.warning("malformed control request: %s", exc)
+            reply = [encode_error("ProtocolError", str(exc), None)]
+        except Exception as exc:
+            with self.lock:
+                self.core.bad_requests += 1
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            log.warning("control request failed: %s: %s", type(exc).__name__, message)
+            reply = [encode_error(type(exc).__name__, str(message), _plain(rid))]
+        else:
+            if cmd in STATE_COMMANDS:
+                self.wake.set()
+            if isinstance(result, HistoryReply):
+                reply = [encode_reply(result.result, _plain(rid))]
+                for _header, frame, data in result.blocks:
+                    reply += [frame, data]
+            else:
+                reply = [encode_reply(result, _plain(rid))]
+        self.ctl.send_multipart(envelope + reply, copy=False)
+
+    # -- acquisition ------------------------------------------------------
+
+    def _acquisition_loop(self):
+        topic = data_topic(self.core.stream)
+        send = self.pub.send_multipart
+        next_tick = time.monotonic_ns()
+        next_info = 0
+        while not self.quit.is_set():
+            with self.lock:
+                running = self.core.running
+                blocks = self.core.acquire() if running else ()
+            for _header, frame, data in blocks:
+                send([topic, frame, data], copy=False)
+            now = time.monotonic_ns()
+            if now >= next_info or self.wake.is_set():
+                self.wake.clear()
+                with self.lock:
+                    info = self.core.info()
+                    running = self.core.running
+                send(encode_info(info))
+                next_info = now + INFO_PERIOD_NS
+            if running:
+                next_tick += self.period_ns
+                if next_tick < now - self.period_ns:  # fell behind: do not burst to catch up
+                    next_tick = now
+                if next_tick > now:
+                    time.sleep((next_tick - now) / 1e9)
+            else:
+                self.wake.wait((next_info - now) / 1e9)
+                next_tick = time.monotonic_ns()
+
+
+def _plain(rid):
+    """Echo a request id only if it is a plain scalar."""
+    return rid if isinstance(rid, (int, str)) and not isinstance(rid, bool) else None
+
+
+def main(argv=None):
+    """Console script ``mushu-amp``."""
+    p = argparse.ArgumentParser(prog="mushu-amp", description="mushu amplifier-driver service")
+    p.add_argument("--data", help="endpoint to publish blocks on (env MUSHU_AMP_DATA)")
+    p.add_argument("--control", help="endpoint of the control socket (env MUSHU_AMP_CONTROL)")
+    p.add_argument("--stream", help="stream name (env MUSHU_STREAM, default 'eeg')")
+    p.add_argument("--amp", help="select this driver at startup")
+    p.add_argument("--configure", metavar="JSON", help="configure the driver with these arguments at startup")
+    p.add_argument("--start", action="store_true", help="start acquiring at startup")
+    p.add_argument("--block-ms", type=float, default=1.0, help="block period of simulated drivers (default 1 ms)")
+    p.add_argument("--history-mb", type=float, default=DEFAULT_HISTORY_BYTES / 2**20,
+                   help="size of the block history in MiB (default %(default)g)")
+    p.add_argument("--sndhwm", type=int, default=10000, help="PUB high-water mark in messages")
+    p.add_argument("--log-level", default="INFO")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s mushu-amp %(levelname)s %(message)s")
+
+    core = AmpCore(setting("MUSHU_STREAM", a.stream), history_bytes=int(a.history_mb * 2**20))
+    try:
+        if a.amp:
+            core.cmd_use(a.amp)
+        if a.configure:
+            core.cmd_configure(json.loads(a.configure))
+        if a.start:
+            core.cmd_start()
+        service = AmpService(core, setting("MUSHU_AMP_DATA", a.data), setting("MUSHU_AMP_CONTROL", a.control),
+                             block_ms=a.block_ms, sndhwm=a.sndhwm)
+    except Exception as exc:
+        log.error("%s", exc)
+        return 2
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: service.shutdown())
+    service.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

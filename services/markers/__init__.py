@@ -1,0 +1,1 @@
+"""mushu markers service (built in a later issue)."""

@@ -1,0 +1,1 @@
+"""mushu recorder service (built in a later issue)."""
