@@ -14,6 +14,14 @@ DEFAULTS = {
     "MUSHU_AMP_DATA": "tcp://127.0.0.1:12345",
     "MUSHU_AMP_CONTROL": "tcp://127.0.0.1:12346",
     "MUSHU_STREAM": "eeg",
+    # markers service: bus endpoints, its ZeroMQ ingress, and the TCP/UDP
+    # ingress (libmushu's port 12344, on loopback unless configured).
+    "MUSHU_MARKERS_DATA": "tcp://127.0.0.1:12347",
+    "MUSHU_MARKERS_CONTROL": "tcp://127.0.0.1:12348",
+    "MUSHU_MARKERS_INGRESS": "tcp://127.0.0.1:12349",
+    "MUSHU_MARKERS_HOST": "127.0.0.1",
+    "MUSHU_MARKERS_PORT": "12344",
+    "MUSHU_MARKER_STREAM": "markers",
 }
 
 

@@ -16,6 +16,7 @@ numbers and raw bytes are the only things a decoder accepts.
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from dataclasses import dataclass, field
@@ -40,6 +41,10 @@ DTYPE = re.compile(r"^(?:[<>](?:f4|f8|i2|i4|i8|u2|u4|u8)|\|(?:i1|u1))$")
 
 DATA = b"data/"
 INFO = b"info/"
+MARKER = b"marker/"
+
+#: Longest marker label, in characters; longer labels are refused at ingress.
+MAX_LABEL_LENGTH = 1024
 
 
 class ProtocolError(ValueError):
@@ -60,6 +65,11 @@ def info_topic(stream: str) -> bytes:
     return INFO + _check_stream(stream).encode() + b"/"
 
 
+def marker_topic(stream: str) -> bytes:
+    """Topic frame of the markers of marker stream ``stream``."""
+    return MARKER + _check_stream(stream).encode() + b"/"
+
+
 def _check_stream(stream: str) -> str:
     if not isinstance(stream, str) or not STREAM_NAME.match(stream):
         raise ProtocolError(f"stream name {stream!r} is not 1-64 characters of [A-Za-z0-9_.-]")
@@ -70,14 +80,14 @@ def _split_topic(topic: bytes) -> tuple[bytes, str]:
     if not isinstance(topic, (bytes, bytearray, memoryview)):
         raise ProtocolError(f"topic frame must be bytes, not {type(topic).__name__}")
     topic = bytes(topic)
-    for prefix in (DATA, INFO):
+    for prefix in (DATA, INFO, MARKER):
         if topic.startswith(prefix) and topic.endswith(b"/"):
             name = topic[len(prefix):-1]
             try:
                 return prefix, _check_stream(name.decode("ascii"))
             except (UnicodeDecodeError, ProtocolError):
                 break
-    raise ProtocolError(f"topic {topic[:80]!r} is not 'data/<stream>/' or 'info/<stream>/'")
+    raise ProtocolError(f"topic {topic[:80]!r} is not 'data/<stream>/', 'info/<stream>/' or 'marker/<stream>/'")
 
 
 # ---------------------------------------------------------------------------
@@ -356,8 +366,9 @@ def encode_info(info: StreamInfo) -> list:
     })]
 
 
-def decode_info(frame, stream: str | None = None) -> StreamInfo:
-    f = _Fields(unpack_map(frame, "stream info"), "stream info")
+def decode_info(frame_or_map, stream: str | None = None) -> StreamInfo:
+    m = frame_or_map if isinstance(frame_or_map, dict) else unpack_map(frame_or_map, "stream info")
+    f = _Fields(m, "stream info")
     f.version()
     f.kind("info")
     session = f.m.get("session")
@@ -388,8 +399,8 @@ def decode_info(frame, stream: str | None = None) -> StreamInfo:
     return info
 
 
-def decode_message(frames) -> Block | StreamInfo:
-    """Decode one bus message (a list of frames) into a Block or StreamInfo."""
+def decode_message(frames) -> Block | StreamInfo | Marker | MarkerStreamInfo:
+    """Decode one bus message (a list of frames) into the object it carries."""
     if not isinstance(frames, (list, tuple)) or not frames:
         raise ProtocolError("empty message")
     prefix, stream = _split_topic(frames[0])
@@ -398,8 +409,121 @@ def decode_message(frames) -> Block | StreamInfo:
             raise ProtocolError(f"data message has {len(frames)} frames, expected 3")
         return decode_block_frames(frames[1], frames[2], stream)
     if len(frames) != 2:
-        raise ProtocolError(f"info message has {len(frames)} frames, expected 2")
-    return decode_info(frames[1], stream)
+        raise ProtocolError(f"{prefix[:-1].decode()} message has {len(frames)} frames, expected 2")
+    if prefix == MARKER:
+        return decode_marker(frames[1], stream)
+    m = unpack_map(frames[1], "stream info")
+    if m.get("kind") == "marker_info":
+        return decode_marker_info(m, stream)
+    return decode_info(m, stream)
+
+
+# ---------------------------------------------------------------------------
+# markers
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """One marker as published by the markers service.
+
+    Attributes
+    ----------
+    stream, session : str
+        Marker stream name and the markers service's session (new each time
+        the service starts).
+    seq : int
+        Per-stream, per-session sequence number, from 0, without gaps.
+    t_ns : int
+        When the marker's first byte arrived, integer nanoseconds of the
+        markers host's monotonic clock (or the sender's own stamp, if it gave
+        one over ZeroMQ and the service accepted it).
+    label : str
+        The marker text, without its line ending.
+    source : str
+        Where it came from: ``"tcp:HOST:PORT"``, ``"udp:HOST:PORT"``,
+        ``"zmq"`` or ``"amp:<stream>"``.
+    flags : list of str
+        E.g. ``"invalid_utf8"`` (undecodable bytes were replaced by U+FFFD),
+        ``"sender_time"`` (``t_ns`` is the sender's stamp).
+    """
+
+    stream: str
+    session: str
+    seq: int
+    t_ns: int
+    label: str
+    source: str = ""
+    flags: tuple = ()
+
+
+def encode_marker(m: Marker) -> list:
+    """Frames of a marker message: ``[topic, header]``."""
+    return [marker_topic(m.stream), pack({
+        "version": PROTOCOL_VERSION,
+        "kind": "marker",
+        "stream": m.stream,
+        "session": m.session,
+        "seq": m.seq,
+        "t_ns": m.t_ns,
+        "label": m.label,
+        "source": m.source,
+        "flags": list(m.flags),
+    })]
+
+
+def decode_marker(frame, stream: str | None = None) -> Marker:
+    f = _Fields(unpack_map(frame, "marker"), "marker")
+    f.version()
+    f.kind("marker")
+    m = Marker(
+        stream=f.str("stream", STREAM_NAME),
+        session=f.str("session", SESSION_ID),
+        seq=f.int("seq", 0, 2**63 - 1),
+        t_ns=f.int("t_ns", -(2**63), 2**63 - 1),
+        label=f.str("label", max_len=MAX_LABEL_LENGTH),
+        source=f.str("source", max_len=256),
+        flags=tuple(f.str_list("flags")),
+    )
+    if stream is not None and m.stream != stream:
+        raise ProtocolError(f"marker: stream {m.stream!r} does not match topic stream {stream!r}")
+    return m
+
+
+@dataclass(frozen=True, slots=True)
+class MarkerStreamInfo:
+    """Heartbeat of a marker stream, about once a second: ``last_seq`` shows tail losses."""
+
+    stream: str
+    session: str
+    last_seq: int
+    t_ns: int
+
+
+def encode_marker_info(info: MarkerStreamInfo) -> list:
+    return [info_topic(info.stream), pack({
+        "version": PROTOCOL_VERSION,
+        "kind": "marker_info",
+        "stream": info.stream,
+        "session": info.session,
+        "last_seq": info.last_seq,
+        "t_ns": info.t_ns,
+    })]
+
+
+def decode_marker_info(frame_or_map, stream: str | None = None) -> MarkerStreamInfo:
+    m = frame_or_map if isinstance(frame_or_map, dict) else unpack_map(frame_or_map, "marker stream info")
+    f = _Fields(m, "marker stream info")
+    f.version()
+    f.kind("marker_info")
+    info = MarkerStreamInfo(
+        stream=f.str("stream", STREAM_NAME),
+        session=f.str("session", SESSION_ID),
+        last_seq=f.int("last_seq", -1, 2**63 - 1),
+        t_ns=f.int("t_ns", -(2**63), 2**63 - 1),
+    )
+    if stream is not None and info.stream != stream:
+        raise ProtocolError(f"marker stream info: stream {info.stream!r} does not match topic {stream!r}")
+    return info
 
 
 # ---------------------------------------------------------------------------
@@ -437,6 +561,72 @@ def encode_error(exc_type: str, message: str, request_id=None) -> bytes:
     """A failed reply naming the exception type and its message."""
     return pack({"version": PROTOCOL_VERSION, "id": request_id, "ok": False,
                  "error": {"type": exc_type, "message": message}})
+
+
+def dispatch(commands: dict, cmd: str, args: dict):
+    """Call ``commands[cmd](**args)``, refusing unknown commands and arguments by name."""
+    fn = commands.get(cmd)
+    if fn is None:
+        raise ValueError(f"unknown command {cmd!r}; commands: {', '.join(sorted(commands))}")
+    params = inspect.signature(fn).parameters
+    unknown = [k for k in args if k not in params]
+    if unknown:
+        raise TypeError(f"command {cmd!r} takes no argument {', '.join(map(repr, unknown))}")
+    missing = [p.name for p in params.values()
+               if p.default is inspect.Parameter.empty and p.name not in args]
+    if missing:
+        raise TypeError(f"command {cmd!r} needs argument {', '.join(map(repr, missing))}")
+    return fn(**args)
+
+
+class ReplyFrames:
+    """A control result followed by extra reply frames (e.g. history blocks)."""
+
+    __slots__ = ("result", "frames")
+
+    def __init__(self, result, frames: list):
+        self.result = result
+        self.frames = frames
+
+
+def serve_request(frames: list, handle) -> tuple[list, str | None, Exception | None]:
+    """Answer one control request received on a ROUTER socket.
+
+    ``frames`` is what the ROUTER received: the envelope (peer identity and
+    any routing frames, up to and including the empty delimiter frame) and
+    one request frame. ``handle(cmd, args)`` returns the result (or a
+    :class:`ReplyFrames`) or raises; the exception's type name and message go
+    back to the caller.
+
+    Returns
+    -------
+    reply : list
+        Frames to send on the ROUTER socket (the same envelope, then the reply).
+    cmd : str or None
+        The command, None if the request was malformed.
+    error : Exception or None
+        What went wrong, for the service's log and counters.
+    """
+    try:
+        split = frames.index(b"", 1)
+        envelope, body = frames[:split + 1], frames[split + 1:]
+    except ValueError:  # a DEALER that sent no delimiter: answer it in kind
+        envelope, body = [frames[0], b""], frames[1:]
+    cmd = rid = None
+    try:
+        if len(body) != 1:
+            raise ProtocolError(f"control request has {len(body)} body frames, expected 1")
+        cmd, args = decode_request(body[0])
+        rid = args.pop("id", None)
+        if not isinstance(rid, (int, str)) or isinstance(rid, bool):
+            rid = None
+        result = handle(cmd, args)
+    except Exception as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        return envelope + [encode_error(type(exc).__name__, str(message), rid)], cmd, exc
+    if isinstance(result, ReplyFrames):
+        return envelope + [encode_reply(result.result, rid)] + result.frames, cmd, None
+    return envelope + [encode_reply(result, rid)], cmd, None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,6 @@ request or raises the exception the caller should see. The service
 from __future__ import annotations
 
 import bisect
-import inspect
 import logging
 import os
 import time
@@ -18,7 +17,7 @@ import uuid
 import numpy as np
 
 from mushu_client import __version__
-from mushu_client.protocol import PROTOCOL_VERSION, BlockHeader, StreamInfo, encode_block_header
+from mushu_client.protocol import PROTOCOL_VERSION, BlockHeader, ReplyFrames, StreamInfo, dispatch, encode_block_header
 
 from . import drivers
 
@@ -210,10 +209,7 @@ class AmpCore:
 
     def handle(self, cmd: str, args: dict):
         """Run control command ``cmd``; return its result or raise."""
-        fn = self.commands.get(cmd)
-        if fn is None:
-            raise ValueError(f"unknown command {cmd!r}; commands: {', '.join(sorted(self.commands))}")
-        return fn(**_check_args(cmd, args, fn))
+        return dispatch(self.commands, cmd, args)
 
     def _need_driver(self):
         if self.driver is None:
@@ -338,34 +334,10 @@ class AmpCore:
                   else self.history.since_seq(from_seq))
         result = {"session": self.session, "blocks": len(blocks),
                   "oldest_sample": self.history.oldest_sample, "next_sample": self.next_sample}
-        return HistoryReply(result, blocks)
+        return ReplyFrames(result, [frame for _h, header_frame, data in blocks for frame in (header_frame, data)])
 
     def _describe(self):
         return {"amp": self.amp_name, "stream": self.stream, "state": self.state,
                 "error": self.error, "session": self.session, "fs": self.fs,
                 "channels": list(self.channels), "last_seq": self.seq - 1,
                 "next_sample": self.next_sample}
-
-
-class HistoryReply:
-    """A control result that carries blocks as extra frames."""
-
-    __slots__ = ("result", "blocks")
-
-    def __init__(self, result, blocks):
-        self.result = result
-        self.blocks = blocks
-
-
-def _check_args(cmd: str, args: dict, fn) -> dict:
-    """Refuse arguments a command does not take, naming them."""
-    params = inspect.signature(fn).parameters
-    args = {k: v for k, v in args.items() if k != "id"}
-    unknown = [k for k in args if k not in params]
-    if unknown:
-        raise TypeError(f"command {cmd!r} takes no argument {', '.join(map(repr, unknown))}")
-    missing = [p.name for p in params.values()
-               if p.default is inspect.Parameter.empty and p.name not in args]
-    if missing:
-        raise TypeError(f"command {cmd!r} needs argument {', '.join(map(repr, missing))}")
-    return args

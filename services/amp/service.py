@@ -24,9 +24,9 @@ import time
 import zmq
 
 from mushu_client.config import setting
-from mushu_client.protocol import ProtocolError, data_topic, decode_request, encode_error, encode_info, encode_reply
+from mushu_client.protocol import data_topic, encode_info, serve_request
 
-from .core import DEFAULT_HISTORY_BYTES, AmpCore, HistoryReply
+from .core import DEFAULT_HISTORY_BYTES, AmpCore
 
 log = logging.getLogger("mushu.amp")
 
@@ -103,41 +103,18 @@ class AmpService:
                 self._serve(self.ctl.recv_multipart())
 
     def _serve(self, frames: list[bytes]):
-        try:
-            split = frames.index(b"", 1)
-        except ValueError:
-            split = 0
-        envelope = frames[:split + 1] if split else [frames[0], b""]
-        body = frames[split + 1:] if split else frames[1:]
-        rid = None
-        try:
-            if len(body) != 1:
-                raise ProtocolError(f"control request has {len(body)} body frames, expected 1")
-            cmd, args = decode_request(body[0])
-            rid = args.get("id")
+        def handle(cmd, args):
             with self.lock:
-                result = self.core.handle(cmd, args)
-        except ProtocolError as exc:
+                return self.core.handle(cmd, args)
+
+        reply, cmd, error = serve_request(frames, handle)
+        if error is not None:
             with self.lock:
                 self.core.bad_requests += 1
-            log.warning("malformed control request: %s", exc)
-            reply = [encode_error("ProtocolError", str(exc), None)]
-        except Exception as exc:
-            with self.lock:
-                self.core.bad_requests += 1
-            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-            log.warning("control request failed: %s: %s", type(exc).__name__, message)
-            reply = [encode_error(type(exc).__name__, str(message), _plain(rid))]
-        else:
-            if cmd in STATE_COMMANDS:
-                self.wake.set()
-            if isinstance(result, HistoryReply):
-                reply = [encode_reply(result.result, _plain(rid))]
-                for _header, frame, data in result.blocks:
-                    reply += [frame, data]
-            else:
-                reply = [encode_reply(result, _plain(rid))]
-        self.ctl.send_multipart(envelope + reply, copy=False)
+            log.warning("control request %s refused: %s: %s", cmd or "(malformed)", type(error).__name__, error)
+        elif cmd in STATE_COMMANDS:
+            self.wake.set()
+        self.ctl.send_multipart(reply, copy=False)
 
     # -- acquisition ------------------------------------------------------
 
@@ -169,11 +146,6 @@ class AmpService:
             else:
                 self.wake.wait((next_info - now) / 1e9)
                 next_tick = time.monotonic_ns()
-
-
-def _plain(rid):
-    """Echo a request id only if it is a plain scalar."""
-    return rid if isinstance(rid, (int, str)) and not isinstance(rid, bool) else None
 
 
 def main(argv=None):
