@@ -48,7 +48,7 @@ def get_available_amps(control: str | None = None, timeout: float = 2.0) -> list
 
 
 def get_amp(name: str, data: str | None = None, control: str | None = None,
-            timeout: float = 2.0) -> "Amp":
+            timeout: float = 2.0, hwm: int = RCVHWM) -> "Amp":
     """Select amplifier ``name`` on the amp service and return an :class:`Amp` for it.
 
     Parameters
@@ -61,6 +61,9 @@ def get_amp(name: str, data: str | None = None, control: str | None = None,
     timeout : float
         Seconds to wait for each control reply and, in :meth:`Amp.get_data`,
         for new data.
+    hwm : int
+        Blocks queued for this client before the bus drops them (they are
+        then refetched from the amp's history).
 
     Raises
     ------
@@ -71,7 +74,7 @@ def get_amp(name: str, data: str | None = None, control: str | None = None,
     RuntimeError
         The driver is not available, or another amp is running.
     """
-    return Amp(name, data=data, control=control, timeout=timeout)
+    return Amp(name, data=data, control=control, timeout=timeout, hwm=hwm)
 
 
 class Amp:
@@ -85,7 +88,7 @@ class Amp:
     """
 
     def __init__(self, name: str, data: str | None = None, control: str | None = None,
-                 timeout: float = 2.0):
+                 timeout: float = 2.0, hwm: int = RCVHWM):
         self.name = name
         self.timeout = timeout
         self.data_endpoint = setting("MUSHU_AMP_DATA", data)
@@ -96,7 +99,7 @@ class Amp:
         self._fs = described["fs"]
         self._sub = zmq.Context.instance().socket(zmq.SUB)
         self._sub.setsockopt(zmq.LINGER, 0)
-        self._sub.setsockopt(zmq.RCVHWM, RCVHWM)
+        self._sub.setsockopt(zmq.RCVHWM, hwm)
         self._sub.connect(self.data_endpoint)
         self._sub.setsockopt(zmq.SUBSCRIBE, data_topic(self.stream))
         self._sub.setsockopt(zmq.SUBSCRIBE, info_topic(self.stream))
@@ -104,8 +107,10 @@ class Amp:
         self._end_sample: int | None = None  # set by stop(): no samples after it
         self._error: str | None = None
         self._last_message = time.monotonic()
-        #: Counters: messages that failed to decode, samples lost, (first_sample, count) per gap.
+        #: Counters: messages that failed to decode, samples fetched from the
+        #: history, and (first_sample, count) of every unrecoverable gap.
         self.bad_messages = 0
+        self.refetched_samples = 0
         self.gaps: list[tuple[int, int]] = []
 
     # -- libmushu's methods -------------------------------------------------
@@ -250,6 +255,7 @@ class Amp:
                 if asm.missing_before(block):
                     break
                 added += asm.add(block)
+            self.refetched_samples += added
             if not added:
                 break
         if asm.next_sample < until:

@@ -230,7 +230,10 @@ class AmpCore:
             return self._describe()
         if self.running:
             raise RuntimeError(f"amp {self.amp_name!r} is running; stop it before selecting {amp!r}")
-        cls = drivers.load_driver(amp)
+        try:
+            cls = drivers.load_driver(amp)
+        except ImportError as exc:
+            raise RuntimeError(f"amp {amp!r} cannot be loaded on this host: {type(exc).__name__}: {exc}") from None
         if not cls.is_available():
             raise RuntimeError(f"amp {amp!r} is not available on this host")
         driver = cls()

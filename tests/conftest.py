@@ -1,0 +1,84 @@
+"""Fixtures that run mushu services as real processes on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mushu_client.control import ControlClient
+from mushu_client.errors import ServiceUnavailable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """A service process and its endpoints."""
+
+    def __init__(self, proc, data, control, name):
+        self.proc, self.data, self.control, self.name = proc, data, control, name
+
+    def ctl(self, timeout=2.0) -> ControlClient:
+        return ControlClient(self.control, timeout, self.name)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def wait_until_answers(svc: Service, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    ctl = svc.ctl(0.5)
+    try:
+        while True:
+            if svc.proc.poll() is not None:
+                raise RuntimeError(f"{svc.name} service exited with {svc.proc.returncode}")
+            try:
+                ctl.call("ping")
+                return
+            except ServiceUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+    finally:
+        ctl.close()
+
+
+@pytest.fixture
+def spawn_amp():
+    """Start ``python -m mushu_amp`` with extra arguments; returns a Service."""
+    started = []
+
+    def spawn(*args, env=None):
+        data = f"tcp://127.0.0.1:{free_port()}"
+        control = f"tcp://127.0.0.1:{free_port()}"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mushu_amp", "--data", data, "--control", control,
+             "--log-level", "WARNING", *args],
+            env={**os.environ, **(env or {})},
+        )
+        svc = Service(proc, data, control, "amp")
+        started.append(svc)
+        wait_until_answers(svc)
+        return svc
+
+    yield spawn
+    for svc in started:
+        svc.stop()
+
+
+@pytest.fixture
+def amp_service(spawn_amp):
+    return spawn_amp()
