@@ -11,7 +11,9 @@ import zmq
 from .config import setting
 from .control import ControlClient
 from .errors import AmpError, GapWarning, MushuError, ServiceUnavailable
-from .protocol import Block, ProtocolError, StreamInfo, data_topic, decode_block_frames, decode_message, info_topic
+from .markers import MarkerMerger, Timeline
+from .protocol import (Block, Marker, MarkerStreamInfo, ProtocolError, StreamInfo, data_topic, decode_block_frames,
+                       decode_marker, decode_message, info_topic, marker_topic)
 from .stream import Assembler
 
 log = logging.getLogger("mushu.client")
@@ -48,7 +50,8 @@ def get_available_amps(control: str | None = None, timeout: float = 2.0) -> list
 
 
 def get_amp(name: str, data: str | None = None, control: str | None = None,
-            timeout: float = 2.0, hwm: int = RCVHWM) -> "Amp":
+            timeout: float = 2.0, hwm: int = RCVHWM, markers: str | None = None,
+            markers_control: str | None = None) -> "Amp":
     """Select amplifier ``name`` on the amp service and return an :class:`Amp` for it.
 
     Parameters
@@ -64,6 +67,10 @@ def get_amp(name: str, data: str | None = None, control: str | None = None,
     hwm : int
         Blocks queued for this client before the bus drops them (they are
         then refetched from the amp's history).
+    markers, markers_control : str, optional
+        Endpoints of the markers service (default: ``MUSHU_MARKERS_DATA`` /
+        ``MUSHU_MARKERS_CONTROL``, else localhost). The markers service may
+        start before or after the client, or restart.
 
     Raises
     ------
@@ -74,7 +81,8 @@ def get_amp(name: str, data: str | None = None, control: str | None = None,
     RuntimeError
         The driver is not available, or another amp is running.
     """
-    return Amp(name, data=data, control=control, timeout=timeout, hwm=hwm)
+    return Amp(name, data=data, control=control, timeout=timeout, hwm=hwm,
+               markers=markers, markers_control=markers_control)
 
 
 class Amp:
@@ -88,7 +96,8 @@ class Amp:
     """
 
     def __init__(self, name: str, data: str | None = None, control: str | None = None,
-                 timeout: float = 2.0, hwm: int = RCVHWM):
+                 timeout: float = 2.0, hwm: int = RCVHWM, markers: str | None = None,
+                 markers_control: str | None = None):
         self.name = name
         self.timeout = timeout
         self.data_endpoint = setting("MUSHU_AMP_DATA", data)
@@ -104,6 +113,18 @@ class Amp:
         self._sub.setsockopt(zmq.SUBSCRIBE, data_topic(self.stream))
         self._sub.setsockopt(zmq.SUBSCRIBE, info_topic(self.stream))
         self._asm = Assembler()
+        self._timeline = Timeline()
+        self.markers_endpoint = setting("MUSHU_MARKERS_DATA", markers)
+        self.marker_stream = setting("MUSHU_MARKER_STREAM")
+        self._msub = zmq.Context.instance().socket(zmq.SUB)
+        self._msub.setsockopt(zmq.LINGER, 0)
+        self._msub.setsockopt(zmq.RCVHWM, RCVHWM)
+        self._msub.connect(self.markers_endpoint)
+        self._msub.setsockopt(zmq.SUBSCRIBE, marker_topic(self.marker_stream))
+        self._msub.setsockopt(zmq.SUBSCRIBE, info_topic(self.marker_stream))
+        self._mctl = ControlClient(setting("MUSHU_MARKERS_CONTROL", markers_control), 0.5, "markers")
+        self._merger = MarkerMerger()
+        self._markers_heard = False
         self._end_sample: int | None = None  # set by stop(): no samples after it
         self._error: str | None = None
         self._last_message = time.monotonic()
@@ -138,11 +159,27 @@ class Amp:
         if filename is not None:
             raise MushuError(f"cannot record to {filename!r}: recording needs the mushu recorder "
                              "service, which this version does not include yet")
+        self._follow_markers()
         r = self._ctl.call("start")
         self._channels, self._fs = r["channels"], r["fs"]
         self._asm.begin(r["session"], r["first_sample"])
+        self._timeline.clear()
+        self._merger.start_ns = None
         self._end_sample = None
         self._error = None
+
+    def _follow_markers(self):
+        """Skip the markers published so far: they precede this start."""
+        self._drain_markers()
+        self._merger.drop_pending()
+        # A service this client has heard from answers in milliseconds; one it
+        # has not may not be running, which must not delay start() much.
+        timeout = 0.5 if self._markers_heard else 0.1
+        try:
+            status = self._mctl.request("status", timeout=timeout)[0]
+        except ServiceUnavailable:
+            return  # followed from its first marker on, once it is there
+        self._merger.follow(status["session"], status["last_seq"] + 1)
 
     def stop(self):
         """Stop acquisition. Samples acquired before it stay readable with :meth:`get_data`."""
@@ -204,10 +241,14 @@ class Amp:
                 self._on_info(msg)
         if self._end_sample is not None and asm.next_sample < self._end_sample:
             self._fill(self._end_sample)
-        data = asm.take(len(self._channels))
+        self._drain_markers()
+        data, segments = asm.take(len(self._channels))
+        markers = self._merger.place(self._timeline, segments, self._fs)
+        if segments:
+            self._timeline.forget_before(segments[-1][0])
         if self._error and not len(data):
             raise AmpError(self._error)
-        return data, []
+        return data, markers
 
     # -- stream bookkeeping -------------------------------------------------
 
@@ -222,7 +263,19 @@ class Amp:
             return  # a block of an earlier session still queued
         if asm.missing_before(block):
             self._fill(block.header.first_sample)
-        asm.add(block)
+        self._accept(block)
+
+    def _accept(self, block: Block) -> int:
+        """Assemble the new part of ``block`` and record its sample times."""
+        h = block.header
+        added = self._asm.add(block)
+        if added:
+            skip = h.n_samples - added
+            t_ns = h.t_ns + round(skip * 1e9 / h.fs)
+            self._timeline.add(h.first_sample + skip, t_ns, added, h.fs)
+            if self._merger.start_ns is None:
+                self._merger.start_ns = t_ns
+        return added
 
     def _on_info(self, info: StreamInfo):
         self._channels, self._fs = info.channels, info.fs
@@ -254,7 +307,7 @@ class Amp:
                     break
                 if asm.missing_before(block):
                     break
-                added += asm.add(block)
+                added += self._accept(block)
             self.refetched_samples += added
             if not added:
                 break
@@ -264,6 +317,57 @@ class Amp:
             self.gaps.append((first, lost))
             warnings.warn(GapWarning(f"{lost} samples lost from sample {first} of session "
                                      f"{asm.session}: no longer in the amp's history"), stacklevel=4)
+
+    def _drain_markers(self):
+        while True:
+            try:
+                frames = self._msub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._markers_heard = True
+            try:
+                msg = decode_message(frames)
+            except ProtocolError as exc:
+                self.bad_messages += 1
+                log.warning("dropped a malformed message from %s: %s", self.markers_endpoint, exc)
+                continue
+            if isinstance(msg, Marker):
+                if self._merger.missing_before(msg):
+                    self._fill_markers(msg.session, msg.seq)
+                self._merger.add(msg)
+            elif isinstance(msg, MarkerStreamInfo) and msg.session == self._merger.session:
+                if msg.last_seq >= self._merger.next_seq:  # the bus dropped the latest markers
+                    self._fill_markers(msg.session, msg.last_seq + 1)
+
+    def _fill_markers(self, session: str, until: int):
+        """Fetch markers of ``session`` up to seq ``until`` from the markers service's history."""
+        merger = self._merger
+        if merger.session != session:
+            merger.follow(session, 0)
+        while merger.next_seq < until:
+            try:
+                _result, frames = self._mctl.request("history", session=session, from_seq=merger.next_seq)
+            except (ValueError, ServiceUnavailable) as exc:
+                log.warning("marker history fetch failed: %s", exc)
+                break
+            added = 0
+            for frame in frames:
+                try:
+                    m = decode_marker(frame.bytes, self.marker_stream)
+                except ProtocolError as exc:
+                    self.bad_messages += 1
+                    log.warning("malformed marker in history: %s", exc)
+                    break
+                if m.seq >= until or merger.missing_before(m):
+                    break
+                added += merger.add(m)
+            if not added:
+                break
+        if merger.next_seq < until:
+            first = merger.next_seq
+            lost = merger.skip_to(until)
+            warnings.warn(GapWarning(f"{lost} markers lost from seq {first} of markers session {session}: "
+                                     "no longer in the markers service's history"), stacklevel=5)
 
     def _check_alive(self):
         if time.monotonic() - self._last_message > SILENCE_S:
@@ -281,10 +385,18 @@ class Amp:
         """The amp service's status map."""
         return self._ctl.call("status")
 
+    @property
+    def marker_counts(self) -> dict:
+        """Marker edge cases so far: ``before_start`` (not returned), ``late`` (returned at ms 0), ``lost``."""
+        m = self._merger
+        return {"before_start": m.before_start, "late": m.late, "lost": m.lost}
+
     def close(self):
-        """Close this client's sockets (the service keeps running)."""
+        """Close this client's sockets (the services keep running)."""
         self._sub.close(linger=0)
+        self._msub.close(linger=0)
         self._ctl.close()
+        self._mctl.close()
 
     def __enter__(self):
         return self

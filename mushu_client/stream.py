@@ -36,12 +36,14 @@ class Assembler:
         self.duplicates = 0
         self.lost = 0
         self._pending: list[np.ndarray] = []
+        self._segments: list[list[int]] = []  # [first_sample, n] of each contiguous run pending
 
     def begin(self, session: str, first_sample: int):
         """Expect ``session`` from sample ``first_sample`` on; drop anything pending."""
         self.session = session
         self.next_sample = first_sample
         self._pending = []
+        self._segments = []
 
     def missing_before(self, block: Block) -> int:
         """Samples missing between what was assembled and ``block`` (0 if none)."""
@@ -62,6 +64,10 @@ class Assembler:
             return 0
         self.duplicates += skip
         self._pending.append(block.data[skip:] if skip else block.data)
+        if self._segments and sum(self._segments[-1]) == self.next_sample:
+            self._segments[-1][1] += h.n_samples - skip
+        else:
+            self._segments.append([self.next_sample, h.n_samples - skip])
         self.next_sample = h.first_sample + h.n_samples
         self.next_seq = h.seq + 1
         return h.n_samples - skip
@@ -77,10 +83,20 @@ class Assembler:
     def pending_samples(self) -> int:
         return sum(len(a) for a in self._pending)
 
-    def take(self, n_channels: int) -> np.ndarray:
-        """Return the assembled samples as one new (time, channels) array in native byte order."""
+    def take(self, n_channels: int) -> tuple[np.ndarray, list]:
+        """Return the assembled samples and their segments.
+
+        Returns
+        -------
+        data : ndarray
+            One new (time, channels) array in native byte order.
+        segments : list of [first_sample, n]
+            The contiguous runs of sample indexes that make up ``data``'s
+            rows, in order (more than one only where samples were lost).
+        """
         pending, self._pending = self._pending, []
+        segments, self._segments = self._segments, []
         if not pending:
-            return np.empty((0, n_channels), np.float32)
+            return np.empty((0, n_channels), np.float32), segments
         out = np.concatenate(pending) if len(pending) > 1 else pending[0].copy()
-        return out if out.dtype.isnative else out.astype(out.dtype.newbyteorder("="))
+        return (out if out.dtype.isnative else out.astype(out.dtype.newbyteorder("="))), segments

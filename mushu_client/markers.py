@@ -1,0 +1,168 @@
+"""Placing markers on samples (no sockets here).
+
+A marker stamped at time ``T`` belongs to the first sample acquired at or
+after ``T``: the first sample that can show the event's effect. Sample ``i``
+of a block was acquired at ``t_ns + i * 1e9 / fs``. A marker is held back
+until data whose acquisition times reach ``T`` has arrived, then returned
+exactly once, with the ``get_data`` call whose data holds its sample, as
+``(ms, label)`` with ``ms = (sample - first returned sample) * 1000 / fs``,
+so ``0 <= ms < duration`` and ``int(ms * fs / 1000)`` is the sample's row.
+
+Decisions for the edge cases:
+
+- A marker stamped more than one sample period before the first sample the
+  client returns (before ``start()``, or before the client joined) belongs
+  to no returned data: it is counted in ``before_start`` and not returned.
+  One stamped within the period before the first sample lands on it.
+- A marker that reaches the client after the data holding its sample was
+  already returned (possible only when the marker bus is slower than the
+  data bus) is returned with the next data at ms 0 and counted in ``late``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+
+from .protocol import Marker
+
+
+class Timeline:
+    """Acquisition times of a stream's recent samples, from the blocks' stamps."""
+
+    def __init__(self):
+        self._first: list[int] = []   # first_sample per block
+        self._t: list[int] = []       # t_ns per block
+        self._n: list[int] = []       # n_samples per block
+        self.period_ns = 1e6
+
+    def clear(self):
+        self._first, self._t, self._n = [], [], []
+
+    def add(self, first_sample: int, t_ns: int, n_samples: int, fs: float):
+        """Record a block; blocks must be added in sample order, without overlap."""
+        self.period_ns = 1e9 / fs
+        self._first.append(first_sample)
+        self._t.append(t_ns)
+        self._n.append(n_samples)
+
+    @property
+    def end_sample(self) -> int | None:
+        """One past the last sample recorded."""
+        return self._first[-1] + self._n[-1] if self._first else None
+
+    def sample_at(self, t_ns: int) -> int | None:
+        """The first sample acquired at or after ``t_ns``; None if not yet known.
+
+        A time before every recorded block maps to the first recorded sample.
+        """
+        if not self._first:
+            return None
+        i = bisect.bisect_right(self._t, t_ns) - 1
+        if i < 0:
+            return self._first[0]
+        offset = max(0, math.ceil((t_ns - self._t[i]) / self.period_ns))
+        if offset < self._n[i]:
+            return self._first[i] + offset
+        if i + 1 < len(self._first):
+            return self._first[i + 1]
+        return None  # after the last sample that has arrived
+
+    def forget_before(self, sample: int):
+        """Drop blocks that end at or before ``sample``, keeping the last one."""
+        k = bisect.bisect_right(self._first, sample) - 1
+        if k > 0:
+            del self._first[:k], self._t[:k], self._n[:k]
+
+
+class MarkerMerger:
+    """Markers of one marker stream, sequenced and waiting for their samples.
+
+    Attributes
+    ----------
+    session : str or None
+        Session of the markers service being followed.
+    next_seq : int
+        Sequence number expected next.
+    before_start, late : int
+        Counters for the edge cases described in the module docstring.
+    """
+
+    def __init__(self):
+        self.session: str | None = None
+        self.next_seq = 0
+        self.before_start = 0
+        self.late = 0
+        self.lost = 0
+        #: Acquisition time of the first sample the client returns.
+        self.start_ns: int | None = None
+        self._pending: list[Marker] = []
+
+    def follow(self, session: str, next_seq: int):
+        """Follow ``session`` from ``next_seq`` on."""
+        self.session, self.next_seq = session, next_seq
+
+    def missing_before(self, marker: Marker) -> int:
+        """Markers missing before ``marker`` in its session (0 if none or a duplicate)."""
+        if marker.session != self.session:
+            return marker.seq  # a new session: everything from its seq 0 is needed
+        return max(0, marker.seq - self.next_seq)
+
+    def add(self, marker: Marker) -> bool:
+        """Queue ``marker`` if it is the next expected one (or later, after a gap)."""
+        if marker.session != self.session:
+            self.session, self.next_seq = marker.session, 0
+        if marker.seq < self.next_seq:
+            return False
+        self.next_seq = marker.seq + 1
+        self._pending.append(marker)
+        return True
+
+    def skip_to(self, seq: int) -> int:
+        n = max(0, seq - self.next_seq)
+        self.lost += n
+        self.next_seq = max(self.next_seq, seq)
+        return n
+
+    def drop_pending(self):
+        self._pending = []
+
+    def place(self, timeline: Timeline, segments: list, fs: float, offset_ns: int = 0):
+        """Return ``[(ms, label)]`` for the pending markers whose samples are being returned.
+
+        ``segments`` are the ``[first_sample, n]`` runs of the returned rows
+        (see :meth:`Assembler.take`); ``offset_ns`` is added to each marker's
+        time to bring it onto the stream's clock. A marker whose sample falls
+        in a lost gap lands on the next returned sample. Markers whose sample
+        has not arrived stay pending.
+        """
+        if not segments:
+            return []
+        starts = [first for first, _n in segments]
+        rows = [0]
+        for _first, n in segments:
+            rows.append(rows[-1] + n)
+        end = segments[-1][0] + segments[-1][1]
+        placed, keep = [], []
+        for m in self._pending:
+            t = m.t_ns + offset_ns
+            if self.start_ns is None:
+                keep.append(m)
+                continue
+            if t <= self.start_ns - timeline.period_ns:
+                self.before_start += 1
+                continue
+            sample = timeline.sample_at(t)
+            if sample is None or sample >= end:
+                keep.append(m)
+                continue
+            if sample < starts[0]:
+                self.late += 1
+                row = 0
+            else:
+                k = bisect.bisect_right(starts, sample) - 1
+                row = rows[k] + min(sample - starts[k], segments[k][1])
+            placed.append((row, m.seq, m.label))
+        self._pending = keep
+        placed.sort(key=lambda p: p[:2])
+        return [(row * 1000.0 / fs, label) for row, _seq, label in placed]

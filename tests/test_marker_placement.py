@@ -1,0 +1,89 @@
+"""Placing markers on samples, without sockets."""
+
+from mushu_client.markers import MarkerMerger, Timeline
+from mushu_client.protocol import Marker
+
+S = "5" * 32
+MS = 1_000_000  # ns
+
+
+def timeline(blocks, fs=1000.0):
+    tl = Timeline()
+    for first, t_ns, n in blocks:
+        tl.add(first, t_ns, n, fs)
+    return tl
+
+
+def marker(seq, t_ns, label=None, session=S):
+    return Marker("markers", session, seq, t_ns, label or f"m{seq}", "tcp:x", ())
+
+
+def test_a_marker_lands_on_the_first_sample_acquired_at_or_after_it():
+    tl = timeline([(0, 100 * MS, 4), (4, 104 * MS + 300_000, 4)])  # second block stamped 0.3 ms late
+    assert tl.sample_at(100 * MS) == 0
+    assert tl.sample_at(100 * MS + 1) == 1
+    assert tl.sample_at(102 * MS + 500_000) == 3
+    assert tl.sample_at(103 * MS + 1) == 4        # between blocks: the next block's first sample
+    assert tl.sample_at(107 * MS + 300_000) == 7
+    assert tl.sample_at(107 * MS + 300_001) is None  # not acquired yet
+
+
+def test_place_returns_ms_from_the_first_returned_sample_and_holds_back_the_rest():
+    tl = timeline([(10, 10 * MS, 5)])
+    mm = MarkerMerger()
+    mm.start_ns = 10 * MS
+    for seq, t in enumerate([10 * MS, 12 * MS + 1, 14 * MS, 14 * MS + 1]):
+        mm.add(marker(seq, t))
+    assert mm.place(tl, [[10, 5]], 1000.0) == [(0.0, "m0"), (3.0, "m1"), (4.0, "m2")]
+    tl.add(15, 15 * MS, 5, 1000.0)
+    assert mm.place(tl, [[15, 5]], 1000.0) == [(0.0, "m3")]
+
+
+def test_markers_on_one_sample_keep_their_arrival_order():
+    tl = timeline([(0, 0, 10)])
+    mm = MarkerMerger()
+    mm.start_ns = 0
+    labels = ["c", "a", "b"]
+    for seq, label in enumerate(labels):
+        mm.add(marker(seq, 5 * MS - 10, label))
+    assert mm.place(tl, [[0, 10]], 1000.0) == [(5.0, "c"), (5.0, "a"), (5.0, "b")]
+
+
+def test_markers_before_the_first_sample_are_counted_not_returned():
+    tl = timeline([(0, 100 * MS, 10)])
+    mm = MarkerMerger()
+    mm.start_ns = 100 * MS
+    mm.add(marker(0, 50 * MS))            # long before start
+    mm.add(marker(1, 100 * MS - 300_000))  # within the period before the first sample: sample 0
+    assert mm.place(tl, [[0, 10]], 1000.0) == [(0.0, "m1")]
+    assert mm.before_start == 1
+
+
+def test_a_marker_whose_sample_was_already_returned_comes_at_ms_0_and_is_counted_late():
+    tl = timeline([(0, 0, 10), (10, 10 * MS, 10)])
+    mm = MarkerMerger()
+    mm.start_ns = 0
+    assert mm.place(tl, [[0, 10]], 1000.0) == []
+    mm.add(marker(0, 3 * MS))
+    assert mm.place(tl, [[10, 10]], 1000.0) == [(0.0, "m0")]
+    assert mm.late == 1
+
+
+def test_rows_account_for_lost_samples_between_segments():
+    tl = timeline([(0, 0, 10), (20, 20 * MS, 10)])
+    mm = MarkerMerger()
+    mm.start_ns = 0
+    mm.add(marker(0, 22 * MS))   # sample 22 is row 12 (10 rows, then samples 20..)
+    mm.add(marker(1, 15 * MS))   # in the lost gap: the next returned sample, row 10
+    assert mm.place(tl, [[0, 10], [20, 10]], 1000.0) == [(10.0, "m1"), (12.0, "m0")]
+
+
+def test_sequence_tracking_across_sessions():
+    mm = MarkerMerger()
+    mm.follow(S, 5)
+    assert mm.missing_before(marker(7, 0)) == 2
+    assert not mm.add(marker(3, 0))  # already seen
+    assert mm.add(marker(5, 0)) and mm.next_seq == 6
+    other = "6" * 32
+    assert mm.missing_before(marker(2, 0, session=other)) == 2  # a restarted service: from its seq 0
+    assert mm.add(marker(0, 0, session=other)) and mm.session == other and mm.next_seq == 1
