@@ -24,6 +24,8 @@ RCVHWM = 100_000
 #: Without any message (blocks or the ~1 s stream info) for this long, the
 #: client checks that the amp service is still there.
 SILENCE_S = 3.0
+#: How long a sample is held back for markers still in flight (see Amp._release_until).
+MARKER_GRACE_S = 0.001
 
 
 def get_available_amps(control: str | None = None, timeout: float = 2.0) -> list[str]:
@@ -51,7 +53,7 @@ def get_available_amps(control: str | None = None, timeout: float = 2.0) -> list
 
 def get_amp(name: str, data: str | None = None, control: str | None = None,
             timeout: float = 2.0, hwm: int = RCVHWM, markers: str | None = None,
-            markers_control: str | None = None) -> "Amp":
+            markers_control: str | None = None, marker_grace: float = MARKER_GRACE_S) -> "Amp":
     """Select amplifier ``name`` on the amp service and return an :class:`Amp` for it.
 
     Parameters
@@ -71,6 +73,12 @@ def get_amp(name: str, data: str | None = None, control: str | None = None,
         Endpoints of the markers service (default: ``MUSHU_MARKERS_DATA`` /
         ``MUSHU_MARKERS_CONTROL``, else localhost). The markers service may
         start before or after the client, or restart.
+    marker_grace : float
+        While a markers service is heard from, samples younger than this many
+        seconds are held for the next call, so that a marker still on its way
+        is returned with the data holding its sample. Larger values trade
+        data latency for certainty; a marker later than this is returned with
+        the next data at ms 0 and counted in ``marker_counts["late"]``.
 
     Raises
     ------
@@ -82,7 +90,7 @@ def get_amp(name: str, data: str | None = None, control: str | None = None,
         The driver is not available, or another amp is running.
     """
     return Amp(name, data=data, control=control, timeout=timeout, hwm=hwm,
-               markers=markers, markers_control=markers_control)
+               markers=markers, markers_control=markers_control, marker_grace=marker_grace)
 
 
 class Amp:
@@ -97,7 +105,7 @@ class Amp:
 
     def __init__(self, name: str, data: str | None = None, control: str | None = None,
                  timeout: float = 2.0, hwm: int = RCVHWM, markers: str | None = None,
-                 markers_control: str | None = None):
+                 markers_control: str | None = None, marker_grace: float = MARKER_GRACE_S):
         self.name = name
         self.timeout = timeout
         self.data_endpoint = setting("MUSHU_AMP_DATA", data)
@@ -124,7 +132,10 @@ class Amp:
         self._msub.setsockopt(zmq.SUBSCRIBE, info_topic(self.marker_stream))
         self._mctl = ControlClient(setting("MUSHU_MARKERS_CONTROL", markers_control), 0.5, "markers")
         self._merger = MarkerMerger()
-        self._markers_heard = False
+        self._markers_last = 0.0  # time.monotonic() of the last message from the markers service
+        #: Samples younger than this (ns) wait for markers that may still be
+        #: on their way; applies only while a markers service is heard from.
+        self.marker_grace_ns = int(marker_grace * 1e9)
         self._end_sample: int | None = None  # set by stop(): no samples after it
         self._error: str | None = None
         self._last_message = time.monotonic()
@@ -174,7 +185,7 @@ class Amp:
         self._merger.drop_pending()
         # A service this client has heard from answers in milliseconds; one it
         # has not may not be running, which must not delay start() much.
-        timeout = 0.5 if self._markers_heard else 0.1
+        timeout = 0.5 if self._markers_last > 0 else 0.1
         try:
             status = self._mctl.request("status", timeout=timeout)[0]
         except ServiceUnavailable:
@@ -217,15 +228,43 @@ class Amp:
         asm = self._asm
         deadline = time.monotonic() + self.timeout
         while True:
+            self._receive(deadline)
+            if self._end_sample is not None and asm.next_sample < self._end_sample:
+                self._fill(self._end_sample)
+            until = self._release_until()  # before draining: a marker drained after it is covered
+            self._drain_markers()
+            first = asm.first_pending
+            if until is None or first is None or until > first:
+                break
+            # Everything pending is younger than the marker grace: wait it out.
+            wait = (self._timeline.time_of(first) + self.marker_grace_ns - time.monotonic_ns()) / 1e9
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(max(0.0, min(wait, remaining)))
+        data, segments = asm.take(len(self._channels), until)
+        markers = self._merger.place(self._timeline, segments, self._fs)
+        if segments:
+            self._timeline.forget_before(segments[-1][0])
+        if self._error and not len(data):
+            raise AmpError(self._error)
+        return data, markers
+
+    # -- stream bookkeeping -------------------------------------------------
+
+    def _receive(self, deadline: float):
+        """Handle bus messages until samples are pending, the stream ended, or ``deadline``."""
+        asm = self._asm
+        while True:
             try:
                 frames = self._sub.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 if asm.pending_samples or self._error or self._at_end():
-                    break
+                    return
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self._check_alive()
-                    break
+                    return
                 self._sub.poll(remaining * 1000)
                 continue
             self._last_message = time.monotonic()
@@ -239,18 +278,17 @@ class Amp:
                 self._on_block(msg)
             else:
                 self._on_info(msg)
-        if self._end_sample is not None and asm.next_sample < self._end_sample:
-            self._fill(self._end_sample)
-        self._drain_markers()
-        data, segments = asm.take(len(self._channels))
-        markers = self._merger.place(self._timeline, segments, self._fs)
-        if segments:
-            self._timeline.forget_before(segments[-1][0])
-        if self._error and not len(data):
-            raise AmpError(self._error)
-        return data, markers
 
-    # -- stream bookkeeping -------------------------------------------------
+    def _release_until(self) -> int | None:
+        """First sample to hold back because a marker for it may still be on its way.
+
+        While a markers service is heard from, samples acquired less than
+        ``marker_grace`` ago are held for the next call, so a marker sent
+        just before them is placed on them rather than arriving late.
+        """
+        if not self.marker_grace_ns or time.monotonic() - self._markers_last > SILENCE_S:
+            return None
+        return self._timeline.sample_at(time.monotonic_ns() - self.marker_grace_ns)
 
     def _at_end(self) -> bool:
         return self._end_sample is not None and self._asm.next_sample >= self._end_sample
@@ -324,7 +362,7 @@ class Amp:
                 frames = self._msub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._markers_heard = True
+            self._markers_last = time.monotonic()
             try:
                 msg = decode_message(frames)
             except ProtocolError as exc:
@@ -335,8 +373,11 @@ class Amp:
                 if self._merger.missing_before(msg):
                     self._fill_markers(msg.session, msg.seq)
                 self._merger.add(msg)
-            elif isinstance(msg, MarkerStreamInfo) and msg.session == self._merger.session:
-                if msg.last_seq >= self._merger.next_seq:  # the bus dropped the latest markers
+            elif isinstance(msg, MarkerStreamInfo):
+                # Markers this client has not seen (dropped by the bus, or
+                # published before a restarted service's subscribers joined).
+                behind = msg.session != self._merger.session or msg.last_seq >= self._merger.next_seq
+                if behind and msg.last_seq >= 0:
                     self._fill_markers(msg.session, msg.last_seq + 1)
 
     def _fill_markers(self, session: str, until: int):

@@ -46,6 +46,11 @@ class Timeline:
         self._t.append(t_ns)
         self._n.append(n_samples)
 
+    def time_of(self, sample: int) -> int:
+        """Acquisition time of a recorded ``sample``."""
+        i = max(0, bisect.bisect_right(self._first, sample) - 1)
+        return self._t[i] + round((sample - self._first[i]) * self.period_ns)
+
     @property
     def end_sample(self) -> int | None:
         """One past the last sample recorded."""

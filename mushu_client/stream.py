@@ -83,8 +83,13 @@ class Assembler:
     def pending_samples(self) -> int:
         return sum(len(a) for a in self._pending)
 
-    def take(self, n_channels: int) -> tuple[np.ndarray, list]:
-        """Return the assembled samples and their segments.
+    @property
+    def first_pending(self) -> int | None:
+        """Index of the oldest sample assembled and not yet taken."""
+        return self._segments[0][0] if self._segments else None
+
+    def take(self, n_channels: int, until: int | None = None) -> tuple[np.ndarray, list]:
+        """Return the assembled samples before ``until`` (all if None) and their segments.
 
         Returns
         -------
@@ -98,5 +103,17 @@ class Assembler:
         segments, self._segments = self._segments, []
         if not pending:
             return np.empty((0, n_channels), np.float32), segments
-        out = np.concatenate(pending) if len(pending) > 1 else pending[0].copy()
+        out = np.concatenate(pending) if len(pending) > 1 else pending[0]
+        if until is not None and until < self.next_sample:
+            rows, taken = 0, []
+            for first, n in segments:
+                k = min(n, max(0, until - first))
+                if k:
+                    taken.append([first, k])
+                if k < n:
+                    self._segments.append([first + k, n - k])
+                rows += k
+            self._pending = [out[rows:]]
+            out, segments = out[:rows], taken
+        out = out.copy() if out.base is not None or len(pending) == 1 else out
         return (out if out.dtype.isnative else out.astype(out.dtype.newbyteorder("="))), segments

@@ -82,3 +82,34 @@ def spawn_amp():
 @pytest.fixture
 def amp_service(spawn_amp):
     return spawn_amp()
+
+
+class MarkersService(Service):
+    """A markers service process with its TCP/UDP port and ZeroMQ ingress."""
+
+    def __init__(self, proc, data, control, port, ingress):
+        super().__init__(proc, data, control, "markers")
+        self.port, self.ingress = port, ingress
+
+
+@pytest.fixture
+def spawn_markers():
+    """Start ``python -m mushu_markers``; pass ``like=`` a previous one to reuse its ports."""
+    started = []
+
+    def spawn(*args, like=None):
+        if like is None:
+            port, data, control, ingress = (free_port(), *(f"tcp://127.0.0.1:{free_port()}" for _ in range(3)))
+        else:
+            port, data, control, ingress = like.port, like.data, like.control, like.ingress
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mushu_markers", "--port", str(port), "--data", data, "--control", control,
+             "--ingress", ingress, "--log-level", "WARNING", *args])
+        svc = MarkersService(proc, data, control, port, ingress)
+        started.append(svc)
+        wait_until_answers(svc)
+        return svc
+
+    yield spawn
+    for svc in started:
+        svc.stop()

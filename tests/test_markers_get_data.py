@@ -1,0 +1,131 @@
+"""Markers merged into get_data: the amp and markers services as real processes."""
+
+import time
+
+import numpy as np
+import pytest
+
+import mushu_client
+from mushu_amp.drivers.rampamp import ramp
+from mushu_client import MarkerSender
+
+FS = 1000
+
+
+def open_amp(amp_svc, markers_svc, **kw):
+    amp = mushu_client.get_amp("rampamp", data=amp_svc.data, control=amp_svc.control,
+                               markers=markers_svc.data, markers_control=markers_svc.control, **kw)
+    amp.configure(fs=FS, channels=8)
+    return amp
+
+
+class Reader:
+    """get_data in a loop, checking the contract of every call."""
+
+    def __init__(self, amp):
+        self.amp, self.n, self.markers, self.chunks = amp, 0, [], []
+
+    def read(self):
+        data, markers = self.amp.get_data()
+        duration = len(data) * 1000 / FS
+        for ms, label in markers:
+            assert 0 <= ms < duration, (ms, duration, label)
+            self.markers.append((self.n + round(ms * FS / 1000), label))
+        self.chunks.append(data)
+        self.n += len(data)
+        return data
+
+    def until(self, predicate, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out; markers so far: {self.markers[-5:]}"
+            self.read()
+
+    def check_data(self, channels=8):
+        data = np.concatenate(self.chunks)
+        np.testing.assert_array_equal(data, ramp(0, len(data), channels))
+
+
+@pytest.mark.parametrize("grace", [None, 0.02])
+def test_a_marker_sent_right_after_sample_n_lands_within_a_few_samples_after_n(spawn_amp, spawn_markers, grace):
+    amp_svc, mk = spawn_amp(), spawn_markers()
+    sender = MarkerSender("127.0.0.1", mk.port)
+    udp = MarkerSender("127.0.0.1", mk.port, protocol="udp")
+    kw = {} if grace is None else {"marker_grace": grace}
+    with open_amp(amp_svc, mk, **kw) as amp:
+        sender.send("warm-up")  # connect before the run; stamped before start, so not returned
+        amp.start()
+        r = Reader(amp)
+        sent = []
+        for i in range(300):
+            while not len(r.read()):
+                pass
+            n = r.n - 1  # the newest sample get_data has just returned
+            (udp if i % 3 == 2 else sender).send(f"{i}:{n}")
+            sent.append(n)
+        r.until(lambda: len(r.markers) == len(sent))
+        amp.stop()
+        while len(r.read()):
+            pass
+        r.check_data()
+    labels = [label for _, label in r.markers]
+    expected = [f"{i}:{n}" for i, n in enumerate(sent)]
+    assert sorted(labels) == sorted(expected)  # each exactly once
+    # in order per transport (TCP and UDP markers may race each other into the service)
+    tcp = [label for label in labels if int(label.split(":")[0]) % 3 != 2]
+    assert tcp == [label for label in expected if int(label.split(":")[0]) % 3 != 2]
+    r.markers.sort(key=lambda m: int(m[1].split(":")[0]))
+    offsets = [sample - n for (sample, _), n in zip(r.markers, sent)]
+    print(f"grace {grace}: marker offset after sample n: min {min(offsets)}, median {np.median(offsets)}, "
+          f"max {max(offsets)}; {amp.marker_counts}")
+    # get_data returns samples once they are marker_grace old, so the marker lands on the
+    # sample after n + grace, give or take a process that was not scheduled in time
+    held = amp.marker_grace_ns * FS // 1_000_000_000
+    assert min(offsets) >= 1 and np.median(offsets) <= held + 2 and max(offsets) <= held + 10
+    assert amp.marker_counts["lost"] == 0
+    if grace is not None:  # a grace far above this machine's marker latency: none is late
+        assert amp.marker_counts["late"] == 0
+    sender.close()
+    udp.close()
+
+
+def test_markers_before_start_are_not_returned(spawn_amp, spawn_markers):
+    amp_svc, mk = spawn_amp(), spawn_markers()
+    with open_amp(amp_svc, mk) as amp:
+        mushu_client.send_marker("before", "127.0.0.1", mk.port)
+        time.sleep(0.05)  # let it be published before start()
+        amp.start()
+        r = Reader(amp)
+        r.until(lambda: r.n > 20)
+        mushu_client.send_marker("after", "127.0.0.1", mk.port)
+        r.until(lambda: r.markers)
+        r.until(lambda: r.n > r.markers[-1][0] + 50)
+        amp.stop()
+    assert [label for _, label in r.markers] == ["after"]
+
+
+def test_the_markers_service_may_start_after_the_client_and_restart(spawn_amp, spawn_markers):
+    from conftest import MarkersService, free_port
+    amp_svc = spawn_amp()
+    port = free_port()
+    eps = [f"tcp://127.0.0.1:{free_port()}" for _ in range(3)]
+    planned = MarkersService(None, eps[0], eps[1], port, eps[2])
+    with open_amp(amp_svc, planned) as amp:
+        amp.start()  # no markers service yet
+        r = Reader(amp)
+        r.until(lambda: r.n > 50)
+        mk = spawn_markers(like=planned)
+        sender = MarkerSender("127.0.0.1", mk.port)  # one connection: markers arrive in order
+        for i in range(5):
+            sender.send(f"first-{i}")
+        r.until(lambda: len(r.markers) == 5)
+        mk.stop()
+        mk2 = spawn_markers(like=planned)  # a new session, sequence numbers from 0 again
+        for i in range(5):
+            sender.send(f"second-{i}")  # reconnects to the restarted service
+        r.until(lambda: len(r.markers) == 10)
+        amp.stop()
+        sender.close()
+        r.check_data()
+    assert [label for _, label in r.markers] == [f"first-{i}" for i in range(5)] + [f"second-{i}" for i in range(5)]
+    assert [s for s, _ in r.markers] == sorted(s for s, _ in r.markers)
