@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 from .amp import Amp, get_amp, get_available_amps  # noqa: E402
 from .errors import AmpError, GapWarning, MushuError, RemoteError, ServiceUnavailable  # noqa: E402
+from .sender import MarkerSender, send_marker  # noqa: E402
 
 __all__ = ["Amp", "get_amp", "get_available_amps", "MushuError", "ServiceUnavailable",
-           "RemoteError", "AmpError", "GapWarning", "__version__"]
+           "RemoteError", "AmpError", "GapWarning", "send_marker", "MarkerSender", "__version__"]

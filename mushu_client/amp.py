@@ -331,30 +331,36 @@ class Amp:
         asm = self._asm
         while asm.next_sample < until:
             try:
-                result, frames = self._ctl.request("history", session=asm.session, from_sample=asm.next_sample)
+                _result, frames = self._ctl.request("history", session=asm.session, from_sample=asm.next_sample)
             except (ValueError, ServiceUnavailable) as exc:
                 log.warning("history fetch failed: %s", exc)
                 break
             added = 0
-            for i in range(0, len(frames) - 1, 2):
+            for header, payload in zip(frames[::2], frames[1::2]):
                 try:
-                    block = decode_block_frames(frames[i].bytes, frames[i + 1], self.stream)
+                    block = decode_block_frames(header.bytes, payload, self.stream)
                 except ProtocolError as exc:
                     self.bad_messages += 1
                     log.warning("malformed history block: %s", exc)
                     break
-                if asm.missing_before(block):
+                if block.header.first_sample >= until:
                     break
+                if asm.missing_before(block):  # older samples have left the history
+                    self._lose_samples(block.header.first_sample)
                 added += self._accept(block)
             self.refetched_samples += added
             if not added:
                 break
-        if asm.next_sample < until:
-            first = asm.next_sample
-            lost = asm.skip_to(until)
+        self._lose_samples(until)
+
+    def _lose_samples(self, until: int):
+        """Declare the samples before ``until`` lost, and say so."""
+        first = self._asm.next_sample
+        lost = self._asm.skip_to(until)
+        if lost:
             self.gaps.append((first, lost))
             warnings.warn(GapWarning(f"{lost} samples lost from sample {first} of session "
-                                     f"{asm.session}: no longer in the amp's history"), stacklevel=4)
+                                     f"{self._asm.session}: no longer in the amp's history"), stacklevel=5)
 
     def _drain_markers(self):
         while True:
@@ -399,16 +405,22 @@ class Amp:
                     self.bad_messages += 1
                     log.warning("malformed marker in history: %s", exc)
                     break
-                if m.seq >= until or merger.missing_before(m):
+                if m.seq >= until:
                     break
+                if merger.missing_before(m):  # older markers have left the history
+                    self._lose_markers(m.seq)
                 added += merger.add(m)
             if not added:
                 break
-        if merger.next_seq < until:
-            first = merger.next_seq
-            lost = merger.skip_to(until)
-            warnings.warn(GapWarning(f"{lost} markers lost from seq {first} of markers session {session}: "
-                                     "no longer in the markers service's history"), stacklevel=5)
+        self._lose_markers(until)
+
+    def _lose_markers(self, until: int):
+        first = self._merger.next_seq
+        lost = self._merger.skip_to(until)
+        if lost:
+            warnings.warn(GapWarning(f"{lost} markers lost from seq {first} of markers session "
+                                     f"{self._merger.session}: no longer in the markers service's history"),
+                          stacklevel=5)
 
     def _check_alive(self):
         if time.monotonic() - self._last_message > SILENCE_S:

@@ -26,8 +26,9 @@ import numpy as np
 
 PROTOCOL_VERSION = 1
 
-#: Largest header or control frame a decoder will unpack, in bytes.
-MAX_HEADER_BYTES = 64 * 1024
+#: Largest header, info or control frame a decoder will unpack, in bytes
+#: (room for 65535 channel names and units in a stream info).
+MAX_HEADER_BYTES = 4 * 1024 * 1024
 #: Largest channel count a header may declare.
 MAX_CHANNELS = 65535
 #: Largest sample count one block may declare.
@@ -120,6 +121,24 @@ def unpack_map(frame, what: str) -> dict:
     if not isinstance(obj, dict):
         raise ProtocolError(f"{what} frame must be a msgpack map, not {type(obj).__name__}")
     return obj
+
+
+PLAIN_SCALARS = (str, int, float, bool, bytes, type(None))
+
+
+def _check_plain(obj, what: str, depth: int = 0):
+    """Refuse anything but maps, lists and plain scalars (msgpack decodes its
+    timestamp extension itself, past ``ext_hook``)."""
+    if depth > 32:
+        raise ProtocolError(f"{what}: nested more than 32 levels deep")
+    if isinstance(obj, dict):
+        for v in obj.values():
+            _check_plain(v, what, depth + 1)
+    elif isinstance(obj, list):
+        for v in obj:
+            _check_plain(v, what, depth + 1)
+    elif not isinstance(obj, PLAIN_SCALARS):
+        raise ProtocolError(f"{what}: values of type {type(obj).__name__} are not allowed")
 
 
 def _refuse_ext(code, data):
@@ -548,6 +567,7 @@ def decode_request(frame) -> tuple[str, dict]:
     f = _Fields(m, "control request")
     f.version()
     cmd = f.str("cmd", COMMAND)
+    _check_plain(m, "control request")
     args = {k: v for k, v in m.items() if k not in ("version", "cmd")}
     return cmd, args
 
@@ -611,7 +631,7 @@ def serve_request(frames: list, handle) -> tuple[list, str | None, Exception | N
         split = frames.index(b"", 1)
         envelope, body = frames[:split + 1], frames[split + 1:]
     except ValueError:  # a DEALER that sent no delimiter: answer it in kind
-        envelope, body = [frames[0], b""], frames[1:]
+        envelope, body = frames[:1], frames[1:]
     cmd = rid = None
     try:
         if len(body) != 1:

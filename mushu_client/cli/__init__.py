@@ -10,9 +10,9 @@ import argparse
 import logging
 import sys
 
-from . import amps
+from . import amps, marker
 
-COMMANDS = [amps]
+COMMANDS = [amps, marker]
 
 
 def main(argv=None) -> int:

@@ -117,11 +117,13 @@ class AmpCore:
         self.seq = 0
         self.next_sample = 0
         self.dtype = "<f4"
+        self._np_dtype = np.dtype(self.dtype)
         self.channels: list[str] = []
         self.fs = 1.0
         self.blocks_published = 0
         self.samples_published = 0
-        self.bad_requests = 0
+        self.malformed_requests = 0  # not a valid control request at all
+        self.refused_requests = 0    # valid, but refused (unknown command, bad arguments, driver errors)
         self.driver_errors = 0
         self.started_ns = time.monotonic_ns()
         self.commands = {
@@ -160,7 +162,7 @@ class AmpCore:
         step = max(1, MAX_BLOCK_BYTES // max(1, data.strides[0]))
         out = []
         for i in range(0, n, step):
-            chunk = data[i:i + step]
+            chunk = data[i:i + step] if n > step else data  # usually one block: no view
             header = BlockHeader(self.stream, self.session, self.seq, self.next_sample,
                                  chunk.shape[0], chunk.shape[1], self.fs, self.dtype,
                                  t_first + round(i * period_ns))
@@ -174,6 +176,9 @@ class AmpCore:
         return out
 
     def _as_block_array(self, data) -> np.ndarray:
+        if (type(data) is np.ndarray and data.dtype is self._np_dtype and data.ndim == 2
+                and data.shape[1] == len(self.channels) and data.flags.c_contiguous):
+            return data  # already a block: the common case, checked without allocating
         data = np.asarray(data)
         if data.ndim != 2 or data.shape[1] != len(self.channels):
             raise ValueError(f"driver returned data of shape {data.shape}, "
@@ -247,7 +252,7 @@ class AmpCore:
         self._need_driver()
         if self.running:
             raise RuntimeError("cannot configure while running; stop the amp first")
-        kwargs = kwargs or {}
+        kwargs = {} if kwargs is None else kwargs
         if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
             raise TypeError("configure arguments must be a map of names to values")
         self.driver.configure(**kwargs)
@@ -313,7 +318,8 @@ class AmpCore:
             "config": self.config,
             "blocks_published": self.blocks_published,
             "samples_published": self.samples_published,
-            "bad_requests": self.bad_requests,
+            "malformed_requests": self.malformed_requests,
+            "refused_requests": self.refused_requests,
             "driver_errors": self.driver_errors,
             "history": {"blocks": len(self.history), "bytes": self.history.nbytes,
                         "limit_bytes": self.history.limit_bytes,
