@@ -1,0 +1,167 @@
+"""Sending markers to the mushu markers service over TCP or UDP.
+
+Only the standard library: runs on any stimulus PC, Windows included.
+
+>>> from mushu_client import send_marker, MarkerSender
+>>> send_marker("S  1")                      # one TCP connection per call
+>>> with MarkerSender() as markers:          # one connection for many markers
+...     markers.send("trial start")
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+
+from .config import setting
+from .errors import ServiceUnavailable
+from .protocol import MAX_LABEL_LENGTH
+
+PROTOCOLS = ("tcp", "udp")
+
+
+def encode_label(label: str) -> bytes:
+    """The line that carries ``label``: its UTF-8 bytes and ``\\n``.
+
+    Raises
+    ------
+    ValueError
+        If ``label`` is empty, contains a line break or is longer than
+        MAX_LABEL_LENGTH characters (the service would not publish it).
+    """
+    if not isinstance(label, str):
+        raise TypeError(f"a marker label must be a string, not {type(label).__name__}")
+    if not label:
+        raise ValueError("a marker label must not be empty")
+    if "\n" in label or "\r" in label:
+        raise ValueError(f"a marker label must not contain a line break: {label[:80]!r}")
+    if len(label) > MAX_LABEL_LENGTH:
+        raise ValueError(f"marker label of {len(label)} characters is over the limit of {MAX_LABEL_LENGTH}")
+    return label.encode("utf-8") + b"\n"
+
+
+class MarkerSender:
+    """A connection to the markers service's ingress, reused for every marker.
+
+    Over TCP the connection is opened on the first :meth:`send` and kept; if
+    the service closed it meanwhile (restart, idle timeout) the next send
+    opens a new one. Over UDP each marker is one datagram; UDP cannot tell
+    whether anyone received it.
+
+    Parameters
+    ----------
+    host : str, optional
+        Host of the markers service (env MUSHU_MARKERS_HOST, default 127.0.0.1).
+    port : int, optional
+        Its TCP/UDP port (env MUSHU_MARKERS_PORT, default 12344).
+    protocol : {"tcp", "udp"}
+    timeout : float
+        Seconds a TCP connect or send may take.
+    """
+
+    def __init__(self, host: str | None = None, port: int | None = None, protocol: str = "tcp",
+                 timeout: float = 1.0):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be 'tcp' or 'udp', not {protocol!r}")
+        self.host = setting("MUSHU_MARKERS_HOST", host)
+        self.port = int(setting("MUSHU_MARKERS_PORT", None if port is None else str(port)))
+        self.protocol = protocol
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def send(self, label: str):
+        """Send one marker.
+
+        Raises
+        ------
+        ValueError
+            For a label the service would refuse (see :func:`encode_label`).
+        ServiceUnavailable
+            If no markers service accepts a TCP connection at host:port.
+        """
+        line = encode_label(label)
+        if self.protocol == "udp":
+            try:
+                self._udp().sendto(line, (self.host, self.port))
+            except OSError as exc:
+                raise ServiceUnavailable(f"cannot send a marker datagram to {self.address}: {exc}") from None
+            return
+        if self._sock is not None and self._peer_closed():
+            self.close()
+        reused = self._sock is not None
+        try:
+            self._tcp().sendall(line)
+        except ServiceUnavailable:
+            raise
+        except OSError as exc:
+            self.close()
+            if reused and isinstance(exc, ConnectionError):  # the kept connection broke before the send
+                return self.send(label)
+            raise ServiceUnavailable(f"cannot send a marker to the mushu markers service at "
+                                     f"{self.address} over TCP: {exc}") from None
+
+    def _udp(self) -> socket.socket:
+        if self._sock is None:
+            family = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)[0][0]
+            self._sock = socket.socket(family, socket.SOCK_DGRAM)
+        return self._sock
+
+    def _tcp(self) -> socket.socket:
+        if self._sock is None:
+            try:
+                sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            except OSError as exc:
+                raise ServiceUnavailable(f"no mushu markers service accepts TCP connections at "
+                                         f"{self.address}: {exc}") from None
+            # Markers are small and urgent: no Nagle delay.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._sock = sock
+        return self._sock
+
+    def _peer_closed(self) -> bool:
+        # The service never sends anything, so a readable socket means it closed.
+        try:
+            readable, _, _ = select.select([self._sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
+    def close(self):
+        """Close the connection (a later :meth:`send` opens a new one)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def send_marker(label: str, host: str | None = None, port: int | None = None, protocol: str = "tcp",
+                timeout: float = 1.0):
+    """Send one marker to the markers service, over its own connection.
+
+    For many markers, keep a :class:`MarkerSender` instead.
+
+    Parameters
+    ----------
+    label : str
+        The marker text: at most MAX_LABEL_LENGTH characters, no line break.
+    host, port, protocol, timeout
+        As for :class:`MarkerSender`.
+
+    Raises
+    ------
+    ValueError
+        For a label the service would refuse.
+    ServiceUnavailable
+        If no markers service accepts a TCP connection at host:port.
+    """
+    with MarkerSender(host, port, protocol, timeout) as sender:
+        sender.send(label)

@@ -1,0 +1,396 @@
+"""The markers service's core: framing, label rules, numbering and history.
+
+No sockets here. The service (``service.py``) reads bytes, stamps them and
+hands them to :class:`MarkersCore`, which turns them into numbered
+:class:`~mushu_client.protocol.Marker` messages, keeps the recent ones for
+late consumers and counts (and logs) everything it refuses.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import os
+import re
+import time
+import uuid
+
+from mushu_client import __version__
+from mushu_client.protocol import (
+    MAX_LABEL_LENGTH,
+    PROTOCOL_VERSION,
+    Marker,
+    MarkerStreamInfo,
+    ProtocolError,
+    ReplyFrames,
+    dispatch,
+    encode_marker,
+    encode_marker_info,
+    unpack_map,
+)
+
+log = logging.getLogger("mushu.markers")
+
+#: A label of MAX_LABEL_LENGTH characters takes at most this many UTF-8
+#: bytes; and any byte string longer than this decodes (even with
+#: replacement characters) to more than MAX_LABEL_LENGTH characters.
+MAX_LABEL_BYTES = 4 * MAX_LABEL_LENGTH
+#: Longest line a TCP connection may buffer: a label plus a ``\r``.
+MAX_LINE_BYTES = MAX_LABEL_BYTES + 1
+DEFAULT_HISTORY_MARKERS = 100_000
+DEFAULT_HISTORY_BYTES = 32 << 20
+#: Most markers one ``history`` reply carries; the consumer asks again for more.
+MAX_HISTORY_REPLY = 20_000
+
+# C0 and C1 control characters and DEL, except tab.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# First bytes of a msgpack map (fixmap, map16, map32).
+_MAP_START = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
+
+#: Counters reported by ``status``; the ones after "markers" count problems.
+COUNTERS = (
+    "markers", "tcp_markers", "udp_markers", "zmq_markers",
+    "empty_lines", "empty_datagrams", "too_long", "invalid_utf8", "control_chars",
+    "bad_zmq_messages", "partial_lines_dropped", "read_errors",
+    "connections_accepted", "connections_closed", "connections_refused", "connections_idle_closed",
+    "bad_requests",
+)
+
+
+class LineFramer:
+    """Split one TCP connection's byte stream into lines stamped at their first byte.
+
+    Feed it every read with the time the read returned; it returns the lines
+    the read completed, each with the stamp of the read that delivered the
+    line's first byte. A line that grows past ``max_bytes`` without a newline
+    is returned at once, cut to ``max_bytes + 1`` bytes (so it is still too
+    long for :func:`decode_label`), and the rest of it up to the next newline
+    is discarded: the buffer never holds more than ``max_bytes`` bytes.
+
+    Parameters
+    ----------
+    max_bytes : int
+        Longest line kept whole, without its ``\\n``.
+    """
+
+    def __init__(self, max_bytes: int = MAX_LINE_BYTES):
+        self.max_bytes = max_bytes
+        self._buf = bytearray()
+        self._t_first = 0
+        self._discarding = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an unfinished line held back."""
+        return len(self._buf)
+
+    def feed(self, data: bytes, t_ns: int) -> list[tuple[int, bytes]]:
+        """Add one read; return the completed ``(t_ns_of_first_byte, line)`` pairs.
+
+        Lines are returned without their ``\\n`` (a ``\\r`` before it is
+        left for :func:`decode_label`).
+        """
+        lines = []
+        start = 0
+        while (nl := data.find(b"\n", start)) >= 0:
+            if self._discarding:
+                self._discarding = False
+            elif self._buf:
+                lines.append(self._cut(self._t_first, bytes(self._buf) + data[start:nl]))
+                self._buf.clear()
+            else:
+                lines.append(self._cut(t_ns, data[start:nl]))
+            start = nl + 1
+        if start < len(data) and not self._discarding:
+            if not self._buf:
+                self._t_first = t_ns
+            self._buf += data[start:start + self.max_bytes + 1 - len(self._buf)]
+            if len(self._buf) > self.max_bytes:
+                lines.append((self._t_first, bytes(self._buf)))
+                self._buf.clear()
+                self._discarding = True
+        return lines
+
+    def finish(self) -> list[tuple[int, bytes]]:
+        """The unfinished line at the end of the stream, as a line (or nothing)."""
+        if not self._buf:
+            return []
+        line = (self._t_first, bytes(self._buf))
+        self._buf.clear()
+        return [line]
+
+    def _cut(self, t_ns: int, line: bytes) -> tuple[int, bytes]:
+        return t_ns, line[:self.max_bytes + 1]
+
+
+def split_datagram(data: bytes) -> list[bytes]:
+    """The lines of one UDP datagram: the datagram ends its last line."""
+    lines = data.split(b"\n")
+    if len(lines) > 1 and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+class LabelError(ValueError):
+    """A label that is refused; ``kind`` names the counter it goes to."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def decode_label(raw: bytes) -> tuple[str, list[str]]:
+    """Decode one line of ingress bytes into ``(label, flags)``.
+
+    One trailing ``\\r`` is a line ending and is dropped. Bytes that are not
+    UTF-8 become U+FFFD (flag ``"invalid_utf8"``); see :func:`check_label`
+    for the rest.
+
+    Raises
+    ------
+    LabelError
+        For an empty line (kind ``"empty_lines"``) or a label over
+        MAX_LABEL_LENGTH characters (kind ``"too_long"``).
+    """
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    if len(raw) > MAX_LABEL_BYTES:
+        raise LabelError("too_long", f"label of {len(raw)} bytes refused "
+                                     f"(over {MAX_LABEL_LENGTH} characters)")
+    try:
+        return check_label(raw.decode("utf-8"), [])
+    except UnicodeDecodeError:
+        return check_label(raw.decode("utf-8", "replace"), ["invalid_utf8"])
+
+
+def check_label(label: str, flags: list[str]) -> tuple[str, list[str]]:
+    """Apply the label rules to a decoded label; return ``(label, flags)``.
+
+    Control characters other than tab (C0, DEL, C1) are replaced by U+FFFD
+    and flagged ``"control_chars"``, so a label is always one printable line.
+    """
+    if not label:
+        raise LabelError("empty_lines", "empty line ignored")
+    if len(label) > MAX_LABEL_LENGTH:
+        raise LabelError("too_long", f"label of {len(label)} characters refused (limit {MAX_LABEL_LENGTH})")
+    label, n = _CONTROL.subn("\ufffd", label)
+    if n:
+        flags.append("control_chars")
+    return label, flags
+
+
+class MarkerLog:
+    """Header frames of the most recent markers, numbered from 0 without gaps.
+
+    Bounded both in markers and in bytes; the oldest go first.
+    """
+
+    def __init__(self, max_markers: int = DEFAULT_HISTORY_MARKERS, max_bytes: int = DEFAULT_HISTORY_BYTES):
+        self.max_markers = max(1, max_markers)
+        self.max_bytes = max_bytes
+        self.next_seq = 0
+        self.nbytes = 0
+        self._frames: collections.deque[bytes] = collections.deque()
+
+    def __len__(self):
+        return len(self._frames)
+
+    @property
+    def oldest_seq(self) -> int:
+        """Sequence number of the oldest marker kept (``next_seq`` if none)."""
+        return self.next_seq - len(self._frames)
+
+    def append(self, frame: bytes):
+        """Keep ``frame`` as marker number ``next_seq``."""
+        self._frames.append(frame)
+        self.nbytes += len(frame)
+        self.next_seq += 1
+        while len(self._frames) > self.max_markers or (self.nbytes > self.max_bytes and len(self._frames) > 1):
+            self.nbytes -= len(self._frames.popleft())
+
+    def since(self, seq: int, limit: int = MAX_HISTORY_REPLY) -> list[bytes]:
+        """Frames of the markers from ``seq`` (or the oldest kept) on, at most ``limit``."""
+        start = max(0, seq - self.oldest_seq)
+        return list(itertools.islice(self._frames, start, start + limit))
+
+
+class _ProblemLog:
+    """Count problems by kind and log them, at most ``burst`` lines per kind per window."""
+
+    def __init__(self, counts: dict, burst: int = 20, window_ns: int = 10_000_000_000):
+        self.counts = counts
+        self.burst = burst
+        self.window_ns = window_ns
+        self._windows: dict[str, list[int]] = {}  # kind -> [window start, logged, suppressed]
+
+    def __call__(self, kind: str, fmt: str, *args):
+        self.counts[kind] += 1
+        now = time.monotonic_ns()
+        w = self._windows.setdefault(kind, [now, 0, 0])
+        if now - w[0] > self.window_ns:
+            if w[2]:
+                log.warning("%d more %s problems were not logged", w[2], kind)
+            w[:] = [now, 0, 0]
+        if w[1] < self.burst:
+            w[1] += 1
+            log.warning(fmt, *args)
+        else:
+            w[2] += 1
+
+
+class MarkersCore:
+    """State of the markers service and the rules of its control commands.
+
+    Parameters
+    ----------
+    stream : str
+        Name of the published marker stream.
+    history_markers, history_bytes : int
+        Bounds of the history kept for late consumers.
+    """
+
+    def __init__(self, stream: str = "markers", history_markers: int = DEFAULT_HISTORY_MARKERS,
+                 history_bytes: int = DEFAULT_HISTORY_BYTES):
+        self.stream = stream
+        self.session = uuid.uuid4().hex
+        self.log = MarkerLog(history_markers, history_bytes)
+        self.counts = dict.fromkeys(COUNTERS, 0)
+        self.problem = _ProblemLog(self.counts)
+        self.started_ns = time.monotonic_ns()
+        #: Set by the service: what it is bound to, and its open TCP connections.
+        self.endpoints: dict = {}
+        self.connections = 0
+        self.max_connections = 0
+        self.commands = {"ping": self.cmd_ping, "status": self.cmd_status,
+                         "time": self.cmd_time, "history": self.cmd_history}
+
+    # -- ingress ----------------------------------------------------------
+
+    def ingest_lines(self, lines, source: str, counter: str) -> list[list]:
+        """Turn ``(t_ns, raw_line)`` pairs from ``source`` into marker messages to publish."""
+        out = []
+        for t_ns, raw in lines:
+            try:
+                label, flags = decode_label(raw)
+            except LabelError as exc:
+                self._refused(exc, source, raw)
+                continue
+            out.append(self._publish(t_ns, label, source, flags, counter))
+        return out
+
+    def ingest_datagram(self, data: bytes, t_ns: int, source: str) -> list[list]:
+        """Marker messages from one UDP datagram received at ``t_ns``."""
+        if not data:
+            self.problem("empty_datagrams", "%s: empty datagram ignored", source)
+            return []
+        return self.ingest_lines([(t_ns, line) for line in split_datagram(data)], source, "udp_markers")
+
+    def ingest_zmq(self, frames: list[bytes], t_ns: int) -> list[list]:
+        """Marker messages from one message of the ZeroMQ ingress received at ``t_ns``.
+
+        The message is one frame: a msgpack map ``{"label": str, "t_ns":
+        int or nil}`` (``t_ns`` is the sender's monotonic clock; given, it
+        replaces the receive time and the marker is flagged
+        ``"sender_time"``), or else a plain UTF-8 label.
+        """
+        if len(frames) != 1:
+            self.problem("bad_zmq_messages", "zmq: message of %d frames refused (expected 1)", len(frames))
+            return []
+        frame = frames[0]
+        flags = []
+        m = self._as_map(frame)
+        if m is None:
+            try:
+                label, flags = decode_label(frame)
+            except LabelError as exc:
+                self._refused(exc, "zmq", frame)
+                return []
+        else:
+            label, sender_t = m.get("label"), m.get("t_ns")
+            if type(label) is not str or not (sender_t is None or type(sender_t) is int and
+                                              -(2**63) <= sender_t < 2**63):
+                self.problem("bad_zmq_messages", "zmq: map refused: needs 'label' (string) and optionally "
+                             "'t_ns' (64-bit integer), got label=%.80r t_ns=%.40r", label, sender_t)
+                return []
+            if sender_t is not None:
+                t_ns, flags = sender_t, ["sender_time"]
+            try:
+                label, flags = check_label(label, flags)
+            except LabelError as exc:
+                self._refused(exc, "zmq", label.encode("utf-8", "replace"))
+                return []
+        return [self._publish(t_ns, label, "zmq", flags, "zmq_markers")]
+
+    @staticmethod
+    def _as_map(frame: bytes) -> dict | None:
+        if not frame or frame[0] not in _MAP_START:
+            return None
+        try:
+            return unpack_map(frame, "marker ingress")
+        except ProtocolError:
+            return None
+
+    def _refused(self, exc: LabelError, source: str, raw: bytes):
+        if exc.kind == "empty_lines":
+            self.counts["empty_lines"] += 1
+        else:
+            self.problem(exc.kind, "%s: %s: %.60r...", source, exc, raw[:60])
+
+    def _publish(self, t_ns: int, label: str, source: str, flags: list[str], counter: str) -> list:
+        for flag in flags:
+            if flag in self.counts:
+                self.problem(flag, "%s: marker %d published with flag %s: %.80r",
+                             source, self.log.next_seq, flag, label)
+        marker = Marker(self.stream, self.session, self.log.next_seq, t_ns, label, source, tuple(flags))
+        frames = encode_marker(marker)
+        self.log.append(frames[1])
+        self.counts["markers"] += 1
+        self.counts[counter] += 1
+        return frames
+
+    def heartbeat(self) -> list:
+        """The marker stream-info message for now."""
+        return encode_marker_info(MarkerStreamInfo(self.stream, self.session, self.log.next_seq - 1,
+                                                   time.monotonic_ns()))
+
+    # -- control commands -------------------------------------------------
+
+    def handle(self, cmd: str, args: dict):
+        """Run control command ``cmd``; return its result or raise."""
+        return dispatch(self.commands, cmd, args)
+
+    def cmd_ping(self):
+        return {"service": "markers", "version": __version__, "protocol": PROTOCOL_VERSION,
+                "stream": self.stream, "session": self.session}
+
+    def cmd_time(self):
+        return {"t_ns": time.monotonic_ns()}
+
+    def cmd_status(self):
+        return {
+            "service": "markers", "stream": self.stream, "session": self.session,
+            "pid": os.getpid(), "version": __version__, "protocol": PROTOCOL_VERSION,
+            "uptime_s": (time.monotonic_ns() - self.started_ns) / 1e9,
+            "last_seq": self.log.next_seq - 1,
+            "endpoints": dict(self.endpoints),
+            "connections": self.connections, "max_connections": self.max_connections,
+            "counts": dict(self.counts),
+            "history": {"markers": len(self.log), "bytes": self.log.nbytes, "oldest_seq": self.log.oldest_seq,
+                        "limit_markers": self.log.max_markers, "limit_bytes": self.log.max_bytes},
+        }
+
+    def cmd_history(self, session: str, from_seq: int = 0):
+        """Markers of ``session`` from ``from_seq`` on (at most MAX_HISTORY_REPLY).
+
+        The reply's extra frames are the markers' header frames, each one a
+        :func:`~mushu_client.protocol.decode_marker` input.
+        """
+        if session != self.session:
+            raise ValueError(f"session {session!r} is not in the history (current session {self.session!r})")
+        if type(from_seq) is not int or from_seq < 0:
+            raise TypeError(f"from_seq must be a non-negative integer, not {from_seq!r}")
+        frames = self.log.since(from_seq)
+        result = {"session": self.session, "markers": len(frames), "oldest_seq": self.log.oldest_seq,
+                  "last_seq": self.log.next_seq - 1}
+        return ReplyFrames(result, frames)

@@ -1,0 +1,312 @@
+"""The markers service process: one thread, one poller, around :class:`MarkersCore`.
+
+A single ``zmq.Poller`` watches the TCP listener, every TCP connection, the
+UDP socket, the ZeroMQ ingress (PULL), the control socket (ROUTER) and the
+publisher (XPUB, for new subscriptions). Every read is stamped with
+``time.monotonic_ns()`` the moment it returns, before any parsing, so a
+marker's time is that of the read that delivered its first byte.
+
+The publisher is an XPUB socket (a PUB to subscribers) so that a new
+subscription is answered at once with a heartbeat: a consumer that has
+received one knows that its subscription is live and which ``last_seq``
+the history covers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import signal
+import socket
+import sys
+import time
+
+import zmq
+
+from mushu_client.config import setting
+from mushu_client.protocol import serve_request
+
+from .core import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_MARKERS, LineFramer, MarkersCore
+
+log = logging.getLogger("mushu.markers")
+
+HEARTBEAT_NS = 1_000_000_000
+SWEEP_NS = 500_000_000
+READ_BYTES = 65536
+#: Reads of one kind per poll round, so a flood on one socket cannot starve the others.
+BURST = 64
+
+
+class _Connection:
+    __slots__ = ("sock", "source", "framer", "last_ns")
+
+    def __init__(self, sock: socket.socket, source: str, now_ns: int):
+        self.sock = sock
+        self.source = source
+        self.framer = LineFramer()
+        self.last_ns = now_ns
+
+
+class MarkersService:
+    """Bind the sockets and serve until :meth:`shutdown`.
+
+    Parameters
+    ----------
+    core : MarkersCore
+    host : str
+        Interface of the TCP and UDP ingress; anything but loopback is logged
+        as a warning.
+    port : int
+        TCP and UDP port of the ingress (libmushu's is 12344).
+    data_endpoint, control_endpoint, ingress_endpoint : str
+        ZeroMQ endpoints to bind the publisher, the control socket and the
+        ZeroMQ ingress (PULL) to.
+    max_connections : int
+        Open TCP connections at most; further ones are accepted and closed.
+    idle_timeout : float
+        Seconds after which a TCP connection that sent nothing is closed.
+    sndhwm : int
+        Publisher high-water mark per subscriber, in messages.
+    """
+
+    def __init__(self, core: MarkersCore, host: str, port: int, data_endpoint: str, control_endpoint: str,
+                 ingress_endpoint: str, max_connections: int = 256, idle_timeout: float = 300.0,
+                 sndhwm: int = 100_000):
+        self.core = core
+        self.max_connections = core.max_connections = max_connections
+        self.idle_ns = int(idle_timeout * 1e9)
+        self.quit = False
+        self.conns: dict[int, _Connection] = {}
+        self.ctx = zmq.Context()
+        try:
+            self._bind_zmq(data_endpoint, control_endpoint, ingress_endpoint, sndhwm)
+            self._bind_ingress(host, port)
+        except (zmq.ZMQError, OSError) as exc:
+            self.ctx.destroy(linger=0)
+            raise OSError(f"cannot bind markers service: {exc}") from None
+        self.poller = zmq.Poller()
+        self.handlers = {}
+        for sock, handler in ((self.listener, self._accept), (self.udp, self._read_udp),
+                              (self.pull, self._read_pull), (self.ctl, self._serve), (self.pub, self._subscribed)):
+            self.poller.register(sock, zmq.POLLIN)
+            self.handlers[sock if isinstance(sock, zmq.Socket) else sock.fileno()] = handler
+
+    def _bind_zmq(self, data_endpoint, control_endpoint, ingress_endpoint, sndhwm):
+        self.pub = self.ctx.socket(zmq.XPUB)
+        self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+        self.pub.setsockopt(zmq.SNDHWM, sndhwm)
+        self.ctl = self.ctx.socket(zmq.ROUTER)
+        self.pull = self.ctx.socket(zmq.PULL)
+        self.pull.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
+        for sock, endpoint, name in ((self.pub, data_endpoint, "data"), (self.ctl, control_endpoint, "control"),
+                                     (self.pull, ingress_endpoint, "ingress")):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.bind(endpoint)
+            self.core.endpoints[name] = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def _bind_ingress(self, host, port):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.listener = socket.socket(family, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((host, port))
+        self.listener.listen(128)
+        self.listener.setblocking(False)
+        self.udp = socket.socket(family, socket.SOCK_DGRAM)
+        self.udp.bind((host, self.listener.getsockname()[1]))
+        self.udp.setblocking(False)
+        try:
+            self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        except OSError:
+            pass
+        self.core.endpoints["tcp"] = "%s:%d" % self.listener.getsockname()[:2]
+        self.core.endpoints["udp"] = "%s:%d" % self.udp.getsockname()[:2]
+        if not _is_loopback(host):
+            log.warning("marker ingress bound to %s, beyond loopback: any host that reaches port %d can send "
+                        "markers", host, self.listener.getsockname()[1])
+
+    def run(self):
+        """Serve until :meth:`shutdown` is called (e.g. from a signal handler)."""
+        e = self.core.endpoints
+        log.info("markers service, session %s: TCP %s, UDP %s, ZeroMQ ingress %s, data %s, control %s",
+                 self.core.session, e["tcp"], e["udp"], e["ingress"], e["data"], e["control"])
+        next_beat = next_sweep = time.monotonic_ns()
+        try:
+            while not self.quit:
+                now = time.monotonic_ns()
+                if now >= next_beat:
+                    self.pub.send_multipart(self.core.heartbeat())
+                    next_beat = now + HEARTBEAT_NS
+                if now >= next_sweep:
+                    self._close_idle(now)
+                    next_sweep = now + SWEEP_NS
+                timeout_ms = max(0, min(next_beat, next_sweep) - now) / 1e6
+                for sock, _event in self.poller.poll(min(timeout_ms, 100)):
+                    handler = self.handlers.get(sock)
+                    if handler is not None:
+                        handler()
+        finally:
+            for conn in list(self.conns.values()):
+                conn.sock.close()
+            self.listener.close()
+            self.udp.close()
+            self.ctx.destroy(linger=0)
+
+    def shutdown(self):
+        self.quit = True
+
+    def _publish(self, messages):
+        for frames in messages:
+            self.pub.send_multipart(frames)
+
+    # -- TCP --------------------------------------------------------------
+
+    def _accept(self):
+        for _ in range(BURST):
+            try:
+                sock, addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. out of file descriptors: keep serving the others
+                self.core.problem("read_errors", "accept failed: %s", exc)
+                return
+            source = _source("tcp", addr)
+            if len(self.conns) >= self.max_connections:
+                sock.close()
+                self.core.problem("connections_refused", "%s: refused, %d connections open (limit)",
+                                  source, len(self.conns))
+                continue
+            sock.setblocking(False)
+            conn = _Connection(sock, source, time.monotonic_ns())
+            self.conns[sock.fileno()] = conn
+            self.handlers[sock.fileno()] = lambda conn=conn: self._read_conn(conn)
+            self.poller.register(sock, zmq.POLLIN)
+            self.core.counts["connections_accepted"] += 1
+            self.core.connections = len(self.conns)
+            log.debug("%s: connected", source)
+            self._read_conn(conn)  # a sender that connects per marker has usually sent it already
+
+    def _read_conn(self, conn: _Connection):
+        try:
+            data = conn.sock.recv(READ_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.core.problem("read_errors", "%s: read failed, connection closed: %s", conn.source, exc)
+            self._close(conn)
+            return
+        t_ns = time.monotonic_ns()
+        conn.last_ns = t_ns
+        if data:
+            self._publish(self.core.ingest_lines(conn.framer.feed(data, t_ns), conn.source, "tcp_markers"))
+        else:  # the sender closed: its unfinished last line is its last marker
+            self._publish(self.core.ingest_lines(conn.framer.finish(), conn.source, "tcp_markers"))
+            self._close(conn)
+
+    def _close(self, conn: _Connection):
+        fd = conn.sock.fileno()
+        self.poller.unregister(conn.sock)
+        del self.conns[fd], self.handlers[fd]
+        conn.sock.close()
+        self.core.counts["connections_closed"] += 1
+        self.core.connections = len(self.conns)
+        log.debug("%s: closed", conn.source)
+
+    def _close_idle(self, now: int):
+        for conn in [c for c in self.conns.values() if now - c.last_ns > self.idle_ns]:
+            self.core.problem("connections_idle_closed", "%s: closed after %.0f s without data",
+                              conn.source, self.idle_ns / 1e9)
+            if conn.framer.pending:
+                self.core.problem("partial_lines_dropped", "%s: unfinished line of %d bytes dropped",
+                                  conn.source, conn.framer.pending)
+            self._close(conn)
+
+    # -- UDP, ZeroMQ ingress, control ----------------------------------------
+
+    def _read_udp(self):
+        for _ in range(BURST):
+            try:
+                data, addr = self.udp.recvfrom(READ_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. an ICMP error reported on the socket
+                self.core.problem("read_errors", "udp: read failed: %s", exc)
+                return
+            t_ns = time.monotonic_ns()
+            self._publish(self.core.ingest_datagram(data, t_ns, _source("udp", addr)))
+
+    def _read_pull(self):
+        for _ in range(BURST):
+            try:
+                frames = self.pull.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            t_ns = time.monotonic_ns()
+            self._publish(self.core.ingest_zmq(frames, t_ns))
+
+    def _serve(self):
+        reply, cmd, error = serve_request(self.ctl.recv_multipart(), self.core.handle)
+        if error is not None:
+            self.core.counts["bad_requests"] += 1
+            log.warning("control request %s refused: %s: %s", cmd or "(malformed)", type(error).__name__, error)
+        self.ctl.send_multipart(reply)
+
+    def _subscribed(self):
+        msg = self.pub.recv()
+        if msg[:1] == b"\x01":
+            self.pub.send_multipart(self.core.heartbeat())
+
+
+def _source(kind: str, addr: tuple) -> str:
+    host = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
+    return f"{kind}:{host}:{addr[1]}"
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return all(ipaddress.ip_address(info[4][0]).is_loopback
+                   for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP))
+    except (OSError, ValueError):
+        return False
+
+
+def main(argv=None):
+    """Console script ``mushu-markers``."""
+    p = argparse.ArgumentParser(prog="mushu-markers", description="mushu markers service: TCP/UDP/ZeroMQ "
+                                "marker ingress, published as a numbered marker stream")
+    p.add_argument("--host", help="interface of the TCP/UDP ingress (env MUSHU_MARKERS_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP and UDP port (env MUSHU_MARKERS_PORT, default 12344)")
+    p.add_argument("--data", help="endpoint to publish markers on (env MUSHU_MARKERS_DATA)")
+    p.add_argument("--control", help="endpoint of the control socket (env MUSHU_MARKERS_CONTROL)")
+    p.add_argument("--ingress", help="endpoint of the ZeroMQ PULL ingress (env MUSHU_MARKERS_INGRESS)")
+    p.add_argument("--stream", help="marker stream name (env MUSHU_MARKER_STREAM, default 'markers')")
+    p.add_argument("--max-connections", type=int, default=256, help="open TCP connections at most")
+    p.add_argument("--idle-timeout", type=float, default=300.0,
+                   help="seconds before a silent TCP connection is closed (default %(default)g)")
+    p.add_argument("--history-markers", type=int, default=DEFAULT_HISTORY_MARKERS,
+                   help="markers kept for late consumers (default %(default)d)")
+    p.add_argument("--history-mb", type=float, default=DEFAULT_HISTORY_BYTES / 2**20,
+                   help="bytes of history kept at most, in MiB (default %(default)g)")
+    p.add_argument("--sndhwm", type=int, default=100_000, help="publisher high-water mark in messages")
+    p.add_argument("--log-level", default="INFO")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s mushu-markers %(levelname)s %(message)s")
+
+    try:
+        core = MarkersCore(setting("MUSHU_MARKER_STREAM", a.stream), a.history_markers, int(a.history_mb * 2**20))
+        port = int(setting("MUSHU_MARKERS_PORT", None if a.port is None else str(a.port)))
+        service = MarkersService(
+            core, setting("MUSHU_MARKERS_HOST", a.host), port, setting("MUSHU_MARKERS_DATA", a.data),
+            setting("MUSHU_MARKERS_CONTROL", a.control), setting("MUSHU_MARKERS_INGRESS", a.ingress),
+            max_connections=a.max_connections, idle_timeout=a.idle_timeout, sndhwm=a.sndhwm)
+    except Exception as exc:
+        log.error("%s", exc)
+        return 2
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: service.shutdown())
+    service.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
