@@ -10,7 +10,7 @@ import zmq
 
 from .config import setting
 from .control import ControlClient
-from .errors import AmpError, GapWarning, MushuError, ServiceUnavailable
+from .errors import AmpError, GapWarning, RecordingError, RecordingWarning, ServiceUnavailable
 from .markers import MarkerMerger, Timeline
 from .protocol import (Block, Marker, MarkerStreamInfo, ProtocolError, StreamInfo, data_topic, decode_block_frames,
                        decode_marker, decode_message, info_topic, marker_topic)
@@ -53,7 +53,8 @@ def get_available_amps(control: str | None = None, timeout: float = 2.0) -> list
 
 def get_amp(name: str, data: str | None = None, control: str | None = None,
             timeout: float = 2.0, hwm: int = RCVHWM, markers: str | None = None,
-            markers_control: str | None = None, marker_grace: float = MARKER_GRACE_S) -> "Amp":
+            markers_control: str | None = None, marker_grace: float = MARKER_GRACE_S,
+            recorder: str | None = None) -> "Amp":
     """Select amplifier ``name`` on the amp service and return an :class:`Amp` for it.
 
     Parameters
@@ -69,6 +70,9 @@ def get_amp(name: str, data: str | None = None, control: str | None = None,
     hwm : int
         Blocks queued for this client before the bus drops them (they are
         then refetched from the amp's history).
+    recorder : str, optional
+        Endpoint of the recorder's control socket, for ``start(filename)``
+        (default: ``MUSHU_RECORDER_CONTROL``, else localhost).
     markers, markers_control : str, optional
         Endpoints of the markers service (default: ``MUSHU_MARKERS_DATA`` /
         ``MUSHU_MARKERS_CONTROL``, else localhost). The markers service may
@@ -90,7 +94,8 @@ def get_amp(name: str, data: str | None = None, control: str | None = None,
         The driver is not available, or another amp is running.
     """
     return Amp(name, data=data, control=control, timeout=timeout, hwm=hwm,
-               markers=markers, markers_control=markers_control, marker_grace=marker_grace)
+               markers=markers, markers_control=markers_control, marker_grace=marker_grace,
+               recorder=recorder)
 
 
 class Amp:
@@ -105,7 +110,8 @@ class Amp:
 
     def __init__(self, name: str, data: str | None = None, control: str | None = None,
                  timeout: float = 2.0, hwm: int = RCVHWM, markers: str | None = None,
-                 markers_control: str | None = None, marker_grace: float = MARKER_GRACE_S):
+                 markers_control: str | None = None, marker_grace: float = MARKER_GRACE_S,
+                 recorder: str | None = None):
         self.name = name
         self.timeout = timeout
         self.data_endpoint = setting("MUSHU_AMP_DATA", data)
@@ -132,6 +138,12 @@ class Amp:
         self._msub.setsockopt(zmq.SUBSCRIBE, info_topic(self.marker_stream))
         self._mctl = ControlClient(setting("MUSHU_MARKERS_CONTROL", markers_control), 0.5, "markers")
         self._merger = MarkerMerger()
+        self._rec_ctl = ControlClient(setting("MUSHU_RECORDER_CONTROL", recorder), timeout, "recorder")
+        #: Base path of the recording in progress (on the recorder's host), or None.
+        self.recording: str | None = None
+        #: What the recorder reported when the last recording finished.
+        self.recording_result: dict | None = None
+        self._next_recording_check = 0.0
         self._markers_last = 0.0  # time.monotonic() of the last message from the markers service
         #: Samples younger than this (ns) wait for markers that may still be
         #: on their way; applies only while a markers service is heard from.
@@ -166,10 +178,28 @@ class Amp:
 
         If the amplifier is already running (started by another client),
         this joins it from the current sample on.
+
+        Parameters
+        ----------
+        filename : str, optional
+            Record to this recording name as well (files ``filename.eeg``,
+            ``.marker``, ``.meta``, ``.vhdr``, ``.vmrk``), through the
+            recorder service. A relative name lands in the recorder's data
+            directory. The recording holds exactly the samples and markers
+            :meth:`get_data` returns until :meth:`stop`.
+
+        Raises
+        ------
+        FileExistsError
+            A recording of that name exists.
+        ServiceUnavailable
+            A filename was given and no recorder answers.
         """
         if filename is not None:
-            raise MushuError(f"cannot record to {filename!r}: recording needs the mushu recorder "
-                             "service, which this version does not include yet")
+            try:
+                self._rec_ctl.call("check", name=filename)
+            except ServiceUnavailable as exc:
+                raise ServiceUnavailable(f"cannot record to {filename!r}: {exc}") from None
         self._follow_markers()
         r = self._ctl.call("start")
         self._channels, self._fs = r["channels"], r["fs"]
@@ -178,6 +208,17 @@ class Amp:
         self._merger.start_ns = None
         self._end_sample = None
         self._error = None
+        self.recording = None
+        if filename is not None:
+            try:
+                self.recording = self._rec_ctl.call(
+                    "record", name=filename, session=r["session"], first_sample=r["first_sample"],
+                    markers_session=self._merger.session, markers_next_seq=self._merger.next_seq)["base"]
+            except Exception:
+                if not r["joined"]:
+                    self._ctl.call("stop")
+                raise
+            self._next_recording_check = time.monotonic() + 1.0
 
     def _follow_markers(self):
         """Skip the markers published so far: they precede this start."""
@@ -193,10 +234,28 @@ class Amp:
         self._merger.follow(status["session"], status["last_seq"] + 1)
 
     def stop(self):
-        """Stop acquisition. Samples acquired before it stay readable with :meth:`get_data`."""
+        """Stop acquisition, and the recording if :meth:`start` began one.
+
+        Samples acquired before it stay readable with :meth:`get_data`.
+
+        Raises
+        ------
+        RecordingError
+            The recording failed (disk full, ...); the files written so far
+            stay readable.
+        """
         r = self._ctl.call("stop")
         if r["session"] == self._asm.session:
             self._end_sample = r["next_sample"]
+        if self.recording is not None:
+            recording, self.recording = self.recording, None
+            try:
+                self.recording_result = self._rec_ctl.request("finish", timeout=60.0,
+                                                              end_sample=r["next_sample"])[0]
+            except RuntimeError as exc:
+                raise RecordingError(str(exc)) from None
+            except ServiceUnavailable as exc:
+                raise RecordingError(f"recording {recording!r} was not confirmed finished: {exc}") from None
 
     def get_channels(self) -> list[str]:
         """Channel names, in the order of the data's columns."""
@@ -242,6 +301,8 @@ class Amp:
             if remaining <= 0:
                 break
             time.sleep(max(0.0, min(wait, remaining)))
+        if self.recording is not None and time.monotonic() >= self._next_recording_check:
+            self._check_recording()
         data, segments = asm.take(len(self._channels), until)
         markers = self._merger.place(self._timeline, segments, self._fs)
         if segments:
@@ -422,6 +483,19 @@ class Amp:
                                      f"{self._merger.session}: no longer in the markers service's history"),
                           stacklevel=5)
 
+    def _check_recording(self):
+        """Warn (once) if the recording stopped with an error; stop() raises it."""
+        self._next_recording_check = time.monotonic() + 1.0
+        try:
+            status = self._rec_ctl.request("status", timeout=0.5)[0]
+        except ServiceUnavailable as exc:
+            warnings.warn(RecordingWarning(f"recording {self.recording!r}: {exc}"), stacklevel=3)
+            return
+        rec = status.get("recording") or {}
+        if rec.get("error"):
+            warnings.warn(RecordingWarning(f"recording {self.recording!r} stopped: {rec['error']}"), stacklevel=3)
+            self._next_recording_check = float("inf")
+
     def _check_alive(self):
         if time.monotonic() - self._last_message > SILENCE_S:
             self._ctl.call("ping")  # raises ServiceUnavailable naming the endpoint
@@ -450,6 +524,7 @@ class Amp:
         self._msub.close(linger=0)
         self._ctl.close()
         self._mctl.close()
+        self._rec_ctl.close()
 
     def __enter__(self):
         return self

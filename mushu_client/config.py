@@ -22,6 +22,10 @@ DEFAULTS = {
     "MUSHU_MARKERS_HOST": "127.0.0.1",
     "MUSHU_MARKERS_PORT": "12344",
     "MUSHU_MARKER_STREAM": "markers",
+    # recorder: its control socket, and where relative recording names go
+    # (on the recorder's host).
+    "MUSHU_RECORDER_CONTROL": "tcp://127.0.0.1:12350",
+    "MUSHU_DATA_DIR": "data",
 }
 
 

@@ -29,3 +29,11 @@ class AmpError(MushuError):
 
 class GapWarning(UserWarning):
     """Samples were lost and could not be refetched from the history."""
+
+
+class RecordingError(MushuError):
+    """The recording failed; the files written so far stay readable."""
+
+
+class RecordingWarning(UserWarning):
+    """The recording in progress has a problem (it will raise at stop())."""

@@ -132,22 +132,14 @@ class MarkerMerger:
     def drop_pending(self):
         self._pending = []
 
-    def place(self, timeline: Timeline, segments: list, fs: float, offset_ns: int = 0):
-        """Return ``[(ms, label)]`` for the pending markers whose samples are being returned.
+    def place_samples(self, timeline: Timeline, end: int, offset_ns: int = 0) -> list[tuple[int, Marker]]:
+        """Take the pending markers whose sample is before ``end``: ``[(sample, marker)]``.
 
-        ``segments`` are the ``[first_sample, n]`` runs of the returned rows
-        (see :meth:`Assembler.take`); ``offset_ns`` is added to each marker's
-        time to bring it onto the stream's clock. A marker whose sample falls
-        in a lost gap lands on the next returned sample. Markers whose sample
-        has not arrived stay pending.
+        ``offset_ns`` is added to each marker's time to bring it onto the
+        stream's clock. Markers stamped before the start are counted and
+        dropped; markers whose sample has not arrived stay pending. The result
+        is in sample order, markers on one sample in ``seq`` order.
         """
-        if not segments:
-            return []
-        starts = [first for first, _n in segments]
-        rows = [0]
-        for _first, n in segments:
-            rows.append(rows[-1] + n)
-        end = segments[-1][0] + segments[-1][1]
         placed, keep = [], []
         for m in self._pending:
             t = m.t_ns + offset_ns
@@ -160,14 +152,34 @@ class MarkerMerger:
             sample = timeline.sample_at(t)
             if sample is None or sample >= end:
                 keep.append(m)
-                continue
+            else:
+                placed.append((sample, m))
+        self._pending = keep
+        placed.sort(key=lambda p: (p[0], p[1].seq))
+        return placed
+
+    def place(self, timeline: Timeline, segments: list, fs: float, offset_ns: int = 0):
+        """Return ``[(ms, label)]`` for the pending markers whose samples are being returned.
+
+        ``segments`` are the ``[first_sample, n]`` runs of the returned rows
+        (see :meth:`Assembler.take`). A marker whose sample falls in a lost
+        gap lands on the next returned sample; one whose sample was returned
+        before lands on the first row and is counted ``late``.
+        """
+        if not segments:
+            return []
+        starts = [first for first, _n in segments]
+        rows = [0]
+        for _first, n in segments:
+            rows.append(rows[-1] + n)
+        out = []
+        for sample, m in self.place_samples(timeline, segments[-1][0] + segments[-1][1], offset_ns):
             if sample < starts[0]:
                 self.late += 1
                 row = 0
             else:
                 k = bisect.bisect_right(starts, sample) - 1
                 row = rows[k] + min(sample - starts[k], segments[k][1])
-            placed.append((row, m.seq, m.label))
-        self._pending = keep
-        placed.sort(key=lambda p: p[:2])
-        return [(row * 1000.0 / fs, label) for row, _seq, label in placed]
+            out.append((row, m.seq, m.label))
+        out.sort(key=lambda p: p[:2])
+        return [(row * 1000.0 / fs, label) for row, _seq, label in out]

@@ -551,7 +551,9 @@ def decode_marker_info(frame_or_map, stream: str | None = None) -> MarkerStreamI
 #: Exception types a reply may name that the client raises as themselves;
 #: anything else becomes a RemoteError. Names are looked up, never evaluated.
 BUILTIN_ERRORS = {"ValueError": ValueError, "TypeError": TypeError, "KeyError": KeyError,
-                  "RuntimeError": RuntimeError, "NotImplementedError": NotImplementedError}
+                  "RuntimeError": RuntimeError, "NotImplementedError": NotImplementedError,
+                  "FileExistsError": FileExistsError, "FileNotFoundError": FileNotFoundError,
+                  "PermissionError": PermissionError}
 
 COMMAND = re.compile(r"^[a-z_]{1,32}$")
 

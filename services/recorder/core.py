@@ -1,0 +1,409 @@
+"""The recorder's core: which samples and markers go into the active recording.
+
+No sockets here. The service feeds it the blocks and markers it receives and
+gives it four callables to reach the other services (history and status of
+the amp and of the markers service); the core decides what to write, fills
+gaps from the histories, places markers with the client's own rules
+(:mod:`mushu_client.markers`), and keeps on disk what a restarted recorder
+needs to resume the recording exactly.
+
+A recording covers amp samples ``[first_sample, end_sample)`` of one amp
+session, from ``record`` to ``finish``: the same samples the client's
+``get_data()`` returned between ``start(filename)`` and ``stop()``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from mushu_client import __version__
+from mushu_client.markers import MarkerMerger, Timeline
+from mushu_client.protocol import PROTOCOL_VERSION, Block, Marker, dispatch
+from mushu_client.recording import EXTENSIONS, base_name
+
+from .files import JOURNAL, RecordingWriter
+
+log = logging.getLogger("mushu.recorder")
+
+STATE_FILE = ".mushu-recorder.json"
+#: Block times kept for placing markers that arrive after their samples.
+TIMELINE_S = 30.0
+
+
+@dataclass
+class Services:
+    """How the core reaches the other services (sockets live in the service)."""
+
+    amp_status: callable
+    amp_history: callable       # (session, from_sample) -> list[Block]
+    markers_status: callable    # () -> dict or None when not running
+    markers_history: callable   # (session, from_seq) -> list[Marker]
+
+
+@dataclass
+class Active:
+    """The recording being written."""
+
+    writer: RecordingWriter
+    session: str                 # amp session
+    first_sample: int            # amp sample index of the recording's first sample
+    next_sample: int             # amp sample index to write next
+    timeline: Timeline = field(default_factory=Timeline)
+    merger: MarkerMerger = field(default_factory=MarkerMerger)
+    placed: set = field(default_factory=set)   # (session, seq) of markers written
+    error: str | None = None
+
+
+class RecorderCore:
+    """State and rules of the recorder.
+
+    Parameters
+    ----------
+    data_dir : str
+        Where relative recording names are resolved.
+    services : Services
+    """
+
+    def __init__(self, data_dir: str, services: Services):
+        self.data_dir = os.path.abspath(data_dir)
+        self.services = services
+        self.active: Active | None = None
+        self.last_error: str | None = None
+        self.finished = 0
+        self.started_ns = time.monotonic_ns()
+        self.commands = {"ping": self.cmd_ping, "status": self.cmd_status, "time": self.cmd_time,
+                         "check": self.cmd_check, "record": self.cmd_record, "finish": self.cmd_finish}
+
+    def handle(self, cmd: str, args: dict):
+        return dispatch(self.commands, cmd, args)
+
+    # -- paths and the state file -------------------------------------------
+
+    def resolve(self, name: str) -> str:
+        """Recording base path for ``name``: relative names go under the data directory."""
+        if not isinstance(name, str) or not name.strip():
+            raise TypeError(f"a recording name must be a non-empty string, not {name!r}")
+        base = base_name(os.path.expanduser(name))
+        return os.path.normpath(base if os.path.isabs(base) else os.path.join(self.data_dir, base))
+
+    def _state_path(self) -> str:
+        return os.path.join(self.data_dir, STATE_FILE)
+
+    def _save_state(self):
+        a = self.active
+        state = {"active": None if a is None else {"base": a.writer.base}}
+        tmp = self._state_path() + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._state_path())
+
+    # -- commands -------------------------------------------------------------
+
+    def cmd_ping(self):
+        return {"service": "recorder", "version": __version__, "protocol": PROTOCOL_VERSION,
+                "data_dir": self.data_dir}
+
+    def cmd_time(self):
+        return {"t_ns": time.monotonic_ns()}
+
+    def cmd_check(self, name: str):
+        """Resolve ``name`` and refuse it if a recording of that name exists."""
+        base = self.resolve(name)
+        existing = [base + ext for ext in (*EXTENSIONS, JOURNAL) if os.path.exists(base + ext)]
+        if existing:
+            raise FileExistsError(f"recording {base!r} exists already ({', '.join(existing)})")
+        if not os.path.isdir(os.path.dirname(base)):
+            raise FileNotFoundError(f"directory {os.path.dirname(base)!r} does not exist on the recorder's host")
+        return {"base": base}
+
+    def cmd_record(self, name: str, session: str, first_sample: int, markers_session: str | None = None,
+                   markers_next_seq: int = 0):
+        """Record amp ``session`` from ``first_sample`` on into recording ``name``.
+
+        ``markers_session`` / ``markers_next_seq`` say from which marker the
+        client follows the markers service, so both see the same markers.
+        """
+        if self.active is not None:
+            raise RuntimeError(f"already recording {self.active.writer.base!r}; finish it first")
+        if type(first_sample) is not int or first_sample < 0:
+            raise TypeError(f"first_sample must be a non-negative integer, not {first_sample!r}")
+        base = self.resolve(name)
+        amp = self.services.amp_status()
+        if amp.get("session") != session:
+            raise ValueError(f"amp session {session!r} is not the amp's current session {amp.get('session')!r}")
+        mushu = {
+            "version": __version__, "protocol": PROTOCOL_VERSION,
+            "amp_session": session, "first_sample": first_sample,
+            "stream": amp.get("stream"), "amp_config": amp.get("config"),
+            "start_wall": time.time(), "start_wall_iso": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "start_monotonic_ns": None,
+            "markers_session": markers_session, "markers_first_seq": markers_next_seq,
+            "segments": [{"session": session, "first_sample": first_sample, "file_sample": 0}],
+            "clock_offsets_ns": {"amp": 0, "markers": 0},
+        }
+        units = [amp.get("unit", "uV")] * len(amp["channels"])
+        writer = RecordingWriter.create(base, amp["channels"], amp["fs"], amp["amp"], units, mushu)
+        self.active = Active(writer, session, first_sample, first_sample)
+        if markers_session is not None:
+            self.active.merger.follow(markers_session, markers_next_seq)
+        self._save_state()
+        log.info("recording %s: amp session %s from sample %d", base, session, first_sample)
+        self.catch_up()
+        return {"base": base}
+
+    def cmd_finish(self, end_sample: int):
+        """Write the recording up to amp sample ``end_sample`` (exclusive) and close it."""
+        a = self._need_active()
+        if a.error is None:
+            self.catch_up(until=end_sample)
+            self._fill_markers()
+        if a.error is not None:
+            error = a.error
+            self._close_active()
+            raise RuntimeError(f"recording {a.writer.base!r} failed: {error}")
+        if a.next_sample < end_sample:
+            self._lose(end_sample - a.next_sample, "not in the amp's history at finish")
+        self._place_markers(end=end_sample)
+        dropped = len(a.merger._pending)
+        result = {"base": a.writer.base, "n_samples": a.writer.n_samples, "markers": len(a.writer.markers),
+                  "gaps": a.writer.meta["mushu"]["gaps"], "markers_after_end": dropped,
+                  "markers_before_start": a.merger.before_start}
+        try:
+            a.writer.finish(end_sample=end_sample, stop_wall=time.time(),
+                            markers_before_start=a.merger.before_start, markers_after_end=dropped)
+        except OSError as exc:
+            self._fail(exc)
+            self._close_active()
+            raise RuntimeError(f"recording {a.writer.base!r} failed at finish: {exc}") from None
+        self.finished += 1
+        self._close_active()
+        log.info("finished %s: %d samples, %d markers", result["base"], result["n_samples"], result["markers"])
+        return result
+
+    def cmd_status(self):
+        a = self.active
+        rec = None
+        if a is not None:
+            rec = {"base": a.writer.base, "session": a.session, "first_sample": a.first_sample,
+                   "next_sample": a.next_sample, "n_samples": a.writer.n_samples,
+                   "markers": len(a.writer.markers), "gaps": a.writer.meta["mushu"]["gaps"], "error": a.error}
+        return {"service": "recorder", "pid": os.getpid(), "version": __version__,
+                "data_dir": self.data_dir, "state": "idle" if a is None else ("error" if a.error else "recording"),
+                "recording": rec, "last_error": self.last_error, "finished": self.finished,
+                "uptime_s": (time.monotonic_ns() - self.started_ns) / 1e9}
+
+    def _need_active(self) -> Active:
+        if self.active is None:
+            raise RuntimeError("no recording is active")
+        return self.active
+
+    def _close_active(self):
+        self.active.writer.close()
+        self.active = None
+        try:
+            self._save_state()
+        except OSError as exc:
+            log.error("cannot update the recorder state file: %s", exc)
+
+    # -- data -----------------------------------------------------------------
+
+    def on_block(self, block: Block):
+        """Write the part of a live block that belongs to the recording."""
+        a = self.active
+        if a is None or a.error is not None or block.header.session != a.session:
+            return
+        if block.header.first_sample > a.next_sample:
+            self.catch_up(until=block.header.first_sample)
+        self._write(block)
+
+    def on_marker(self, marker: Marker):
+        a = self.active
+        if a is None or a.error is not None:
+            return
+        if a.merger.missing_before(marker):
+            self._fill_markers(marker.session, marker.seq)
+        self._add_marker(marker)
+        self._place_markers()
+
+    def catch_up(self, until: int | None = None):
+        """Fetch from the amp's history what the recording misses, up to ``until``."""
+        a = self.active
+        while a.error is None and (until is None or a.next_sample < until):
+            try:
+                blocks = self.services.amp_history(a.session, a.next_sample)
+            except Exception as exc:  # the amp may be gone: the live stream or finish will tell
+                log.warning("amp history from sample %d unavailable: %s", a.next_sample, exc)
+                return
+            written = 0
+            for block in blocks:
+                if until is not None and block.header.first_sample >= until:
+                    break
+                if block.header.first_sample > a.next_sample:
+                    self._lose(block.header.first_sample - a.next_sample, "no longer in the amp's history")
+                written += self._write(block, until)
+            if not written:
+                return
+
+    def _write(self, block: Block, until: int | None = None) -> int:
+        a = self.active
+        h = block.header
+        skip = max(0, a.next_sample - h.first_sample)
+        stop = h.n_samples if until is None else min(h.n_samples, until - h.first_sample)
+        if skip >= stop:
+            return 0
+        if a.writer.meta["mushu"]["start_monotonic_ns"] is None:
+            a.writer.meta["mushu"]["start_monotonic_ns"] = h.t_ns + round(skip * 1e9 / h.fs)
+            a.merger.start_ns = a.writer.meta["mushu"]["start_monotonic_ns"]
+            self._guard(a.writer.write_meta)
+        try:
+            a.writer.append(block.data[skip:stop])
+        except OSError as exc:
+            self._fail(exc)
+            return 0
+        a.timeline.add(h.first_sample + skip, h.t_ns + round(skip * 1e9 / h.fs), stop - skip, h.fs)
+        a.next_sample = h.first_sample + stop
+        self._place_markers()
+        return stop - skip
+
+    def _lose(self, count: int, reason: str):
+        a = self.active
+        log.warning("recording %s: %d samples lost at amp sample %d (%s)", a.writer.base, count, a.next_sample, reason)
+        self._guard(a.writer.append_gap, count, reason, amp_sample=a.next_sample, session=a.session)
+        a.next_sample += count
+
+    # -- markers --------------------------------------------------------------
+
+    def _add_marker(self, marker: Marker):
+        a = self.active
+        if (marker.session, marker.seq) in a.placed:
+            if marker.session != a.merger.session or marker.seq >= a.merger.next_seq:
+                a.merger.follow(marker.session, marker.seq + 1)
+            return
+        a.merger.add(marker)
+
+    def _fill_markers(self, session: str | None = None, until: int | None = None):
+        """Fetch markers the live stream did not bring (up to seq ``until``, or all)."""
+        a = self.active
+        if session is None:
+            try:
+                status = self.services.markers_status()
+            except Exception as exc:
+                log.warning("markers service unavailable: %s", exc)
+                return
+            if status is None:
+                return
+            session, until = status["session"], status["last_seq"] + 1
+        if a.merger.session != session:
+            a.merger.follow(session, 0)
+        while a.merger.next_seq < until:
+            try:
+                markers = self.services.markers_history(session, a.merger.next_seq)
+            except Exception as exc:
+                log.warning("marker history unavailable: %s", exc)
+                return
+            before = a.merger.next_seq
+            for m in markers:
+                if m.seq >= until:
+                    break
+                self._add_marker(m)
+            if a.merger.next_seq == before:
+                a.merger.skip_to(until)
+                log.warning("markers %d..%d of session %s are no longer in the markers history",
+                            before, until - 1, session)
+        self._place_markers()
+
+    def _place_markers(self, end: int | None = None):
+        a = self.active
+        for sample, m in a.merger.place_samples(a.timeline, a.next_sample if end is None else end):
+            self._guard(a.writer.add_marker, self._file_index(sample), m.label, m.seq, m.session, m.t_ns)
+            a.placed.add((m.session, m.seq))
+        a.timeline.forget_before(a.next_sample - int(TIMELINE_S * a.writer.fs))
+
+    def _file_index(self, amp_sample: int) -> int:
+        seg = self.active.writer.meta["mushu"]["segments"][-1]
+        return seg["file_sample"] + amp_sample - seg["first_sample"]
+
+    # -- errors and periodic work ---------------------------------------------
+
+    def _guard(self, fn, *args, **kw):
+        try:
+            fn(*args, **kw)
+        except OSError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException):
+        a = self.active
+        if a.error is None:
+            a.error = f"{type(exc).__name__}: {exc}"
+            self.last_error = a.error
+            log.error("recording %s stopped: %s", a.writer.base, a.error)
+            a.writer.fail(a.error)
+
+    def flush(self):
+        if self.active is not None and self.active.error is None:
+            self._guard(self.active.writer.flush)
+
+    def sync(self):
+        if self.active is not None and self.active.error is None:
+            self._guard(self.active.writer.sync)
+
+    # -- resuming after a crash -----------------------------------------------
+
+    def resume(self):
+        """Continue the recording a killed recorder left, if the state file names one."""
+        try:
+            with open(self._state_path()) as f:
+                state = json.load(f)
+        except FileNotFoundError:
+            return None
+        active = state.get("active")
+        if not active:
+            return None
+        writer = RecordingWriter.resume(active["base"])
+        mushu = writer.meta["mushu"]
+        seg = mushu["segments"][-1]
+        next_sample = seg["first_sample"] + writer.n_samples - seg["file_sample"]
+        a = Active(writer, seg["session"], mushu["first_sample"], next_sample)
+        a.placed = {(m["session"], m["seq"]) for m in writer.markers if m["seq"] >= 0}
+        a.merger.start_ns = mushu["start_monotonic_ns"]
+        if mushu.get("markers_session") is not None:
+            a.merger.follow(mushu["markers_session"], mushu["markers_first_seq"])
+        self.active = a
+        log.info("resuming %s at amp sample %d (%d samples, %d markers on disk)",
+                 writer.base, next_sample, writer.n_samples, len(writer.markers))
+        self._rebuild_timeline()
+        self.catch_up()
+        self._fill_markers()
+        return writer.base
+
+    def _rebuild_timeline(self):
+        """Block times of the samples already written, from the amp's history,
+        so markers that arrive now can still be placed on them."""
+        a = self.active
+        start = max(a.first_sample, a.next_sample - int(TIMELINE_S * a.writer.fs))
+        sample = start
+        while sample < a.next_sample:
+            try:
+                blocks = self.services.amp_history(a.session, sample)
+            except Exception as exc:
+                log.warning("cannot rebuild block times from the amp's history: %s", exc)
+                return
+            added = False
+            for block in blocks:
+                h = block.header
+                if h.first_sample >= a.next_sample:
+                    break
+                if h.first_sample + h.n_samples <= sample:
+                    continue
+                n = min(h.n_samples, a.next_sample - h.first_sample)
+                a.timeline.add(h.first_sample, h.t_ns, n, h.fs)
+                sample = h.first_sample + n
+                added = True
+            if not added:
+                return

@@ -1,0 +1,171 @@
+"""The recorder process: one thread and one poller around :class:`RecorderCore`.
+
+It subscribes to the amp's blocks and to the markers (always, so a
+recording starts with live data), answers its control socket, flushes the
+files every 100 ms and fsyncs them every second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+
+import zmq
+
+from mushu_client.config import setting
+from mushu_client.control import ControlClient
+from mushu_client.errors import ServiceUnavailable
+from mushu_client.protocol import (Block, Marker, ProtocolError, data_topic, decode_block_frames, decode_marker,
+                                   decode_message, marker_topic, serve_request)
+
+from .core import RecorderCore, Services
+
+log = logging.getLogger("mushu.recorder")
+
+FLUSH_NS = 100_000_000
+SYNC_NS = 1_000_000_000
+
+
+class RecorderService:
+    """Connect to the amp and markers services, bind the control socket, serve."""
+
+    def __init__(self, data_dir: str, control: str, amp_data: str, amp_control: str,
+                 markers_data: str, markers_control: str, stream: str, marker_stream: str):
+        self.ctx = zmq.Context.instance()
+        self.stream, self.marker_stream = stream, marker_stream
+        self.amp_ctl = ControlClient(amp_control, 2.0, "amp")
+        self.markers_ctl = ControlClient(markers_control, 0.5, "markers")
+        self.core = RecorderCore(data_dir, Services(
+            amp_status=lambda: self.amp_ctl.call("status"),
+            amp_history=self._amp_history,
+            markers_status=self._markers_status,
+            markers_history=self._markers_history))
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.RCVHWM, 100_000)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.connect(amp_data)
+        self.sub.connect(markers_data)
+        self.sub.setsockopt(zmq.SUBSCRIBE, data_topic(stream))
+        self.sub.setsockopt(zmq.SUBSCRIBE, marker_topic(marker_stream))
+        self.ctl = self.ctx.socket(zmq.ROUTER)
+        self.ctl.setsockopt(zmq.LINGER, 0)
+        try:
+            self.ctl.bind(control)
+        except zmq.ZMQError as exc:
+            raise OSError(f"cannot bind the recorder's control socket to {control}: {exc}") from None
+        self.control = control
+        self.quit = False
+        self.bad_messages = 0
+
+    # -- the other services ---------------------------------------------------
+
+    def _amp_history(self, session, from_sample):
+        _result, frames = self.amp_ctl.request("history", session=session, from_sample=from_sample)
+        return [decode_block_frames(h.bytes, p, self.stream) for h, p in zip(frames[::2], frames[1::2])]
+
+    def _markers_status(self):
+        try:
+            return self.markers_ctl.call("status")
+        except ServiceUnavailable:
+            return None
+
+    def _markers_history(self, session, from_seq):
+        _result, frames = self.markers_ctl.request("history", session=session, from_seq=from_seq)
+        return [decode_marker(f.bytes, self.marker_stream) for f in frames]
+
+    # -- the loop -------------------------------------------------------------
+
+    def run(self):
+        os.makedirs(self.core.data_dir, exist_ok=True)
+        try:
+            resumed = self.core.resume()
+        except Exception as exc:  # a damaged state must not keep the recorder down
+            log.error("cannot resume the recording in progress: %s: %s", type(exc).__name__, exc)
+            resumed = None
+        if resumed:
+            log.warning("resumed recording %s after a restart", resumed)
+        log.info("recorder: control on %s, data directory %s", self.control, self.core.data_dir)
+        poller = zmq.Poller()
+        poller.register(self.sub, zmq.POLLIN)
+        poller.register(self.ctl, zmq.POLLIN)
+        next_flush = time.monotonic_ns() + FLUSH_NS
+        next_sync = time.monotonic_ns() + SYNC_NS
+        while not self.quit:
+            events = dict(poller.poll(100))
+            if self.sub in events:
+                self._drain()
+            if self.ctl in events:
+                reply, cmd, error = serve_request(self.ctl.recv_multipart(), self.core.handle)
+                if error is not None:
+                    log.warning("control request %s refused: %s: %s", cmd or "(malformed)",
+                                type(error).__name__, error)
+                self.ctl.send_multipart(reply, copy=False)
+            now = time.monotonic_ns()
+            if now >= next_flush:
+                self.core.flush()
+                next_flush = now + FLUSH_NS
+            if now >= next_sync:
+                self.core.sync()
+                next_sync = now + SYNC_NS
+        self.core.sync()
+        self.sub.close(linger=0)
+        self.ctl.close(linger=0)
+        self.amp_ctl.close()
+        self.markers_ctl.close()
+
+    def _drain(self):
+        for _ in range(1000):  # then let the control socket have a turn
+            try:
+                frames = self.sub.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                msg = decode_message([f.bytes if i < 2 else f for i, f in enumerate(frames)])
+            except ProtocolError as exc:
+                self.bad_messages += 1
+                log.warning("dropped a malformed message: %s", exc)
+                continue
+            if isinstance(msg, Block):
+                self.core.on_block(msg)
+            elif isinstance(msg, Marker):
+                self.core.on_marker(msg)
+
+    def shutdown(self):
+        self.quit = True
+
+
+def main(argv=None):
+    """Console script ``mushu-recorder``."""
+    p = argparse.ArgumentParser(prog="mushu-recorder", description="mushu file recorder")
+    p.add_argument("--data-dir", help="directory of relative recording names (env MUSHU_DATA_DIR, default ./data)")
+    p.add_argument("--control", help="endpoint of the control socket (env MUSHU_RECORDER_CONTROL)")
+    p.add_argument("--amp-data", help="amp service blocks (env MUSHU_AMP_DATA)")
+    p.add_argument("--amp-control", help="amp service control (env MUSHU_AMP_CONTROL)")
+    p.add_argument("--markers-data", help="markers service bus (env MUSHU_MARKERS_DATA)")
+    p.add_argument("--markers-control", help="markers service control (env MUSHU_MARKERS_CONTROL)")
+    p.add_argument("--stream", help="amp stream name (env MUSHU_STREAM)")
+    p.add_argument("--marker-stream", help="marker stream name (env MUSHU_MARKER_STREAM)")
+    p.add_argument("--log-level", default="INFO")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s mushu-recorder %(levelname)s %(message)s")
+    try:
+        service = RecorderService(
+            setting("MUSHU_DATA_DIR", a.data_dir), setting("MUSHU_RECORDER_CONTROL", a.control),
+            setting("MUSHU_AMP_DATA", a.amp_data), setting("MUSHU_AMP_CONTROL", a.amp_control),
+            setting("MUSHU_MARKERS_DATA", a.markers_data), setting("MUSHU_MARKERS_CONTROL", a.markers_control),
+            setting("MUSHU_STREAM", a.stream), setting("MUSHU_MARKER_STREAM", a.marker_stream))
+    except Exception as exc:
+        log.error("%s", exc)
+        return 2
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: service.shutdown())
+    service.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
