@@ -113,3 +113,46 @@ def spawn_markers():
     yield spawn
     for svc in started:
         svc.stop()
+
+
+class RecorderService(Service):
+    """A recorder process with its data directory."""
+
+    def __init__(self, proc, control, data_dir, args):
+        super().__init__(proc, None, control, "recorder")
+        self.data_dir, self.args = data_dir, args
+
+
+@pytest.fixture
+def spawn_recorder(tmp_path):
+    """Start ``python -m mushu_recorder`` for an amp (and markers) service.
+
+    ``spawn(amp, markers=None, data_dir=None, like=None, preexec_fn=None)``;
+    ``like=`` a previous recorder restarts one with the same endpoints and
+    data directory.
+    """
+    started = []
+
+    def spawn(amp=None, markers=None, data_dir=None, like=None, preexec_fn=None):
+        if like is not None:
+            control, data_dir, args = like.control, like.data_dir, like.args
+        else:
+            control = f"tcp://127.0.0.1:{free_port()}"
+            data_dir = str(data_dir or tmp_path / "data")
+            args = ["--amp-data", amp.data, "--amp-control", amp.control]
+            if markers is not None:
+                args += ["--markers-data", markers.data, "--markers-control", markers.control]
+            else:  # no markers service: endpoints where nothing answers
+                args += ["--markers-data", f"tcp://127.0.0.1:{free_port()}",
+                         "--markers-control", f"tcp://127.0.0.1:{free_port()}"]
+        proc = subprocess.Popen([sys.executable, "-m", "mushu_recorder", "--control", control,
+                                 "--data-dir", data_dir, "--log-level", "WARNING", *args],
+                                preexec_fn=preexec_fn)
+        svc = RecorderService(proc, control, data_dir, args)
+        started.append(svc)
+        wait_until_answers(svc)
+        return svc
+
+    yield spawn
+    for svc in started:
+        svc.stop()
