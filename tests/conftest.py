@@ -58,12 +58,14 @@ def wait_until_answers(svc: Service, timeout: float = 15.0):
 
 @pytest.fixture
 def spawn_amp():
-    """Start ``python -m mushu_amp`` with extra arguments; returns a Service."""
+    """Start ``python -m mushu_amp`` with extra arguments (``like=`` an earlier one: same endpoints)."""
     started = []
 
-    def spawn(*args, env=None):
-        data = f"tcp://127.0.0.1:{free_port()}"
-        control = f"tcp://127.0.0.1:{free_port()}"
+    def spawn(*args, env=None, like=None):
+        if like is None:
+            data, control = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
+        else:  # a restart of an earlier service on its endpoints
+            data, control = like.data, like.control
         proc = subprocess.Popen(
             [sys.executable, "-m", "mushu_amp", "--data", data, "--control", control,
              "--log-level", "WARNING", *args],

@@ -166,3 +166,55 @@ def test_a_missing_directory_is_refused_before_acquisition_starts(spawn_amp, spa
         with pytest.raises(FileNotFoundError, match="does not exist"):
             amp.start(str(tmp_path / "no" / "such" / "dir" / "rec"))
         assert amp.status()["state"] == "idle"
+
+
+def test_an_amp_restart_is_a_gap_of_the_missed_samples_in_the_recording(spawn_amp, spawn_recorder):
+    import zmq
+    from mushu_client.protocol import Block, decode_message
+    args = ("--amp", "rampamp", "--configure", json.dumps({"fs": FS, "channels": 4}))
+    amp_svc = spawn_amp(*args)
+    rec = spawn_recorder(amp_svc)
+    raw = zmq.Context.instance().socket(zmq.SUB)  # block times, to check the gap's size
+    raw.setsockopt(zmq.RCVHWM, 0)
+    raw.connect(amp_svc.data)
+    raw.subscribe(b"data/")
+    amp = mushu_client.get_amp("rampamp", data=amp_svc.data, control=amp_svc.control, recorder=rec.control)
+    blocks = []
+
+    def collect(seconds):  # read as we go: libzmq reattaches a reconnected peer only once the old pipe is read
+        t_end = time.monotonic() + seconds
+        while time.monotonic() < t_end:
+            if raw.poll(10):
+                msg = decode_message(raw.recv_multipart())
+                if isinstance(msg, Block):
+                    blocks.append(msg.header)
+
+    amp.start("restarted")
+    collect(0.5)
+    amp_svc.proc.send_signal(signal.SIGKILL)
+    amp_svc.proc.wait()
+    collect(0.3)
+    spawn_amp(*args, "--start", like=amp_svc)
+    collect(0.5)
+    amp.stop()
+    result = amp.recording_result
+    collect(0.1)
+    raw.close(linger=0)
+    amp.close()
+    r = load(result["base"])
+    (gap,) = r.gaps
+    assert gap["reason"] == "amp restarted"
+    assert len({h.session for h in blocks}) == 2, (len(blocks), r.gaps)
+    old = [h for h in blocks if h.session == blocks[0].session]
+    new = [h for h in blocks if h.session != blocks[0].session]
+    t_end_old = old[-1].t_ns + old[-1].n_samples * 1_000_000
+    t_zero_new = new[0].t_ns - new[0].first_sample * 1_000_000
+    assert abs(gap["count"] - (t_zero_new - t_end_old) / 1e6) <= 1  # the samples the amp did not acquire
+    assert 250 <= gap["count"] <= 1500
+    first = gap["sample"]
+    np.testing.assert_array_equal(r.data[:first], ramp(0, first, 4))
+    assert np.isnan(r.data[first:first + gap["count"]]).all()
+    after = r.data[first + gap["count"]:]
+    np.testing.assert_array_equal(after, ramp(0, len(after), 4))  # the new session from its sample 0
+    assert len(after) > 300
+    assert (first, f"mushu:gap {gap['count']}") in recorded_markers(r)

@@ -216,8 +216,12 @@ class RecorderCore:
     def on_block(self, block: Block):
         """Write the part of a live block that belongs to the recording."""
         a = self.active
-        if a is None or a.error is not None or block.header.session != a.session:
+        if a is None or a.error is not None:
             return
+        if block.header.session != a.session:
+            if a.merger.start_ns is None or block.header.t_ns <= self._end_time():
+                return  # a block of an earlier session, still queued
+            self._new_session(block)
         if block.header.first_sample > a.next_sample:
             self.catch_up(until=block.header.first_sample)
         self._write(block)
@@ -270,6 +274,31 @@ class RecorderCore:
         a.next_sample = h.first_sample + stop
         self._place_markers()
         return stop - skip
+
+    def _end_time(self) -> int:
+        """Acquisition time of the sample after the last one written."""
+        a = self.active
+        period = 1e9 / a.writer.fs
+        if a.timeline.end_sample is not None:
+            return a.timeline.time_of(a.timeline.end_sample - 1) + round(period)
+        return a.merger.start_ns + round(a.writer.n_samples * period)
+
+    def _new_session(self, block: Block):
+        """The amp restarted: record the samples it missed as a gap, go on with its new session."""
+        a = self.active
+        h = block.header
+        period = 1e9 / h.fs
+        t_zero = h.t_ns - round(h.first_sample * period)  # when the new session's sample 0 was acquired
+        lost = max(0, round((t_zero - self._end_time()) / period))
+        log.warning("recording %s: the amp restarted (session %s -> %s), %d samples lost",
+                    a.writer.base, a.session, h.session, lost)
+        if lost:
+            self._guard(a.writer.append_gap, lost, "amp restarted", session=a.session, new_session=h.session)
+        a.writer.meta["mushu"]["segments"].append(
+            {"session": h.session, "first_sample": 0, "file_sample": a.writer.n_samples})
+        self._guard(a.writer.write_meta)
+        a.session, a.next_sample = h.session, 0
+        a.timeline.clear()
 
     def _lose(self, count: int, reason: str):
         a = self.active
