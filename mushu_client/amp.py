@@ -8,6 +8,7 @@ import warnings
 
 import zmq
 
+from .clock import ClockOffset, now_ns
 from .config import setting
 from .control import ControlClient
 from .errors import AmpError, GapWarning, RecordingError, RecordingWarning, ServiceUnavailable
@@ -138,6 +139,9 @@ class Amp:
         self._msub.setsockopt(zmq.SUBSCRIBE, info_topic(self.marker_stream))
         self._mctl = ControlClient(setting("MUSHU_MARKERS_CONTROL", markers_control), 0.5, "markers")
         self._merger = MarkerMerger()
+        #: Offsets of the amp's and the markers service's clocks from this host's.
+        self.amp_clock = ClockOffset(lambda: self._ctl.call("time")["t_ns"])
+        self.markers_clock = ClockOffset(lambda: self._mctl.request("time", timeout=0.2)[0]["t_ns"])
         self._rec_ctl = ControlClient(setting("MUSHU_RECORDER_CONTROL", recorder), timeout, "recorder")
         #: Base path of the recording in progress (on the recorder's host), or None.
         self.recording: str | None = None
@@ -201,6 +205,7 @@ class Amp:
             except ServiceUnavailable as exc:
                 raise ServiceUnavailable(f"cannot record to {filename!r}: {exc}") from None
         self._follow_markers()
+        self.amp_clock.measure()
         r = self._ctl.call("start")
         self._channels, self._fs = r["channels"], r["fs"]
         self._asm.begin(r["session"], r["first_sample"])
@@ -229,6 +234,7 @@ class Amp:
         timeout = 0.5 if self._markers_last > 0 else 0.1
         try:
             status = self._mctl.request("status", timeout=timeout)[0]
+            self.markers_clock.measure()
         except ServiceUnavailable:
             return  # followed from its first marker on, once it is there
         self._merger.follow(status["session"], status["last_seq"] + 1)
@@ -296,7 +302,7 @@ class Amp:
             if until is None or first is None or until > first:
                 break
             # Everything pending is younger than the marker grace: wait it out.
-            wait = (self._timeline.time_of(first) + self.marker_grace_ns - time.monotonic_ns()) / 1e9
+            wait = (self._timeline.time_of(first) + self.marker_grace_ns - self._amp_now()) / 1e9
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -304,7 +310,7 @@ class Amp:
         if self.recording is not None and time.monotonic() >= self._next_recording_check:
             self._check_recording()
         data, segments = asm.take(len(self._channels), until)
-        markers = self._merger.place(self._timeline, segments, self._fs)
+        markers = self._merger.place(self._timeline, segments, self._fs, self._marker_offset())
         if segments:
             self._timeline.forget_before(segments[-1][0])
         if self._error and not len(data):
@@ -326,6 +332,9 @@ class Amp:
                 if remaining <= 0:
                     self._check_alive()
                     return
+                # Idle until the next block: the moment for a clock probe, if one is due.
+                if self.amp_clock.update() or self.markers_clock.update():
+                    continue
                 self._sub.poll(remaining * 1000)
                 continue
             self._last_message = time.monotonic()
@@ -349,7 +358,15 @@ class Amp:
         """
         if not self.marker_grace_ns or time.monotonic() - self._markers_last > SILENCE_S:
             return None
-        return self._timeline.sample_at(time.monotonic_ns() - self.marker_grace_ns)
+        return self._timeline.sample_at(self._amp_now() - self.marker_grace_ns)
+
+    def _amp_now(self) -> int:
+        """Now, on the amp's clock."""
+        return now_ns() + (self.amp_clock.offset_ns or 0)
+
+    def _marker_offset(self) -> int:
+        """What to add to a marker's time to put it on the amp's clock."""
+        return (self.amp_clock.offset_ns or 0) - (self.markers_clock.offset_ns or 0)
 
     def _at_end(self) -> bool:
         return self._end_sample is not None and self._asm.next_sample >= self._end_sample

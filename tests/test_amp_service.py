@@ -328,5 +328,7 @@ def test_mushu_amps_cli_without_a_service_lists_local_drivers():
     assert f"No amp service answers at {endpoint}" in out and "rampamp" in out
     js = subprocess.run([sys.executable, "-m", "mushu_client.cli", "amps", "--json", "--control", endpoint,
                          "--timeout", "0.3"], capture_output=True, text=True, check=True).stdout
-    amps = json.loads(js)
-    assert {a["name"]: a["available"] for a in amps} == {"randomamp": True, "sinusamp": True, "rampamp": True}
+    available = {a["name"]: a["available"] for a in json.loads(js)}
+    simulated = {"randomamp", "sinusamp", "rampamp"}
+    assert {name for name, ok in available.items() if ok} == simulated  # no hardware here
+    assert simulated < set(available)

@@ -1,0 +1,102 @@
+"""Clocks: each host's monotonic clock, and estimating another host's offset.
+
+Every mushu timestamp is integer nanoseconds of the monotonic clock of the
+host that took it. :func:`now_ns` is that clock; a service started with an
+artificial offset (``--clock-offset``, for tests that simulate another host)
+adds it to every timestamp it takes.
+
+:class:`ClockOffset` estimates how far a service's clock is from this
+process's, the way NTP and the Lab Streaming Layer do: a probe sends the
+service's ``time`` command at local time ``t0``, gets the service's clock
+``t`` and returns at ``t1``; then ``offset = t - (t0 + t1) / 2`` with an error
+of at most half the round trip ``t1 - t0``. Of several probes, the one with
+the lowest round trip wins; rounds repeat so drift is followed.
+"""
+
+from __future__ import annotations
+
+import time
+
+_offset_ns = 0
+
+
+def set_offset(seconds: float):
+    """Shift this process's timestamps by ``seconds`` (simulates another host's clock)."""
+    global _offset_ns
+    _offset_ns = int(round(seconds * 1e9))
+
+
+def now_ns() -> int:
+    """This host's monotonic clock in integer nanoseconds (plus any artificial offset)."""
+    return time.monotonic_ns() + _offset_ns
+
+
+class ClockOffset:
+    """Continuous estimate of a remote clock's offset: ``remote = local + offset_ns``.
+
+    Parameters
+    ----------
+    probe : callable
+        Returns the remote clock (int ns); it is timed around the call.
+    probes : int
+        Probes per round; the lowest round trip of the round wins.
+    interval : float
+        Seconds between rounds.
+
+    Attributes
+    ----------
+    offset_ns, rtt_ns : int or None
+        The current estimate and the round trip it came from.
+    history : list of dict
+        ``{"t_ns", "offset_ns", "rtt_ns"}`` per finished round (local time),
+        the raw material a recording stores.
+    """
+
+    def __init__(self, probe, probes: int = 8, interval: float = 2.0):
+        self.probe = probe
+        self.probes = probes
+        self.interval_ns = int(interval * 1e9)
+        self.offset_ns: int | None = None
+        self.rtt_ns: int | None = None
+        self.history: list[dict] = []
+        self._round: list[tuple[int, int]] = []
+        self._next_ns = 0
+
+    def sample(self) -> tuple[int, int]:
+        """One probe: ``(offset_ns, rtt_ns)``."""
+        t0 = now_ns()
+        remote = self.probe()
+        t1 = now_ns()
+        return remote - (t0 + t1) // 2, t1 - t0
+
+    def measure(self):
+        """A whole round at once (at startup, before the first estimate is needed)."""
+        self._round = [self.sample() for _ in range(self.probes)]
+        self._finish_round()
+
+    def update(self) -> bool:
+        """Take at most one probe if one is due (spread over calls so no call stalls).
+
+        Returns True when a round finished and the estimate changed. A probe
+        that fails (the service is away) is skipped.
+        """
+        if now_ns() < self._next_ns:
+            return False
+        try:
+            self._round.append(self.sample())
+        except Exception:
+            self._next_ns = now_ns() + self.interval_ns
+            self._round = []
+            return False
+        if len(self._round) < self.probes:
+            return False
+        self._finish_round()
+        return True
+
+    def _finish_round(self):
+        offset, rtt = min(self._round, key=lambda p: p[1])
+        self.offset_ns, self.rtt_ns = offset, rtt
+        self.history.append({"t_ns": now_ns(), "offset_ns": offset, "rtt_ns": rtt})
+        del self.history[:-1000]
+        self._round = []
+        self._next_ns = now_ns() + self.interval_ns
