@@ -140,8 +140,8 @@ class Amp:
         self._mctl = ControlClient(setting("MUSHU_MARKERS_CONTROL", markers_control), 0.5, "markers")
         self._merger = MarkerMerger()
         #: Offsets of the amp's and the markers service's clocks from this host's.
-        self.amp_clock = ClockOffset(lambda: self._ctl.call("time")["t_ns"])
-        self.markers_clock = ClockOffset(lambda: self._mctl.request("time", timeout=0.2)[0]["t_ns"])
+        self.amp_clock = ClockOffset(lambda: self._ctl.call("time"))
+        self.markers_clock = ClockOffset(lambda: self._mctl.request("time", timeout=0.2)[0])
         self._rec_ctl = ControlClient(setting("MUSHU_RECORDER_CONTROL", recorder), timeout, "recorder")
         #: Base path of the recording in progress (on the recorder's host), or None.
         self.recording: str | None = None

@@ -18,12 +18,42 @@ from __future__ import annotations
 import time
 
 _offset_ns = 0
+_BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+def _boot_id() -> str | None:
+    try:
+        with open(_BOOT_ID) as f:
+            return f.read().strip()
+    except OSError:  # not Linux: always estimate
+        return None
+
+
+_boot = _boot_id()
+
+
+def host_clock_id() -> str | None:
+    """Names the clock :func:`now_ns` reads: equal ids, equal clocks.
+
+    On Linux the monotonic clock is one per boot, shared by every process,
+    container and network namespace, so the boot id names it; an artificial
+    offset makes it another clock (as if on another host). None where
+    unknown.
+    """
+    if _boot is None:
+        return None
+    return _boot if not _offset_ns else f"{_boot}{_offset_ns:+d}"
 
 
 def set_offset(seconds: float):
     """Shift this process's timestamps by ``seconds`` (simulates another host's clock)."""
     global _offset_ns
     _offset_ns = int(round(seconds * 1e9))
+
+
+def offset_ns() -> int:
+    """The artificial offset set with :func:`set_offset`, in ns."""
+    return _offset_ns
 
 
 def now_ns() -> int:
@@ -34,10 +64,14 @@ def now_ns() -> int:
 class ClockOffset:
     """Continuous estimate of a remote clock's offset: ``remote = local + offset_ns``.
 
+    A service whose clock is this process's own (same :func:`host_clock_id`)
+    has offset 0 exactly, with no estimation error.
+
     Parameters
     ----------
     probe : callable
-        Returns the remote clock (int ns); it is timed around the call.
+        Returns the service's ``time`` reply, ``{"t_ns": int, "clock": str
+        or None}``; it is timed around the call.
     probes : int
         Probes per round; the lowest round trip of the round wins.
     interval : float
@@ -63,15 +97,20 @@ class ClockOffset:
         self._next_ns = 0
 
     def sample(self) -> tuple[int, int]:
-        """One probe: ``(offset_ns, rtt_ns)``."""
+        """One probe: ``(offset_ns, rtt_ns)``; ``(0, 0)`` for this host's own clock."""
         t0 = now_ns()
-        remote = self.probe()
+        reply = self.probe()
         t1 = now_ns()
-        return remote - (t0 + t1) // 2, t1 - t0
+        local = host_clock_id()
+        if local is not None and reply.get("clock") == local:
+            return 0, 0
+        return reply["t_ns"] - (t0 + t1) // 2, t1 - t0
 
     def measure(self):
         """A whole round at once (at startup, before the first estimate is needed)."""
-        self._round = [self.sample() for _ in range(self.probes)]
+        self._round = [self.sample()]
+        while len(self._round) < self.probes and self._round[-1][1]:
+            self._round.append(self.sample())
         self._finish_round()
 
     def update(self) -> bool:
@@ -88,7 +127,7 @@ class ClockOffset:
             self._next_ns = now_ns() + self.interval_ns
             self._round = []
             return False
-        if len(self._round) < self.probes:
+        if len(self._round) < self.probes and self._round[-1][1]:
             return False
         self._finish_round()
         return True

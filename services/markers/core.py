@@ -13,10 +13,12 @@ import itertools
 import logging
 import os
 import re
-import time
 import uuid
 
+from mushu_client import clock
+from mushu_client.clock import now_ns
 from mushu_client import __version__
+from mushu_client.clock import host_clock_id
 from mushu_client.protocol import (
     MAX_LABEL_LENGTH,
     PROTOCOL_VERSION,
@@ -226,7 +228,7 @@ class _ProblemLog:
 
     def __call__(self, kind: str, fmt: str, *args):
         self.counts[kind] += 1
-        now = time.monotonic_ns()
+        now = now_ns()
         w = self._windows.setdefault(kind, [now, 0, 0])
         if now - w[0] > self.window_ns:
             if w[2]:
@@ -257,7 +259,7 @@ class MarkersCore:
         self.log = MarkerLog(history_markers, history_bytes)
         self.counts = dict.fromkeys(COUNTERS, 0)
         self.problem = _ProblemLog(self.counts)
-        self.started_ns = time.monotonic_ns()
+        self.started_ns = now_ns()
         #: Set by the service: what it is bound to, and its open TCP connections.
         self.endpoints: dict = {}
         self.connections = 0
@@ -314,7 +316,8 @@ class MarkersCore:
                              "'t_ns' (64-bit integer), got label=%.80r t_ns=%.40r", label, sender_t)
                 return []
             if sender_t is not None:
-                t_ns, flags = sender_t, ["sender_time"]
+                # the sender's monotonic clock, plus any artificial offset of this service
+                t_ns, flags = sender_t + clock.offset_ns(), ["sender_time"]
             try:
                 label, flags = check_label(label, flags)
             except LabelError as exc:
@@ -352,7 +355,7 @@ class MarkersCore:
     def heartbeat(self) -> list:
         """The marker stream-info message for now."""
         return encode_marker_info(MarkerStreamInfo(self.stream, self.session, self.log.next_seq - 1,
-                                                   time.monotonic_ns()))
+                                                   now_ns()))
 
     # -- control commands -------------------------------------------------
 
@@ -365,13 +368,13 @@ class MarkersCore:
                 "stream": self.stream, "session": self.session}
 
     def cmd_time(self):
-        return {"t_ns": time.monotonic_ns()}
+        return {"t_ns": now_ns(), "clock": host_clock_id()}
 
     def cmd_status(self):
         return {
             "service": "markers", "stream": self.stream, "session": self.session,
             "pid": os.getpid(), "version": __version__, "protocol": PROTOCOL_VERSION,
-            "uptime_s": (time.monotonic_ns() - self.started_ns) / 1e9,
+            "uptime_s": (now_ns() - self.started_ns) / 1e9,
             "last_seq": self.log.next_seq - 1,
             "endpoints": dict(self.endpoints),
             "connections": self.connections, "max_connections": self.max_connections,

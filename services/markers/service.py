@@ -3,7 +3,7 @@
 A single ``zmq.Poller`` watches the TCP listener, every TCP connection, the
 UDP socket, the ZeroMQ ingress (PULL), the control socket (ROUTER) and the
 publisher (XPUB, for new subscriptions). Every read is stamped with
-``time.monotonic_ns()`` the moment it returns, before any parsing, so a
+``now_ns()`` the moment it returns, before any parsing, so a
 marker's time is that of the read that delivered its first byte.
 
 The publisher is an XPUB socket (a PUB to subscribers) so that a new
@@ -20,10 +20,11 @@ import logging
 import signal
 import socket
 import sys
-import time
 
 import zmq
 
+from mushu_client import clock
+from mushu_client.clock import now_ns
 from mushu_client.config import setting
 from mushu_client.protocol import serve_request
 
@@ -31,7 +32,7 @@ from .core import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_MARKERS, LineFramer, Ma
 
 log = logging.getLogger("mushu.markers")
 
-HEARTBEAT_NS = 1_000_000_000
+HEARTBEAT_NS = 250_000_000  # a consumer notices a dead service within a second
 SWEEP_NS = 500_000_000
 READ_BYTES = 65536
 #: Reads of one kind per poll round, so a flood on one socket cannot starve the others.
@@ -130,10 +131,10 @@ class MarkersService:
         e = self.core.endpoints
         log.info("markers service, session %s: TCP %s, UDP %s, ZeroMQ ingress %s, data %s, control %s",
                  self.core.session, e["tcp"], e["udp"], e["ingress"], e["data"], e["control"])
-        next_beat = next_sweep = time.monotonic_ns()
+        next_beat = next_sweep = now_ns()
         try:
             while not self.quit:
-                now = time.monotonic_ns()
+                now = now_ns()
                 if now >= next_beat:
                     self.pub.send_multipart(self.core.heartbeat())
                     next_beat = now + HEARTBEAT_NS
@@ -177,7 +178,7 @@ class MarkersService:
                                   source, len(self.conns))
                 continue
             sock.setblocking(False)
-            conn = _Connection(sock, source, time.monotonic_ns())
+            conn = _Connection(sock, source, now_ns())
             self.conns[sock.fileno()] = conn
             self.handlers[sock.fileno()] = lambda conn=conn: self._read_conn(conn)
             self.poller.register(sock, zmq.POLLIN)
@@ -195,7 +196,7 @@ class MarkersService:
             self.core.problem("read_errors", "%s: read failed, connection closed: %s", conn.source, exc)
             self._close(conn)
             return
-        t_ns = time.monotonic_ns()
+        t_ns = now_ns()
         conn.last_ns = t_ns
         if data:
             self._publish(self.core.ingest_lines(conn.framer.feed(data, t_ns), conn.source, "tcp_markers"))
@@ -232,7 +233,7 @@ class MarkersService:
             except OSError as exc:  # e.g. an ICMP error reported on the socket
                 self.core.problem("read_errors", "udp: read failed: %s", exc)
                 return
-            t_ns = time.monotonic_ns()
+            t_ns = now_ns()
             self._publish(self.core.ingest_datagram(data, t_ns, _source("udp", addr)))
 
     def _read_pull(self):
@@ -241,7 +242,7 @@ class MarkersService:
                 frames = self.pull.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            t_ns = time.monotonic_ns()
+            t_ns = now_ns()
             self._publish(self.core.ingest_zmq(frames, t_ns))
 
     def _serve(self):
@@ -288,9 +289,12 @@ def main(argv=None):
     p.add_argument("--history-mb", type=float, default=DEFAULT_HISTORY_BYTES / 2**20,
                    help="bytes of history kept at most, in MiB (default %(default)g)")
     p.add_argument("--sndhwm", type=int, default=100_000, help="publisher high-water mark in messages")
+    p.add_argument("--clock-offset", type=float, default=0.0,
+                   help="add SECONDS to every timestamp (simulates another host's clock, for tests)")
     p.add_argument("--log-level", default="INFO")
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s mushu-markers %(levelname)s %(message)s")
+    clock.set_offset(a.clock_offset)
 
     try:
         core = MarkersCore(setting("MUSHU_MARKER_STREAM", a.stream), a.history_markers, int(a.history_mb * 2**20))

@@ -20,7 +20,10 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from mushu_client.clock import now_ns
 from mushu_client import __version__
+from mushu_client.clock import host_clock_id
+from mushu_client.clock import ClockOffset
 from mushu_client.markers import MarkerMerger, Timeline
 from mushu_client.protocol import PROTOCOL_VERSION, Block, Marker, dispatch
 from mushu_client.recording import EXTENSIONS, base_name
@@ -42,6 +45,8 @@ class Services:
     amp_history: callable       # (session, from_sample) -> list[Block]
     markers_status: callable    # () -> dict or None when not running
     markers_history: callable   # (session, from_seq) -> list[Marker]
+    amp_time: callable          # () -> the amp's time reply {"t_ns", "clock"}
+    markers_time: callable      # () -> the markers service's time reply
 
 
 @dataclass
@@ -72,9 +77,12 @@ class RecorderCore:
         self.data_dir = os.path.abspath(data_dir)
         self.services = services
         self.active: Active | None = None
+        self.amp_clock = ClockOffset(services.amp_time)
+        self.markers_clock = ClockOffset(services.markers_time)
+        self._next_meta_ns = 0
         self.last_error: str | None = None
         self.finished = 0
-        self.started_ns = time.monotonic_ns()
+        self.started_ns = now_ns()
         self.commands = {"ping": self.cmd_ping, "status": self.cmd_status, "time": self.cmd_time,
                          "check": self.cmd_check, "record": self.cmd_record, "finish": self.cmd_finish}
 
@@ -110,7 +118,7 @@ class RecorderCore:
                 "data_dir": self.data_dir}
 
     def cmd_time(self):
-        return {"t_ns": time.monotonic_ns()}
+        return {"t_ns": now_ns(), "clock": host_clock_id()}
 
     def cmd_check(self, name: str):
         """Resolve ``name`` and refuse it if a recording of that name exists."""
@@ -145,8 +153,10 @@ class RecorderCore:
             "start_monotonic_ns": None,
             "markers_session": markers_session, "markers_first_seq": markers_next_seq,
             "segments": [{"session": session, "first_sample": first_sample, "file_sample": 0}],
-            "clock_offsets_ns": {"amp": 0, "markers": 0},
+            "clock_offsets_ns": {"amp": [], "markers": []},
         }
+        self.amp_clock.measure()
+        self._measure_markers_clock()
         units = [amp.get("unit", "uV")] * len(amp["channels"])
         writer = RecordingWriter.create(base, amp["channels"], amp["fs"], amp["amp"], units, mushu)
         self.active = Active(writer, session, first_sample, first_sample)
@@ -170,6 +180,7 @@ class RecorderCore:
         if a.next_sample < end_sample:
             self._lose(end_sample - a.next_sample, "not in the amp's history at finish")
         self._place_markers(end=end_sample)
+        self._store_offsets()
         dropped = len(a.merger._pending)
         result = {"base": a.writer.base, "n_samples": a.writer.n_samples, "markers": len(a.writer.markers),
                   "gaps": a.writer.meta["mushu"]["gaps"], "markers_after_end": dropped,
@@ -196,7 +207,7 @@ class RecorderCore:
         return {"service": "recorder", "pid": os.getpid(), "version": __version__,
                 "data_dir": self.data_dir, "state": "idle" if a is None else ("error" if a.error else "recording"),
                 "recording": rec, "last_error": self.last_error, "finished": self.finished,
-                "uptime_s": (time.monotonic_ns() - self.started_ns) / 1e9}
+                "uptime_s": (now_ns() - self.started_ns) / 1e9}
 
     def _need_active(self) -> Active:
         if self.active is None:
@@ -349,7 +360,8 @@ class RecorderCore:
 
     def _place_markers(self, end: int | None = None):
         a = self.active
-        for sample, m in a.merger.place_samples(a.timeline, a.next_sample if end is None else end):
+        offset = (self.amp_clock.offset_ns or 0) - (self.markers_clock.offset_ns or 0)
+        for sample, m in a.merger.place_samples(a.timeline, a.next_sample if end is None else end, offset):
             self._guard(a.writer.add_marker, self._file_index(sample), m.label, m.seq, m.session, m.t_ns)
             a.placed.add((m.session, m.seq))
         a.timeline.forget_before(a.next_sample - int(TIMELINE_S * a.writer.fs))
@@ -373,6 +385,27 @@ class RecorderCore:
             self.last_error = a.error
             log.error("recording %s stopped: %s", a.writer.base, a.error)
             a.writer.fail(a.error)
+
+    def _measure_markers_clock(self):
+        try:
+            self.markers_clock.measure()
+        except Exception as exc:  # not running: its offset is estimated once it answers
+            log.info("markers service clock not measured: %s", exc)
+
+    def _store_offsets(self):
+        """Put the raw clock offset estimates into the meta (kept across a crash)."""
+        offsets = self.active.writer.meta["mushu"]["clock_offsets_ns"]
+        offsets["amp"], offsets["markers"] = list(self.amp_clock.history), list(self.markers_clock.history)
+        self._guard(self.active.writer.write_meta)
+
+    def tick(self):
+        """Periodic work: a clock probe when due, the meta every 10 s."""
+        self.amp_clock.update()
+        self.markers_clock.update()
+        a = self.active
+        if a is not None and a.error is None and now_ns() >= self._next_meta_ns:
+            self._next_meta_ns = now_ns() + 10_000_000_000
+            self._store_offsets()
 
     def flush(self):
         if self.active is not None and self.active.error is None:
@@ -404,6 +437,14 @@ class RecorderCore:
         if mushu.get("markers_session") is not None:
             a.merger.follow(mushu["markers_session"], mushu["markers_first_seq"])
         self.active = a
+        stored = mushu.get("clock_offsets_ns", {})
+        self.amp_clock.history = list(stored.get("amp", []))
+        self.markers_clock.history = list(stored.get("markers", []))
+        try:
+            self.amp_clock.measure()
+        except Exception as exc:
+            log.warning("amp clock not measured: %s", exc)
+        self._measure_markers_clock()
         log.info("resuming %s at amp sample %d (%d samples, %d markers on disk)",
                  writer.base, next_sample, writer.n_samples, len(writer.markers))
         self._rebuild_timeline()

@@ -12,10 +12,11 @@ import logging
 import os
 import signal
 import sys
-import time
 
 import zmq
 
+from mushu_client import clock
+from mushu_client.clock import now_ns
 from mushu_client.config import setting
 from mushu_client.control import ControlClient
 from mushu_client.errors import ServiceUnavailable
@@ -43,7 +44,9 @@ class RecorderService:
             amp_status=lambda: self.amp_ctl.call("status"),
             amp_history=self._amp_history,
             markers_status=self._markers_status,
-            markers_history=self._markers_history))
+            markers_history=self._markers_history,
+            amp_time=lambda: self.amp_ctl.call("time"),
+            markers_time=lambda: self.markers_ctl.request("time", timeout=0.2)[0]))
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.RCVHWM, 100_000)
         self.sub.setsockopt(zmq.LINGER, 0)
@@ -92,8 +95,8 @@ class RecorderService:
         poller = zmq.Poller()
         poller.register(self.sub, zmq.POLLIN)
         poller.register(self.ctl, zmq.POLLIN)
-        next_flush = time.monotonic_ns() + FLUSH_NS
-        next_sync = time.monotonic_ns() + SYNC_NS
+        next_flush = now_ns() + FLUSH_NS
+        next_sync = now_ns() + SYNC_NS
         while not self.quit:
             events = dict(poller.poll(100))
             if self.sub in events:
@@ -104,7 +107,8 @@ class RecorderService:
                     log.warning("control request %s refused: %s: %s", cmd or "(malformed)",
                                 type(error).__name__, error)
                 self.ctl.send_multipart(reply, copy=False)
-            now = time.monotonic_ns()
+            self.core.tick()
+            now = now_ns()
             if now >= next_flush:
                 self.core.flush()
                 next_flush = now + FLUSH_NS
@@ -149,9 +153,12 @@ def main(argv=None):
     p.add_argument("--markers-control", help="markers service control (env MUSHU_MARKERS_CONTROL)")
     p.add_argument("--stream", help="amp stream name (env MUSHU_STREAM)")
     p.add_argument("--marker-stream", help="marker stream name (env MUSHU_MARKER_STREAM)")
+    p.add_argument("--clock-offset", type=float, default=0.0,
+                   help="add SECONDS to every timestamp (simulates another host's clock, for tests)")
     p.add_argument("--log-level", default="INFO")
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s mushu-recorder %(levelname)s %(message)s")
+    clock.set_offset(a.clock_offset)
     try:
         service = RecorderService(
             setting("MUSHU_DATA_DIR", a.data_dir), setting("MUSHU_RECORDER_CONTROL", a.control),
