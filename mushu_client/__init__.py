@@ -14,10 +14,10 @@ __version__ = "0.1.0"
 
 from .amp import Amp, get_amp, get_available_amps  # noqa: E402
 from .errors import (AmpError, GapWarning, MushuError, RecordingError, RecordingWarning,  # noqa: E402
-                     RemoteError, ServiceUnavailable)
+                     RemoteError, ServiceUnavailable, ServiceWarning)
 from .recording import Recording, load  # noqa: E402
 from .sender import MarkerSender, send_marker  # noqa: E402
 
 __all__ = ["Amp", "get_amp", "get_available_amps", "load", "Recording", "MushuError", "ServiceUnavailable",
-           "RemoteError", "AmpError", "GapWarning", "RecordingError", "RecordingWarning",
+           "RemoteError", "AmpError", "GapWarning", "RecordingError", "RecordingWarning", "ServiceWarning",
            "send_marker", "MarkerSender", "__version__"]

@@ -11,7 +11,7 @@ import zmq
 from .clock import ClockOffset, now_ns
 from .config import setting
 from .control import ControlClient
-from .errors import AmpError, GapWarning, RecordingError, RecordingWarning, ServiceUnavailable
+from .errors import AmpError, GapWarning, RecordingError, RecordingWarning, ServiceUnavailable, ServiceWarning
 from .markers import MarkerMerger, Timeline
 from .protocol import (Block, Marker, MarkerStreamInfo, ProtocolError, StreamInfo, data_topic, decode_block_frames,
                        decode_marker, decode_message, info_topic, marker_topic)
@@ -22,9 +22,11 @@ log = logging.getLogger("mushu.client")
 #: Messages a subscriber queues before the bus drops for it (then the
 #: client refetches from the amp's history).
 RCVHWM = 100_000
-#: Without any message (blocks or the ~1 s stream info) for this long, the
-#: client checks that the amp service is still there.
-SILENCE_S = 3.0
+#: Without any message (blocks, or the stream info sent every 0.25 s) for this
+#: long, the client checks that the amp service is still there.
+SILENCE_S = 1.0
+#: How long the amp service may be away before get_data() raises.
+DEAD_AFTER_S = 30.0
 #: How long a sample is held back for markers still in flight (see Amp._release_until).
 MARKER_GRACE_S = 0.001
 
@@ -55,7 +57,7 @@ def get_available_amps(control: str | None = None, timeout: float = 2.0) -> list
 def get_amp(name: str, data: str | None = None, control: str | None = None,
             timeout: float = 2.0, hwm: int = RCVHWM, markers: str | None = None,
             markers_control: str | None = None, marker_grace: float = MARKER_GRACE_S,
-            recorder: str | None = None) -> "Amp":
+            recorder: str | None = None, dead_after: float = DEAD_AFTER_S) -> "Amp":
     """Select amplifier ``name`` on the amp service and return an :class:`Amp` for it.
 
     Parameters
@@ -71,6 +73,10 @@ def get_amp(name: str, data: str | None = None, control: str | None = None,
     hwm : int
         Blocks queued for this client before the bus drops them (they are
         then refetched from the amp's history).
+    dead_after : float
+        Seconds the amp service may be away (restarting) before
+        :meth:`Amp.get_data` raises ServiceUnavailable; until then it warns
+        once and keeps returning.
     recorder : str, optional
         Endpoint of the recorder's control socket, for ``start(filename)``
         (default: ``MUSHU_RECORDER_CONTROL``, else localhost).
@@ -96,7 +102,7 @@ def get_amp(name: str, data: str | None = None, control: str | None = None,
     """
     return Amp(name, data=data, control=control, timeout=timeout, hwm=hwm,
                markers=markers, markers_control=markers_control, marker_grace=marker_grace,
-               recorder=recorder)
+               recorder=recorder, dead_after=dead_after)
 
 
 class Amp:
@@ -112,7 +118,7 @@ class Amp:
     def __init__(self, name: str, data: str | None = None, control: str | None = None,
                  timeout: float = 2.0, hwm: int = RCVHWM, markers: str | None = None,
                  markers_control: str | None = None, marker_grace: float = MARKER_GRACE_S,
-                 recorder: str | None = None):
+                 recorder: str | None = None, dead_after: float = DEAD_AFTER_S):
         self.name = name
         self.timeout = timeout
         self.data_endpoint = setting("MUSHU_AMP_DATA", data)
@@ -148,6 +154,12 @@ class Amp:
         #: What the recorder reported when the last recording finished.
         self.recording_result: dict | None = None
         self._next_recording_check = 0.0
+        self._deferred: Block | None = None  # a new session's first block, after the old one's samples
+        self._start_time_ns = 0
+        self._away_since: float | None = None
+        #: False while the amp service does not answer (see get_data).
+        self.connected = True
+        self.dead_after = dead_after
         self._markers_last = 0.0  # time.monotonic() of the last message from the markers service
         #: Samples younger than this (ns) wait for markers that may still be
         #: on their way; applies only while a markers service is heard from.
@@ -211,6 +223,8 @@ class Amp:
         self._asm.begin(r["session"], r["first_sample"])
         self._timeline.clear()
         self._merger.start_ns = None
+        self._start_time_ns = self._amp_now()
+        self._deferred = None
         self._end_sample = None
         self._error = None
         self.recording = None
@@ -322,20 +336,24 @@ class Amp:
     def _receive(self, deadline: float):
         """Handle bus messages until samples are pending, the stream ended, or ``deadline``."""
         asm = self._asm
-        while True:
+        if self._deferred is not None and not asm.pending_samples:
+            block, self._deferred = self._deferred, None
+            self._on_block(block)
+        while self._deferred is None:
             try:
                 frames = self._sub.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 if asm.pending_samples or self._error or self._at_end():
                     return
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if time.monotonic() - self._last_message > SILENCE_S:
                     self._check_alive()
+                if remaining <= 0:
                     return
                 # Idle until the next block: the moment for a clock probe, if one is due.
                 if self.amp_clock.update() or self.markers_clock.update():
                     continue
-                self._sub.poll(remaining * 1000)
+                self._sub.poll(min(remaining, SILENCE_S / 4) * 1000)
                 continue
             self._last_message = time.monotonic()
             try:
@@ -376,10 +394,39 @@ class Amp:
         if asm.session is None:  # reading without start(): join where the stream is
             asm.begin(block.header.session, block.header.first_sample)
         elif block.header.session != asm.session:
-            return  # a block of an earlier session still queued
+            if block.header.t_ns <= self._end_time():
+                return  # a block of an earlier session, still queued
+            if asm.pending_samples:  # return the old session's samples first
+                self._deferred = block
+                return
+            self._new_session(block)
         if asm.missing_before(block):
             self._fill(block.header.first_sample)
         self._accept(block)
+
+    def _end_time(self) -> int:
+        """Acquisition time (amp clock) just after the newest sample of the current session."""
+        end = self._timeline.end_sample
+        if end is None:
+            return self._start_time_ns
+        return self._timeline.time_of(end - 1) + round(self._timeline.period_ns)
+
+    def _new_session(self, block: Block):
+        """The amp restarted: report the samples it did not acquire, follow its new session."""
+        h, asm = block.header, self._asm
+        period = 1e9 / h.fs
+        t_zero = h.t_ns - round(h.first_sample * period)  # acquisition time of its sample 0
+        lost = max(0, round((t_zero - self._end_time()) / period))
+        first = asm.next_sample
+        asm.lost += lost
+        self.gaps.append((first, lost))
+        warnings.warn(GapWarning(f"the amp restarted (session {asm.session} -> {h.session}): {lost} samples "
+                                 f"were not acquired after sample {first}; continuing with the new session"),
+                      stacklevel=6)
+        asm.begin(h.session, 0)
+        self._timeline.clear()
+        self._end_sample = None
+        self._error = None
 
     def _accept(self, block: Block) -> int:
         """Assemble the new part of ``block`` and record its sample times."""
@@ -514,9 +561,29 @@ class Amp:
             self._next_recording_check = float("inf")
 
     def _check_alive(self):
-        if time.monotonic() - self._last_message > SILENCE_S:
-            self._ctl.call("ping")  # raises ServiceUnavailable naming the endpoint
-            self._last_message = time.monotonic()
+        """After a silence, ask the service; warn while it is away, raise once it stayed away.
+
+        A publisher sends stream info every quarter second, so a silence of
+        ``SILENCE_S`` means it is gone. It may come back (a supervisor
+        restarts it): until ``dead_after`` seconds have passed, get_data()
+        keeps returning (empty) data and warns once; the bus reconnects by
+        itself and the gap is reported when the data returns.
+        """
+        try:
+            self._ctl.request("ping", timeout=0.3)
+        except ServiceUnavailable as exc:
+            now = time.monotonic()
+            if self._away_since is None:
+                self._away_since = now
+                self.connected = False
+                warnings.warn(ServiceWarning(f"the amp service at {self._ctl.endpoint} is not answering; "
+                                             "waiting for it to return"), stacklevel=5)
+            if now - self._away_since > self.dead_after:
+                raise ServiceUnavailable(f"{exc} for {now - self._away_since:.1f} s") from None
+            return
+        self._last_message = time.monotonic()
+        self._away_since = None
+        self.connected = True
 
     # -- extras -------------------------------------------------------------
 

@@ -37,3 +37,7 @@ class RecordingError(MushuError):
 
 class RecordingWarning(UserWarning):
     """The recording in progress has a problem (it will raise at stop())."""
+
+
+class ServiceWarning(UserWarning):
+    """A service stopped answering; mushu waits for it to return."""

@@ -294,11 +294,16 @@ def test_no_service_gives_a_clear_error_naming_the_endpoint_without_hanging():
 
 def test_get_data_raises_when_the_service_dies(spawn_amp):
     svc = spawn_amp()
-    amp = get_amp(svc, timeout=0.5)
+    amp = get_amp(svc, timeout=0.5, dead_after=1.0)
     amp.start()
     collect(amp, 10)
     svc.proc.kill()
     svc.proc.wait()
+    t = time.monotonic()
+    with pytest.warns(mushu_client.ServiceWarning, match="not answering"):
+        while amp.connected:
+            amp.get_data()
+    assert time.monotonic() - t < 1.6  # noticed within a second (plus one get_data timeout slice)
     with pytest.raises(ServiceUnavailable, match=svc.control):
         for _ in range(20):
             amp.get_data()
