@@ -19,13 +19,15 @@ import ipaddress
 import logging
 import signal
 import socket
+import struct
 import sys
+import time
 
 import zmq
 
 from mushu_client import clock
 from mushu_client.clock import now_ns
-from mushu_client.config import setting
+from mushu_client.config import setting, setting_float, setting_int
 from mushu_client.protocol import serve_request
 
 from .core import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_MARKERS, LineFramer, MarkersCore
@@ -37,6 +39,41 @@ SWEEP_NS = 500_000_000
 READ_BYTES = 65536
 #: Reads of one kind per poll round, so a flood on one socket cannot starve the others.
 BURST = 64
+
+
+# Linux's SO_TIMESTAMPNS (SO_TIMESTAMPNS_OLD: a struct timespec of two native
+# longs); the socket module does not name it.
+SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@ll")
+
+
+def _enable_kernel_stamps(sock: socket.socket):
+    """Ask the kernel to stamp each received packet (Linux); elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        except OSError:
+            pass
+
+
+def _recv_stamped(sock: socket.socket) -> tuple[bytes, object, int]:
+    """Read once; return the data, the sender's address and when it arrived.
+
+    The arrival time is the kernel's receive stamp where there is one (so a
+    busy service still stamps a marker when its packet arrived, not when the
+    service got round to reading it), else the time of the read. The
+    kernel's stamp is on the wall clock; only the packet's age is taken
+    from it and subtracted from :func:`now_ns`.
+    """
+    data, ancdata, _flags, addr = sock.recvmsg(READ_BYTES, 64)
+    t_ns = now_ns()
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= _TIMESPEC.size:
+            sec, nsec = _TIMESPEC.unpack_from(payload)
+            age = time.time_ns() - (sec * 1_000_000_000 + nsec)
+            if 0 <= age < 10_000_000_000:  # a wall clock step between stamp and now: keep the read time
+                t_ns -= age
+    return data, addr, t_ns
 
 
 class _Connection:
@@ -120,6 +157,8 @@ class MarkersService:
             self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         except OSError:
             pass
+        for sock in (self.listener, self.udp):
+            _enable_kernel_stamps(sock)
         self.core.endpoints["tcp"] = "%s:%d" % self.listener.getsockname()[:2]
         self.core.endpoints["udp"] = "%s:%d" % self.udp.getsockname()[:2]
         if not _is_loopback(host):
@@ -178,6 +217,7 @@ class MarkersService:
                                   source, len(self.conns))
                 continue
             sock.setblocking(False)
+            _enable_kernel_stamps(sock)
             conn = _Connection(sock, source, now_ns())
             self.conns[sock.fileno()] = conn
             self.handlers[sock.fileno()] = lambda conn=conn: self._read_conn(conn)
@@ -189,14 +229,13 @@ class MarkersService:
 
     def _read_conn(self, conn: _Connection):
         try:
-            data = conn.sock.recv(READ_BYTES)
+            data, _addr, t_ns = _recv_stamped(conn.sock)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self.core.problem("read_errors", "%s: read failed, connection closed: %s", conn.source, exc)
             self._close(conn)
             return
-        t_ns = now_ns()
         conn.last_ns = t_ns
         if data:
             self._publish(self.core.ingest_lines(conn.framer.feed(data, t_ns), conn.source, "tcp_markers"))
@@ -227,13 +266,12 @@ class MarkersService:
     def _read_udp(self):
         for _ in range(BURST):
             try:
-                data, addr = self.udp.recvfrom(READ_BYTES)
+                data, addr, t_ns = _recv_stamped(self.udp)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # e.g. an ICMP error reported on the socket
                 self.core.problem("read_errors", "udp: read failed: %s", exc)
                 return
-            t_ns = now_ns()
             self._publish(self.core.ingest_datagram(data, t_ns, _source("udp", addr)))
 
     def _read_pull(self):
@@ -275,34 +313,49 @@ def main(argv=None):
     """Console script ``mushu-markers``."""
     p = argparse.ArgumentParser(prog="mushu-markers", description="mushu markers service: TCP/UDP/ZeroMQ "
                                 "marker ingress, published as a numbered marker stream")
-    p.add_argument("--host", help="interface of the TCP/UDP ingress (env MUSHU_MARKERS_HOST, default 127.0.0.1)")
+    # Every default comes from mushu_client.config: argument > environment > mushu.toml > default.
+    p.add_argument("--host", help="interface of the TCP/UDP ingress (env MUSHU_MARKERS_HOST_BIND, else "
+                   "MUSHU_MARKERS_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="TCP and UDP port (env MUSHU_MARKERS_PORT, default 12344)")
-    p.add_argument("--data", help="endpoint to publish markers on (env MUSHU_MARKERS_DATA)")
-    p.add_argument("--control", help="endpoint of the control socket (env MUSHU_MARKERS_CONTROL)")
-    p.add_argument("--ingress", help="endpoint of the ZeroMQ PULL ingress (env MUSHU_MARKERS_INGRESS)")
+    p.add_argument("--data", help="endpoint to bind the publisher to (env MUSHU_MARKERS_DATA_BIND, else "
+                   "MUSHU_MARKERS_DATA)")
+    p.add_argument("--control", help="endpoint to bind the control socket to (env MUSHU_MARKERS_CONTROL_BIND, "
+                   "else MUSHU_MARKERS_CONTROL)")
+    p.add_argument("--ingress", help="endpoint to bind the ZeroMQ PULL ingress to (env MUSHU_MARKERS_INGRESS_BIND, "
+                   "else MUSHU_MARKERS_INGRESS)")
     p.add_argument("--stream", help="marker stream name (env MUSHU_MARKER_STREAM, default 'markers')")
-    p.add_argument("--max-connections", type=int, default=256, help="open TCP connections at most")
-    p.add_argument("--idle-timeout", type=float, default=300.0,
-                   help="seconds before a silent TCP connection is closed (default %(default)g)")
-    p.add_argument("--history-markers", type=int, default=DEFAULT_HISTORY_MARKERS,
-                   help="markers kept for late consumers (default %(default)d)")
-    p.add_argument("--history-mb", type=float, default=DEFAULT_HISTORY_BYTES / 2**20,
-                   help="bytes of history kept at most, in MiB (default %(default)g)")
-    p.add_argument("--sndhwm", type=int, default=100_000, help="publisher high-water mark in messages")
+    p.add_argument("--max-connections", type=int,
+                   help="open TCP connections at most (env MUSHU_MARKERS_MAX_CONNECTIONS, default 256)")
+    p.add_argument("--idle-timeout", type=float, help="seconds before a silent TCP connection is closed "
+                   "(env MUSHU_MARKERS_IDLE_TIMEOUT, default 300)")
+    p.add_argument("--history-markers", type=int, help="markers kept for late consumers "
+                   f"(env MUSHU_MARKERS_HISTORY_MARKERS, default {DEFAULT_HISTORY_MARKERS})")
+    p.add_argument("--history-mb", type=float, help="bytes of history kept at most, in MiB "
+                   f"(env MUSHU_MARKERS_HISTORY_MB, default {DEFAULT_HISTORY_BYTES / 2**20:g})")
+    p.add_argument("--sndhwm", type=int,
+                   help="publisher high-water mark in messages (env MUSHU_MARKERS_SNDHWM, default 100000)")
     p.add_argument("--clock-offset", type=float, default=0.0,
                    help="add SECONDS to every timestamp (simulates another host's clock, for tests)")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", help="env MUSHU_LOG_LEVEL, default INFO")
     a = p.parse_args(argv)
-    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s mushu-markers %(levelname)s %(message)s")
+    try:
+        level = setting("MUSHU_LOG_LEVEL", a.log_level).upper()
+    except ValueError as exc:  # e.g. a broken mushu.toml
+        p.error(str(exc))
+    logging.basicConfig(level=level, format="%(asctime)s mushu-markers %(levelname)s %(message)s")
     clock.set_offset(a.clock_offset)
 
     try:
-        core = MarkersCore(setting("MUSHU_MARKER_STREAM", a.stream), a.history_markers, int(a.history_mb * 2**20))
-        port = int(setting("MUSHU_MARKERS_PORT", None if a.port is None else str(a.port)))
+        core = MarkersCore(setting("MUSHU_MARKER_STREAM", a.stream),
+                           setting_int("MUSHU_MARKERS_HISTORY_MARKERS", a.history_markers),
+                           int(setting_float("MUSHU_MARKERS_HISTORY_MB", a.history_mb) * 2**20))
         service = MarkersService(
-            core, setting("MUSHU_MARKERS_HOST", a.host), port, setting("MUSHU_MARKERS_DATA", a.data),
-            setting("MUSHU_MARKERS_CONTROL", a.control), setting("MUSHU_MARKERS_INGRESS", a.ingress),
-            max_connections=a.max_connections, idle_timeout=a.idle_timeout, sndhwm=a.sndhwm)
+            core, setting("MUSHU_MARKERS_HOST_BIND", a.host), setting_int("MUSHU_MARKERS_PORT", a.port),
+            setting("MUSHU_MARKERS_DATA_BIND", a.data), setting("MUSHU_MARKERS_CONTROL_BIND", a.control),
+            setting("MUSHU_MARKERS_INGRESS_BIND", a.ingress),
+            max_connections=setting_int("MUSHU_MARKERS_MAX_CONNECTIONS", a.max_connections),
+            idle_timeout=setting_float("MUSHU_MARKERS_IDLE_TIMEOUT", a.idle_timeout),
+            sndhwm=setting_int("MUSHU_MARKERS_SNDHWM", a.sndhwm))
     except Exception as exc:
         log.error("%s", exc)
         return 2
