@@ -123,8 +123,8 @@ class ClockOffset:
             return False
         try:
             self._round.append(self.sample())
-        except Exception:
-            self._next_ns = now_ns() + self.interval_ns
+        except Exception:  # the service is away: ask again later, not at every call
+            self._next_ns = now_ns() + 5 * self.interval_ns
             self._round = []
             return False
         if len(self._round) < self.probes and self._round[-1][1]:
