@@ -1,11 +1,11 @@
-"""mushu's recording files: names, label escaping and the reader (numpy only).
+r"""mushu's recording files: names, label escaping and the reader (numpy only).
 
 A recording ``NAME`` is five files that describe one sample file:
 
 - ``NAME.eeg``: float32, little-endian, sample-major (sample 0 channel
   0..N-1, sample 1, ...), no header: libmushu's layout, and byte for byte
   BrainVision's ``IEEE_FLOAT_32`` ``MULTIPLEXED`` binary.
-- ``NAME.marker``: one line per marker, ``"%f %s\\n" % (ms, label)`` with ms
+- ``NAME.marker``: one line per marker, ``"%f %s\n" % (ms, label)`` with ms
   since the first sample of the recording (libmushu's format; wyrm reads it).
 - ``NAME.meta``: JSON with libmushu's ``Channels``, ``Sampling Frequency`` and
   ``Amp``, and mushu's additions under ``"mushu"`` (see the recorder).
@@ -16,11 +16,27 @@ Samples that were lost (and could not be refetched) are written as NaN, so
 every sample stays at its true position, and listed in the meta's
 ``mushu.gaps``; a marker ``mushu:gap <count>`` marks the start of each.
 
-Labels are escaped so every line format can hold them: a backslash becomes
-``\\\\``, newline ``\\n``, carriage return ``\\r``, other control characters
-and leading or trailing whitespace ``\\xHH`` (wyrm strips whitespace around
-a label); in ``.vmrk`` a comma is additionally written ``\\1`` as
-BrainVision prescribes. :func:`unescape_label` reverses it.
+Labels in ``.marker`` are escaped so that :func:`load` reads every label
+back exactly: a backslash becomes ``\\``, newline ``\n``, carriage return
+``\r``, any other control character but tab ``\xHH``, and a whitespace
+character at the start or end of a label ``\xHH`` or ``\uHHHH`` (wyrm strips
+whitespace around a label). A tab inside a label stays as it is.
+:func:`unescape_label` reverses this. Recordings of the original libmushu
+(no ``"mushu"`` key in the meta) hold raw labels and are read as they are.
+
+BrainVision knows one escape only, a comma written ``\1``. In ``.vmrk`` (and
+in ``.vhdr`` channel names) a label is therefore written as it is but for
+commas and control characters (:func:`plain_label`); the converted EDF+/BDF+
+annotations use the same plain form without the comma rule. What the
+readers see of a label (mne shows a ``.vmrk`` marker as ``"Stimulus/" +
+label``):
+
+- ``a,b``, ``tab<TAB>inside``, ``ünï ✓``: wyrm and mne see them exactly;
+- ``C:\stim``: wyrm sees ``C:\\stim``, mne ``C:\stim``;
+- `` pad `` (spaces around): wyrm sees ``\x20pad\x20``, mne `` pad ``;
+- ``two<LF>lines``: both see the text ``two\nlines``;
+- a label holding the text ``\1``: mne sees a comma there (BrainVision
+  cannot tell them apart), wyrm ``\\1``.
 """
 
 from __future__ import annotations
@@ -37,7 +53,15 @@ SAMPLE_DTYPE = np.dtype("<f4")
 GAP_LABEL = "mushu:gap"
 
 _ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r"}
-_ESCAPE_RE = re.compile(r"\\(\\|n|r|1|x[0-9a-fA-F]{2})")
+_ESCAPE_RE = re.compile(r"\\(\\|n|r|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4})")
+
+
+def _control(ch: str) -> bool:
+    return (ord(ch) < 0x20 and ch != "\t") or ord(ch) == 0x7F
+
+
+def _hex(ch: str) -> str:
+    return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
 
 
 def escape_label(label: str) -> str:
@@ -47,20 +71,33 @@ def escape_label(label: str) -> str:
     for i, ch in enumerate(label):
         if ch in _ESCAPES:
             out.append(_ESCAPES[ch])
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F or (ch.isspace() and (i == 0 or i == last)):
-            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else ch)
+        elif _control(ch) or (ch.isspace() and (i == 0 or i == last)):
+            out.append(_hex(ch))
         else:
             out.append(ch)
     return "".join(out)
 
 
+def plain_label(label: str) -> str:
+    r"""``label`` for formats without escapes of their own (EDF+ annotations).
+
+    Only newline (``\n``), carriage return (``\r``) and other control
+    characters but tab (``\xHH``) are replaced by text; a backslash stays
+    as it is, so this cannot be reversed in general.
+    """
+    return "".join(_ESCAPES.get(ch, _hex(ch)) if ch in "\n\r" or _control(ch) else ch for ch in label)
+
+
 def escape_vmrk(label: str) -> str:
-    """Escape ``label`` for a BrainVision marker description (commas as ``\\1``)."""
-    return escape_label(label).replace(",", "\\1")
+    r"""``label`` for a BrainVision marker description or channel name.
+
+    :func:`plain_label` with commas written ``\1``, BrainVision's one escape.
+    """
+    return plain_label(label).replace(",", "\\1")
 
 
 def unescape_label(text: str) -> str:
-    """Reverse :func:`escape_label` and :func:`escape_vmrk`."""
+    """Reverse :func:`escape_label`."""
     def one(m):
         s = m.group(1)
         if s == "\\":
@@ -69,8 +106,6 @@ def unescape_label(text: str) -> str:
             return "\n"
         if s == "r":
             return "\r"
-        if s == "1":
-            return ","
         return chr(int(s[1:], 16))
     return _ESCAPE_RE.sub(one, text)
 
@@ -113,17 +148,25 @@ class Recording:
         """``[{"sample", "count", ...}]``: where samples were lost."""
         return list(self.meta.get("mushu", {}).get("gaps", []))
 
+    def marker_samples(self) -> list:
+        """``[(sample index, label)]``: each marker on the sample it was written for."""
+        return [(round(ms * self.fs / 1000.0), label) for ms, label in self.markers]
+
     def __iter__(self):  # data, markers, fs, channels = load(path)
         return iter((self.data, self.markers, self.fs, self.channels))
 
 
-def load(path: str) -> Recording:
+def load(path: str, mmap: bool = False) -> Recording:
     """Read a mushu (or libmushu) recording.
 
     Parameters
     ----------
     path : str
         ``NAME`` or any of its files (``NAME.meta``, ``NAME.eeg``, ...).
+    mmap : bool
+        Map ``NAME.eeg`` read-only instead of reading it into memory, for
+        recordings larger than memory (``data`` is then a ``numpy.memmap``
+        of dtype ``<f4``).
 
     Returns
     -------
@@ -135,9 +178,13 @@ def load(path: str) -> Recording:
         meta = json.load(f)
     channels = list(meta["Channels"])
     fs = float(meta["Sampling Frequency"])
-    raw = np.fromfile(paths[".eeg"], dtype=SAMPLE_DTYPE)
-    usable = len(raw) - len(raw) % len(channels)  # a torn last sample is not a sample
-    data = raw[:usable].reshape(-1, len(channels)).astype(np.float32)
+    n = os.path.getsize(paths[".eeg"]) // (SAMPLE_DTYPE.itemsize * len(channels))  # a torn last sample is not one
+    if mmap and n:
+        data = np.memmap(paths[".eeg"], SAMPLE_DTYPE, "r", shape=(n, len(channels)))
+    else:
+        data = np.fromfile(paths[".eeg"], SAMPLE_DTYPE, n * len(channels)).reshape(n, len(channels))
+        data = data.astype(np.float32)
+    unescape = unescape_label if "mushu" in meta else str  # libmushu wrote labels raw
     markers = []
     if os.path.exists(paths[".marker"]):
         with open(paths[".marker"], encoding="utf-8", newline="\n") as f:
@@ -145,5 +192,5 @@ def load(path: str) -> Recording:
                 if not line.endswith("\n"):
                     break  # torn last line
                 ms, _, label = line[:-1].partition(" ")
-                markers.append((float(ms), unescape_label(label)))
+                markers.append((float(ms), unescape(label)))
     return Recording(data, markers, fs, channels, meta)

@@ -10,9 +10,9 @@ import argparse
 import logging
 import sys
 
-from . import amps, marker
+from . import amps, convert, down, marker, plot, status, up
 
-COMMANDS = [amps, marker]
+COMMANDS = [up, down, status, amps, marker, convert, plot]
 
 
 def main(argv=None) -> int:
