@@ -248,6 +248,7 @@ class Amp:
         timeout = 0.5 if self._markers_last > 0 else 0.1
         try:
             status = self._mctl.request("status", timeout=timeout)[0]
+            self._markers_last = time.monotonic()  # heard from: hold samples for markers from now on
             self.markers_clock.measure()
         except ServiceUnavailable:
             return  # followed from its first marker on, once it is there

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import os
 
 import numpy as np
 
-from mushu_client.recording import (EXTENSIONS, GAP_LABEL, SAMPLE_DTYPE, escape_label, escape_vmrk,
+from mushu_client.recording import (GAP_LABEL, SAMPLE_DTYPE, escape_label, escape_vmrk,
                                     recording_paths)
 
 JOURNAL = ".journal"
@@ -259,8 +258,4 @@ def _json_default(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-def _finite(x: float) -> bool:
-    return math.isfinite(x)
-
-
-__all__ = ["RecordingWriter", "vhdr_text", "EXTENSIONS"]
+__all__ = ["RecordingWriter", "vhdr_text"]
