@@ -14,6 +14,7 @@ read, so control requests wait at most one device read.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import signal
@@ -197,6 +198,11 @@ def main(argv=None):
         return 2
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: service.shutdown())
+    # Everything allocated so far (modules, the driver) lives as long as the
+    # process: move it out of the cyclic collector's reach so its full passes,
+    # which hold the GIL, do not walk it again and again while acquiring.
+    gc.collect()
+    gc.freeze()
     service.run()
     return 0
 

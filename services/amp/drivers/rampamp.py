@@ -38,14 +38,24 @@ class RampAmp(SimulatedAmplifier):
         self.channels = channels
 
     def samples(self, k0, n):
-        # Same values as ramp(), in one pass: ramp(0, n) plus the block's
-        # offset, in float32. Every operand and sum is an integer below 2**24,
-        # which float32 holds exactly; a block that wraps at 2**24 takes ramp().
+        # Same values as ramp(), without its int64 temporaries: a cached
+        # float32 ramp(0, rows) plus the block's offset. Every operand and
+        # sum is an integer below 2**24, which float32 holds exactly.
         channels = self.channels
-        start = (k0 * channels) & (RAMP_MODULUS - 1)
-        if start + n * channels > RAMP_MODULUS:
+        total = n * channels
+        if total > RAMP_MODULUS:  # wraps more than once
             return ramp(k0, n, channels)
         base = self._base
         if base.shape[0] < n or base.shape[1] != channels:
-            base = self._base = ramp(0, max(n, 16), channels)
-        return np.add(base[:n], start, dtype=np.float32)
+            rows = min(max(2 * n, 16), RAMP_MODULUS // channels)  # room to grow, no wrap inside
+            base = self._base = ramp(0, rows, channels)
+        start = (k0 * channels) & (RAMP_MODULUS - 1)
+        if start + total <= RAMP_MODULUS:
+            return np.add(base[:n], start, dtype=np.float32)
+        # wraps once: the values up to 2**24 - 1, then 0, 1, 2, ...
+        head = RAMP_MODULUS - start
+        out = np.empty((n, channels), np.float32)
+        flat, base_flat = out.reshape(-1), base.reshape(-1)
+        np.add(base_flat[:head], start, out=flat[:head])
+        flat[head:] = base_flat[:total - head]
+        return out
