@@ -10,9 +10,9 @@ import argparse
 import logging
 import sys
 
-from . import amps, convert, marker, plot
+from . import amps, convert, down, marker, plot, status, up
 
-COMMANDS = [amps, marker, convert, plot]
+COMMANDS = [up, down, status, amps, marker, convert, plot]
 
 
 def main(argv=None) -> int:

@@ -17,6 +17,7 @@ import argparse
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -24,7 +25,7 @@ import time
 
 import zmq
 
-from mushu_client.config import setting
+from mushu_client.config import setting, setting_float, setting_int
 from mushu_client.protocol import ProtocolError, data_topic, encode_info, serve_request
 
 from .core import DEFAULT_HISTORY_BYTES, AmpCore
@@ -169,30 +170,43 @@ class AmpService:
 def main(argv=None):
     """Console script ``mushu-amp``."""
     p = argparse.ArgumentParser(prog="mushu-amp", description="mushu amplifier-driver service")
-    p.add_argument("--data", help="endpoint to publish blocks on (env MUSHU_AMP_DATA)")
-    p.add_argument("--control", help="endpoint of the control socket (env MUSHU_AMP_CONTROL)")
+    # Every default comes from mushu_client.config: argument > environment > mushu.toml > default.
+    p.add_argument("--data", help="endpoint to bind the block publisher to (env MUSHU_AMP_DATA_BIND, "
+                   "else MUSHU_AMP_DATA)")
+    p.add_argument("--control", help="endpoint to bind the control socket to (env MUSHU_AMP_CONTROL_BIND, "
+                   "else MUSHU_AMP_CONTROL)")
     p.add_argument("--stream", help="stream name (env MUSHU_STREAM, default 'eeg')")
     p.add_argument("--amp", help="select this driver at startup")
     p.add_argument("--configure", metavar="JSON", help="configure the driver with these arguments at startup")
     p.add_argument("--start", action="store_true", help="start acquiring at startup")
-    p.add_argument("--block-ms", type=float, default=1.0, help="block period of simulated drivers (default 1 ms)")
-    p.add_argument("--history-mb", type=float, default=DEFAULT_HISTORY_BYTES / 2**20,
-                   help="size of the block history in MiB (default %(default)g)")
-    p.add_argument("--sndhwm", type=int, default=10000, help="PUB high-water mark in messages")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--block-ms", type=float, help="block period of simulated drivers in ms (env MUSHU_AMP_BLOCK_MS, "
+                   "default 1)")
+    p.add_argument("--history-mb", type=float, help="size of the block history in MiB (env MUSHU_AMP_HISTORY_MB, "
+                   f"default {DEFAULT_HISTORY_BYTES / 2**20:g})")
+    p.add_argument("--sndhwm", type=int, help="PUB high-water mark in messages (env MUSHU_AMP_SNDHWM, default 10000)")
+    p.add_argument("--log-level", help="env MUSHU_LOG_LEVEL, default INFO")
     a = p.parse_args(argv)
-    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s mushu-amp %(levelname)s %(message)s")
-
-    core = AmpCore(setting("MUSHU_STREAM", a.stream), history_bytes=int(a.history_mb * 2**20))
     try:
+        level = setting("MUSHU_LOG_LEVEL", a.log_level).upper()
+    except ValueError as exc:  # e.g. a broken mushu.toml
+        p.error(str(exc))
+    logging.basicConfig(level=level, format="%(asctime)s mushu-amp %(levelname)s %(message)s")
+
+    try:
+        core = AmpCore(setting("MUSHU_STREAM", a.stream),
+                       history_bytes=int(setting_float("MUSHU_AMP_HISTORY_MB", a.history_mb) * 2**20))
+        if setting("MUSHU_DRIVERS"):  # the driver registry reads the environment: hand it a file's value too
+            os.environ["MUSHU_DRIVERS"] = setting("MUSHU_DRIVERS")
         if a.amp:
             core.cmd_use(a.amp)
         if a.configure:
             core.cmd_configure(json.loads(a.configure))
         if a.start:
             core.cmd_start()
-        service = AmpService(core, setting("MUSHU_AMP_DATA", a.data), setting("MUSHU_AMP_CONTROL", a.control),
-                             block_ms=a.block_ms, sndhwm=a.sndhwm)
+        service = AmpService(core, setting("MUSHU_AMP_DATA_BIND", a.data),
+                             setting("MUSHU_AMP_CONTROL_BIND", a.control),
+                             block_ms=setting_float("MUSHU_AMP_BLOCK_MS", a.block_ms),
+                             sndhwm=setting_int("MUSHU_AMP_SNDHWM", a.sndhwm))
     except Exception as exc:
         log.error("%s", exc)
         return 2

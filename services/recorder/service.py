@@ -145,8 +145,10 @@ class RecorderService:
 def main(argv=None):
     """Console script ``mushu-recorder``."""
     p = argparse.ArgumentParser(prog="mushu-recorder", description="mushu file recorder")
+    # Every default comes from mushu_client.config: argument > environment > mushu.toml > default.
     p.add_argument("--data-dir", help="directory of relative recording names (env MUSHU_DATA_DIR, default ./data)")
-    p.add_argument("--control", help="endpoint of the control socket (env MUSHU_RECORDER_CONTROL)")
+    p.add_argument("--control", help="endpoint to bind the control socket to (env MUSHU_RECORDER_CONTROL_BIND, "
+                   "else MUSHU_RECORDER_CONTROL)")
     p.add_argument("--amp-data", help="amp service blocks (env MUSHU_AMP_DATA)")
     p.add_argument("--amp-control", help="amp service control (env MUSHU_AMP_CONTROL)")
     p.add_argument("--markers-data", help="markers service bus (env MUSHU_MARKERS_DATA)")
@@ -155,13 +157,17 @@ def main(argv=None):
     p.add_argument("--marker-stream", help="marker stream name (env MUSHU_MARKER_STREAM)")
     p.add_argument("--clock-offset", type=float, default=0.0,
                    help="add SECONDS to every timestamp (simulates another host's clock, for tests)")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", help="env MUSHU_LOG_LEVEL, default INFO")
     a = p.parse_args(argv)
-    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s mushu-recorder %(levelname)s %(message)s")
+    try:
+        level = setting("MUSHU_LOG_LEVEL", a.log_level).upper()
+    except ValueError as exc:  # e.g. a broken mushu.toml
+        p.error(str(exc))
+    logging.basicConfig(level=level, format="%(asctime)s mushu-recorder %(levelname)s %(message)s")
     clock.set_offset(a.clock_offset)
     try:
         service = RecorderService(
-            setting("MUSHU_DATA_DIR", a.data_dir), setting("MUSHU_RECORDER_CONTROL", a.control),
+            setting("MUSHU_DATA_DIR", a.data_dir), setting("MUSHU_RECORDER_CONTROL_BIND", a.control),
             setting("MUSHU_AMP_DATA", a.amp_data), setting("MUSHU_AMP_CONTROL", a.amp_control),
             setting("MUSHU_MARKERS_DATA", a.markers_data), setting("MUSHU_MARKERS_CONTROL", a.markers_control),
             setting("MUSHU_STREAM", a.stream), setting("MUSHU_MARKER_STREAM", a.marker_stream))
