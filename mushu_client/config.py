@@ -41,6 +41,9 @@ DEFAULTS = {
     "MUSHU_AMP_HISTORY_MB": "64",
     "MUSHU_AMP_SNDHWM": "10000",
     "MUSHU_AMP_BLOCK_MS": "1",
+    # where the amp keeps its driver, configuration and running state, to
+    # restore them after a restart (empty: not kept; `mushu up` sets one)
+    "MUSHU_AMP_STATE": "",
     "MUSHU_DRIVERS": "",
     # markers service: bus endpoints, its ZeroMQ ingress, and the TCP/UDP
     # ingress (libmushu's port 12344, on loopback unless configured).

@@ -83,6 +83,8 @@ def environment(rd: RunDir) -> dict[str, str]:
     env = resolved()
     env["MUSHU_RUN_DIR"] = str(rd.path)
     env["MUSHU_DATA_DIR"] = os.path.abspath(env["MUSHU_DATA_DIR"])
+    # a restarted amp goes on with the driver, configuration and state it had
+    env["MUSHU_AMP_STATE"] = env.get("MUSHU_AMP_STATE") or str(rd.path / "amp-state.json")
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -149,7 +151,9 @@ class _UnixTransport(xmlrpc.client.Transport):
         self._path, self._timeout = path, timeout
 
     def make_connection(self, host):
-        return _UnixConnection(self._path, self._timeout)
+        conn = _UnixConnection(self._path, self._timeout)
+        self._connection = (host, conn)  # so that close() closes it
+        return conn
 
 
 def rpc(rd: RunDir, timeout: float = 5.0) -> xmlrpc.client.ServerProxy:
@@ -162,7 +166,8 @@ def processes(rd: RunDir, timeout: float = 2.0) -> dict[str, dict] | None:
     if not rd.socket.exists():
         return None
     try:
-        infos = rpc(rd, timeout).supervisor.getAllProcessInfo()
+        with rpc(rd, timeout) as proxy:
+            infos = proxy.supervisor.getAllProcessInfo()
     except (OSError, xmlrpc.client.Error, http.client.HTTPException):
         return None
     return {info["name"]: info for info in infos}

@@ -9,23 +9,25 @@ request or raises the exception the caller should see. The service
 from __future__ import annotations
 
 import bisect
+import json
 import dataclasses
 import logging
 import operator
 import os
-import time
 import uuid
 
 import numpy as np
 
 from mushu_client import __version__
-from mushu_client.clock import host_clock_id
+from mushu_client.clock import host_clock_id, now_ns
 from mushu_client.protocol import PROTOCOL_VERSION, BlockHeader, ReplyFrames, StreamInfo, dispatch, encode_block_header
 
 from . import drivers
 
 log = logging.getLogger("mushu.amp")
 
+#: Commands that change what the state file holds.
+STATE_COMMANDS = frozenset({"use", "configure", "start", "stop"})
 #: Largest payload of one published block; a driver's larger return is split.
 MAX_BLOCK_BYTES = 1 << 20
 #: Default history size: 64 ch x 1 kHz x float32 is 256 kB/s, so 64 MiB keeps
@@ -120,8 +122,10 @@ class AmpCore:
         Size of the block history kept for late or restarted consumers.
     """
 
-    def __init__(self, stream: str = "eeg", history_bytes: int = DEFAULT_HISTORY_BYTES):
+    def __init__(self, stream: str = "eeg", history_bytes: int = DEFAULT_HISTORY_BYTES,
+                 state_file: str | None = None):
         self.stream = stream
+        self.state_file = state_file
         self.history = History(history_bytes)
         self.amp_name: str | None = None
         self.driver = None
@@ -140,7 +144,7 @@ class AmpCore:
         self.malformed_requests = 0  # not a valid control request at all
         self.refused_requests = 0    # valid, but refused (unknown command, bad arguments, driver errors)
         self.driver_errors = 0
-        self.started_ns = time.monotonic_ns()
+        self.started_ns = now_ns()
         self.commands = {
             "ping": self.cmd_ping, "amps": self.cmd_amps, "use": self.cmd_use,
             "configure": self.cmd_configure, "start": self.cmd_start, "stop": self.cmd_stop,
@@ -162,7 +166,7 @@ class AmpCore:
         """
         try:
             data, _markers = self.driver.get_data()
-            t_read = time.monotonic_ns()
+            t_read = now_ns()
             data = self._as_block_array(data)
         except Exception as exc:
             self._driver_failed(exc)
@@ -219,7 +223,7 @@ class AmpCore:
             state=self.state, fs=float(self.fs), dtype=self.dtype,
             channels=list(self.channels), units=[self.unit] * len(self.channels),
             last_seq=self.seq - 1, next_sample=self.next_sample,
-            t_ns=time.monotonic_ns(), error=self.error)
+            t_ns=now_ns(), error=self.error)
 
     @property
     def unit(self) -> str:
@@ -229,7 +233,47 @@ class AmpCore:
 
     def handle(self, cmd: str, args: dict):
         """Run control command ``cmd``; return its result or raise."""
-        return dispatch(self.commands, cmd, args)
+        result = dispatch(self.commands, cmd, args)
+        if cmd in STATE_COMMANDS:
+            self.save_state()
+        return result
+
+    # -- the state kept on disk ---------------------------------------------
+
+    def save_state(self):
+        """Write the driver, its configuration and whether it runs to the state file.
+
+        A restarted service (under a supervisor) reads it with
+        :meth:`restore_state` and goes on where it was.
+        """
+        if not self.state_file:
+            return
+        state = {"amp": self.amp_name, "config": self.config, "running": self.running}
+        tmp = self.state_file + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.state_file)
+        except (OSError, TypeError, ValueError) as exc:  # e.g. a configuration JSON cannot hold
+            log.error("cannot save the amp state to %s: %s", self.state_file, exc)
+
+    def restore_state(self) -> bool:
+        """Select, configure and start the driver as the state file says; True if there was one."""
+        if not self.state_file or not os.path.exists(self.state_file):
+            return False
+        with open(self.state_file) as f:
+            state = json.load(f)
+        if not state.get("amp"):
+            return False
+        self.cmd_use(state["amp"])
+        self.cmd_configure(state.get("config") or {})
+        if state.get("running"):
+            self.cmd_start()
+        log.warning("restored the last state: %s %s, %s", state["amp"], state.get("config"),
+                    "running" if state.get("running") else "stopped")
+        return True
 
     def _need_driver(self):
         if self.driver is None:
@@ -321,7 +365,7 @@ class AmpCore:
         return [[str(label), dict(kw)] for label, kw in self.driver.presets]
 
     def cmd_time(self):
-        return {"t_ns": time.monotonic_ns(), "clock": host_clock_id()}
+        return {"t_ns": now_ns(), "clock": host_clock_id()}
 
     def cmd_status(self):
         return {
@@ -329,7 +373,7 @@ class AmpCore:
             "pid": os.getpid(),
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
-            "uptime_s": (time.monotonic_ns() - self.started_ns) / 1e9,
+            "uptime_s": (now_ns() - self.started_ns) / 1e9,
             "config": self.config,
             "blocks_published": self.blocks_published,
             "samples_published": self.samples_published,
@@ -361,7 +405,7 @@ class AmpCore:
         return ReplyFrames(result, [frame for _h, header_frame, data in blocks for frame in (header_frame, data)])
 
     def _describe(self):
-        return {"amp": self.amp_name, "stream": self.stream, "state": self.state,
+        return {"amp": self.amp_name, "stream": self.stream, "state": self.state, "unit": self.unit,
                 "error": self.error, "session": self.session, "fs": self.fs,
                 "channels": list(self.channels), "last_seq": self.seq - 1,
                 "next_sample": self.next_sample}

@@ -25,16 +25,17 @@ import time
 
 import zmq
 
+from mushu_client import clock
+from mushu_client.clock import now_ns
 from mushu_client.config import setting, setting_float, setting_int
 from mushu_client.protocol import ProtocolError, data_topic, encode_info, serve_request
 
-from .core import DEFAULT_HISTORY_BYTES, AmpCore
+from .core import DEFAULT_HISTORY_BYTES, STATE_COMMANDS, AmpCore
 
 log = logging.getLogger("mushu.amp")
 
-#: Commands after which the acquisition thread publishes stream info at once.
-STATE_COMMANDS = frozenset({"use", "configure", "start", "stop"})
-INFO_PERIOD_NS = 1_000_000_000
+#: Stream info goes out four times a second: a consumer notices a dead amp within a second.
+INFO_PERIOD_NS = 250_000_000
 
 
 class AmpService:
@@ -136,7 +137,7 @@ class AmpService:
         send, send_multipart = self.pub.send, self.pub.send_multipart
         more = int(zmq.SNDMORE)
         copy_threshold = self.pub.copy_threshold
-        monotonic_ns, sleep = time.monotonic_ns, time.sleep
+        monotonic_ns, sleep = now_ns, time.sleep
         period = self.period_ns
         next_tick = monotonic_ns()
         next_info = 0
@@ -184,8 +185,13 @@ def main(argv=None):
     p.add_argument("--history-mb", type=float, help="size of the block history in MiB (env MUSHU_AMP_HISTORY_MB, "
                    f"default {DEFAULT_HISTORY_BYTES / 2**20:g})")
     p.add_argument("--sndhwm", type=int, help="PUB high-water mark in messages (env MUSHU_AMP_SNDHWM, default 10000)")
+    p.add_argument("--state-file", help="keep the driver, its configuration and running state here and restore "
+                   "them at startup (env MUSHU_AMP_STATE; none by default)")
+    p.add_argument("--clock-offset", type=float, default=0.0,
+                   help="add SECONDS to every timestamp (simulates another host's clock, for tests)")
     p.add_argument("--log-level", help="env MUSHU_LOG_LEVEL, default INFO")
     a = p.parse_args(argv)
+    clock.set_offset(a.clock_offset)
     try:
         level = setting("MUSHU_LOG_LEVEL", a.log_level).upper()
     except ValueError as exc:  # e.g. a broken mushu.toml
@@ -194,15 +200,20 @@ def main(argv=None):
 
     try:
         core = AmpCore(setting("MUSHU_STREAM", a.stream),
-                       history_bytes=int(setting_float("MUSHU_AMP_HISTORY_MB", a.history_mb) * 2**20))
+                       history_bytes=int(setting_float("MUSHU_AMP_HISTORY_MB", a.history_mb) * 2**20),
+                       state_file=setting("MUSHU_AMP_STATE", a.state_file) or None)
         if setting("MUSHU_DRIVERS"):  # the driver registry reads the environment: hand it a file's value too
             os.environ["MUSHU_DRIVERS"] = setting("MUSHU_DRIVERS")
-        if a.amp:
-            core.cmd_use(a.amp)
-        if a.configure:
-            core.cmd_configure(json.loads(a.configure))
-        if a.start:
-            core.cmd_start()
+        if a.amp or a.configure or a.start:  # explicit arguments win over the saved state
+            if a.amp:
+                core.cmd_use(a.amp)
+            if a.configure:
+                core.cmd_configure(json.loads(a.configure))
+            if a.start:
+                core.cmd_start()
+            core.save_state()
+        else:
+            core.restore_state()
         service = AmpService(core, setting("MUSHU_AMP_DATA_BIND", a.data),
                              setting("MUSHU_AMP_CONTROL_BIND", a.control),
                              block_ms=setting_float("MUSHU_AMP_BLOCK_MS", a.block_ms),

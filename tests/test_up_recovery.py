@@ -1,0 +1,100 @@
+"""Under ``mushu up``, SIGKILL each service in turn during a recording: nothing is lost but what
+the amp could not acquire while it was down, and that gap is recorded exactly."""
+
+import os
+import signal
+import time
+import warnings
+
+import numpy as np
+
+import mushu_client
+from mushu_amp.drivers.rampamp import ramp
+from mushu_client import GapWarning, MarkerSender, RecordingWarning, ServiceWarning
+from mushu_client.cli import supervise
+from mushu_client.recording import load
+from test_orchestration import answers, force_down, isolated_env, mushu, supervised
+
+FS = 1000
+
+
+def test_killing_each_service_during_a_recording(tmp_path):
+    env = isolated_env(tmp_path)
+    mushu("up", env=env)
+    try:
+        amp = mushu_client.get_amp("rampamp", data=env["MUSHU_AMP_DATA"], control=env["MUSHU_AMP_CONTROL"],
+                                   markers=env["MUSHU_MARKERS_DATA"], markers_control=env["MUSHU_MARKERS_CONTROL"],
+                                   recorder=env["MUSHU_RECORDER_CONTROL"], timeout=0.2, marker_grace=0.05)
+        amp.configure(fs=FS, channels=8)
+        sender = MarkerSender("127.0.0.1", int(env["MUSHU_MARKERS_PORT"]))
+        chunks, markers, n = [], [], 0
+        sent = 0
+
+        def run(seconds):
+            nonlocal n, sent
+            t_end = time.monotonic() + seconds
+            next_marker = time.monotonic()
+            while time.monotonic() < t_end:
+                data, mk = amp.get_data()  # no exception may reach this loop
+                markers.extend((n + round(ms * FS / 1000), label) for ms, label in mk)
+                chunks.append(data)
+                n += len(data)
+                if time.monotonic() >= next_marker:
+                    try:
+                        sender.send(f"m{sent}")
+                        sent += 1
+                    except mushu_client.ServiceUnavailable:
+                        pass  # the markers service is down: a stimulus program would retry
+                    next_marker = time.monotonic() + 0.1
+
+        def kill(name):
+            deadline = time.monotonic() + 10
+            while (info := supervised(env).get(name, {})).get("statename") != "RUNNING":
+                assert time.monotonic() < deadline, info
+                run(0.05)
+            os.kill(info["pid"], signal.SIGKILL)
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            amp.start("killed")
+            run(1.0)
+            for name in ("recorder", "markers", "amp"):
+                kill(name)
+                run(2.5)  # supervisord restarts it within two seconds; the others go on
+            amp.stop()
+            while True:
+                data, mk = amp.get_data()
+                markers.extend((n + round(ms * FS / 1000), label) for ms, label in mk)
+                chunks.append(data)
+                n += len(data)
+                if not len(data):
+                    break
+        sender.close()
+        kinds = {type(w.message) for w in caught}
+        assert kinds <= {GapWarning, ServiceWarning, RecordingWarning}, [str(w.message) for w in caught]
+        result = amp.recording_result
+        amp.close()
+        for name in ("amp", "markers", "recorder"):
+            assert answers(env[supervise.CONTROL[name]], name) is not None
+    finally:
+        force_down(env)
+
+    data = np.concatenate(chunks)
+    rec = load(result["base"])
+    # one gap: the samples the amp did not acquire while it was down, the same count the client reported
+    (gap,) = rec.gaps
+    ((first, lost),) = amp.gaps
+    assert gap["reason"] == "amp restarted" and abs(gap["count"] - lost) <= 1
+    assert 50 < gap["count"] < 3000
+    # every sample the client got is in the file, in place; the gap is NaN
+    kept = ~np.isnan(rec.data).any(axis=1)
+    np.testing.assert_array_equal(rec.data[kept], data)
+    assert (~kept).sum() == gap["count"] and not kept[gap["sample"]:gap["sample"] + gap["count"]].any()
+    np.testing.assert_array_equal(data[:first], ramp(0, first, 8))
+    np.testing.assert_array_equal(data[first:], ramp(0, len(data) - first, 8))
+    # the markers too: the same labels on the same samples (file rows counted without the gap)
+    file_rows = np.cumsum(kept) - 1
+    recorded = [(int(file_rows[round(ms * FS / 1000)]), label) for ms, label in rec.markers
+                if not label.startswith("mushu:gap")]
+    assert sent > 50 and len(markers) > 40
+    assert recorded == markers
