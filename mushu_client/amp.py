@@ -11,8 +11,8 @@ import zmq
 from .clock import ClockOffset, now_ns
 from .config import setting
 from .control import ControlClient
-from .errors import AmpError, GapWarning, RecordingError, RecordingWarning, ServiceUnavailable, ServiceWarning
-from .markers import MarkerMerger, Timeline
+from .errors import AmpError, EndOfData, GapWarning, RecordingError, RecordingWarning, ServiceUnavailable, ServiceWarning
+from .markers import MarkerMerger, Timeline, rows_of
 from .protocol import (Block, Marker, MarkerStreamInfo, ProtocolError, StreamInfo, data_topic, decode_block_frames,
                        decode_marker, decode_message, info_topic, marker_topic)
 from .stream import Assembler
@@ -155,6 +155,10 @@ class Amp:
         self.recording_result: dict | None = None
         self._next_recording_check = 0.0
         self._deferred: Block | None = None  # a new session's first block, after the old one's samples
+        self._amp_markers: list[tuple[int, str]] = []  # markers the amplifier put on its samples
+        #: True once the amp's data ended (a replay reached its end); get_data()
+        #: then raises EndOfData after the last samples.
+        self.ended = False
         self._start_time_ns = 0
         self._away_since: float | None = None
         #: False while the amp service does not answer (see get_data).
@@ -225,6 +229,8 @@ class Amp:
         self._merger.start_ns = None
         self._start_time_ns = self._amp_now()
         self._deferred = None
+        self._amp_markers = []
+        self.ended = False
         self._end_sample = None
         self._error = None
         self.recording = None
@@ -302,6 +308,9 @@ class Amp:
         ------
         AmpError
             The driver failed and acquisition stopped.
+        EndOfData
+            The amp's data ended (a replay reached its end) and every sample
+            has been returned.
         ServiceUnavailable
             Nothing arrived for several seconds and the service does not answer.
         """
@@ -326,10 +335,16 @@ class Amp:
             self._check_recording()
         data, segments = asm.take(len(self._channels), until)
         markers = self._merger.place(self._timeline, segments, self._fs, self._marker_offset())
+        if self._amp_markers:
+            rows, self._amp_markers = rows_of(self._amp_markers, segments)
+            markers = sorted(markers + [(row * 1000.0 / self._fs, label) for row, label in rows],
+                             key=lambda m: m[0])
         if segments:
             self._timeline.forget_before(segments[-1][0])
         if self._error and not len(data):
             raise AmpError(self._error)
+        if self.ended and not len(data) and self._at_end():
+            raise EndOfData(f"the amp's data ended after sample {self._end_sample} of session {asm.session}")
         return data, markers
 
     # -- stream bookkeeping -------------------------------------------------
@@ -435,6 +450,9 @@ class Amp:
         added = self._asm.add(block)
         if added:
             skip = h.n_samples - added
+            for offset, label in h.markers:
+                if offset >= skip:
+                    self._amp_markers.append((h.first_sample + offset, label))
             t_ns = h.t_ns + round(skip * 1e9 / h.fs)
             self._timeline.add(h.first_sample + skip, t_ns, added, h.fs)
             if self._merger.start_ns is None:
@@ -447,6 +465,9 @@ class Amp:
             return
         if info.state == "error":
             self._error = info.error or "the amplifier driver failed"
+        elif info.state == "ended":
+            self.ended = True
+            self._end_sample = info.next_sample
         # The info follows every block before it on the same socket: if it
         # reports samples this client has not seen, the bus dropped them.
         if info.next_sample > self._asm.next_sample:

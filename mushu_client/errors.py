@@ -41,3 +41,7 @@ class RecordingWarning(UserWarning):
 
 class ServiceWarning(UserWarning):
     """A service stopped answering; mushu waits for it to return."""
+
+
+class EndOfData(MushuError, EOFError):
+    """The amplifier's data ended (e.g. a replay reached its end); every sample was returned."""

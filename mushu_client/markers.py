@@ -168,18 +168,29 @@ class MarkerMerger:
         """
         if not segments:
             return []
-        starts = [first for first, _n in segments]
-        rows = [0]
-        for _first, n in segments:
-            rows.append(rows[-1] + n)
-        out = []
-        for sample, m in self.place_samples(timeline, segments[-1][0] + segments[-1][1], offset_ns):
-            if sample < starts[0]:
-                self.late += 1
-                row = 0
-            else:
-                k = bisect.bisect_right(starts, sample) - 1
-                row = rows[k] + min(sample - starts[k], segments[k][1])
-            out.append((row, m.seq, m.label))
-        out.sort(key=lambda p: p[:2])
-        return [(row * 1000.0 / fs, label) for row, _seq, label in out]
+        placed = self.place_samples(timeline, segments[-1][0] + segments[-1][1], offset_ns)
+        self.late += sum(1 for sample, _m in placed if sample < segments[0][0])
+        rows, _ = rows_of([(sample, m.label) for sample, m in placed], segments)
+        return [(row * 1000.0 / fs, label) for row, label in rows]
+
+def rows_of(items: list, segments: list) -> tuple[list, list]:
+    """Split ``[(sample, label)]`` into those returned with ``segments`` and the rest.
+
+    Returns ``([(row, label)], [(sample, label) not yet returned])``; a
+    sample in a lost gap between segments maps to the next segment's row.
+    """
+    if not segments:
+        return [], list(items)
+    starts = [first for first, _n in segments]
+    rows = [0]
+    for _first, n in segments:
+        rows.append(rows[-1] + n)
+    end = segments[-1][0] + segments[-1][1]
+    out, keep = [], []
+    for sample, label in items:
+        if sample >= end:
+            keep.append((sample, label))
+            continue
+        k = max(0, bisect.bisect_right(starts, sample) - 1)
+        out.append((rows[k] + min(max(0, sample - starts[k]), segments[k][1]), label))
+    return out, keep

@@ -232,6 +232,10 @@ class BlockHeader:
     t_ns : int
         Acquisition time of the first sample, integer nanoseconds of the
         source host's monotonic clock.
+    markers : tuple of (int, str)
+        Markers the amplifier itself produced (replayed markers, a device's
+        trigger channel, an LSL marker stream), as ``(sample offset within
+        this block, label)``: on their sample exactly. Usually empty.
     """
 
     stream: str
@@ -243,6 +247,7 @@ class BlockHeader:
     fs: float
     dtype: str
     t_ns: int
+    markers: tuple = ()
 
     @property
     def payload_bytes(self) -> int:
@@ -258,7 +263,13 @@ class Block:
 
 
 def encode_block_header(h: BlockHeader) -> bytes:
-    return pack({
+    if h.markers:
+        return pack({**_block_map(h), "markers": [list(m) for m in h.markers]})
+    return pack(_block_map(h))
+
+
+def _block_map(h: BlockHeader) -> dict:
+    return ({
         "version": PROTOCOL_VERSION,
         "kind": "block",
         "stream": h.stream,
@@ -291,20 +302,37 @@ def decode_block_header(frame, stream: str | None = None) -> BlockHeader:
     f = _Fields(unpack_map(frame, "block header"), "block header")
     f.version()
     f.kind("block")
+    n_samples = f.int("n_samples", 1, MAX_BLOCK_SAMPLES)
     h = BlockHeader(
         stream=f.str("stream", STREAM_NAME),
         session=f.str("session", SESSION_ID),
         seq=f.int("seq", 0, 2**63 - 1),
         first_sample=f.int("first_sample", 0, 2**63 - 1),
-        n_samples=f.int("n_samples", 1, MAX_BLOCK_SAMPLES),
+        n_samples=n_samples,
         n_channels=f.int("n_channels", 1, MAX_CHANNELS),
         fs=f.positive("fs"),
         dtype=f.str("dtype", DTYPE),
         t_ns=f.int("t_ns", -(2**63), 2**63 - 1),
+        markers=_block_markers(f.m.get("markers"), n_samples),
     )
     if stream is not None and h.stream != stream:
         raise ProtocolError(f"block header: stream {h.stream!r} does not match topic stream {stream!r}")
     return h
+
+
+def _block_markers(value, n_samples: int) -> tuple:
+    if value is None:
+        return ()
+    if type(value) is not list or len(value) > MAX_BLOCK_SAMPLES:
+        raise ProtocolError("block header: field 'markers' must be a list of [offset, label]")
+    out = []
+    for m in value:
+        if (type(m) is not list or len(m) != 2 or type(m[0]) is not int or not 0 <= m[0] < n_samples
+                or type(m[1]) is not str or len(m[1]) > MAX_LABEL_LENGTH):
+            raise ProtocolError(f"block header: marker {str(m)[:80]} is not [offset in 0..{n_samples - 1}, "
+                                f"label of at most {MAX_LABEL_LENGTH} characters]")
+        out.append((m[0], m[1]))
+    return tuple(out)
 
 
 def decode_block_frames(header_frame, payload, stream: str | None = None) -> Block:
@@ -333,7 +361,8 @@ class StreamInfo:
     amp : str
         Name of the driver producing the stream.
     state : str
-        ``'idle'``, ``'running'`` or ``'error'``.
+        ``'idle'``, ``'running'``, ``'ended'`` (the driver has no more data,
+        e.g. a replay reached its end) or ``'error'``.
     fs : float
     dtype : str
     channels, units : list of str
@@ -362,7 +391,7 @@ class StreamInfo:
     error: str | None = None
 
 
-STATES = ("idle", "running", "error")
+STATES = ("idle", "running", "ended", "error")
 
 
 def encode_info(info: StreamInfo) -> list:

@@ -23,6 +23,7 @@ from mushu_client.clock import host_clock_id, now_ns
 from mushu_client.protocol import PROTOCOL_VERSION, BlockHeader, ReplyFrames, StreamInfo, dispatch, encode_block_header
 
 from . import drivers
+from .drivers.base import EndOfData
 
 log = logging.getLogger("mushu.amp")
 
@@ -144,6 +145,8 @@ class AmpCore:
         self.malformed_requests = 0  # not a valid control request at all
         self.refused_requests = 0    # valid, but refused (unknown command, bad arguments, driver errors)
         self.driver_errors = 0
+        self.late_driver_markers = 0
+        self._markers: list[tuple[int, str]] = []  # driver markers waiting for their sample
         self.started_ns = now_ns()
         self.commands = {
             "ping": self.cmd_ping, "amps": self.cmd_amps, "use": self.cmd_use,
@@ -165,9 +168,14 @@ class AmpCore:
         ``error`` state, with the driver's message for status and clients.
         """
         try:
-            data, _markers = self.driver.get_data()
+            data, markers = self.driver.get_data()
             t_read = now_ns()
             data = self._as_block_array(data)
+            if markers:
+                self._queue_markers(markers)
+        except EndOfData:
+            self._ended()
+            return []
         except Exception as exc:
             self._driver_failed(exc)
             return []
@@ -184,7 +192,8 @@ class AmpCore:
             chunk = data[i:i + step] if n > step else data  # usually one block: no view
             header = BlockHeader(self.stream, self.session, self.seq, self.next_sample,
                                  chunk.shape[0], chunk.shape[1], self.fs, self.dtype,
-                                 t_first + round(i * period_ns))
+                                 t_first + round(i * period_ns),
+                                 self._take_markers(chunk.shape[0]) if self._markers else ())
             frame = encode_block_header(header)
             self.history.append(header, frame, chunk)
             out.append((header, frame, chunk))
@@ -193,6 +202,42 @@ class AmpCore:
             self.blocks_published += 1
             self.samples_published += chunk.shape[0]
         return out
+
+    def _queue_markers(self, markers):
+        """Markers the driver returned, ``(ms from its data's first sample, label)``, on their samples.
+
+        A marker lands on the first sample at or after its time; one before
+        the data (negative ms) on its first sample (counted as late).
+        """
+        fs = self.fs
+        for ms, label in markers:
+            offset = -(-round(float(ms) * 1e6) * fs // 1e9)  # ceil, from integer ns
+            if offset < 0:
+                self.late_driver_markers += 1
+                offset = 0
+            self._markers.append((self.next_sample + int(offset), str(label)))
+        self._markers.sort(key=lambda m: m[0])
+
+    def _take_markers(self, n: int) -> tuple:
+        """The queued markers on samples ``next_sample .. next_sample + n - 1``, as block offsets."""
+        end = self.next_sample + n
+        k = 0
+        while k < len(self._markers) and self._markers[k][0] < end:
+            k += 1
+        taken, self._markers = self._markers[:k], self._markers[k:]
+        return tuple((sample - self.next_sample, label) for sample, label in taken)
+
+    def _ended(self):
+        """The driver has no more data (a replay reached its end)."""
+        log.info("%s has no more data after %d samples", self.amp_name, self.next_sample)
+        try:
+            self.driver.stop()
+        except Exception as exc:
+            log.error("driver.stop() at the end of the data failed: %s", exc)
+        self.state = "ended"
+        if self._markers:
+            log.warning("%d driver markers after the last sample dropped", len(self._markers))
+            self._markers = []
 
     def _as_block_array(self, data) -> np.ndarray:
         if (type(data) is np.ndarray and data.dtype is self._np_dtype and data.ndim == 2
@@ -317,7 +362,7 @@ class AmpCore:
         self.driver.configure(**kwargs)
         self._read_driver_shape()
         self.config = dict(kwargs)
-        if self.state == "error":
+        if self.state in ("error", "ended"):
             self.state, self.error = "idle", None
         log.info("configured %s with %s", self.amp_name, kwargs)
         return self._describe()
@@ -338,6 +383,7 @@ class AmpCore:
         self.session = uuid.uuid4().hex
         self.seq = 0
         self.next_sample = 0
+        self._markers = []
         self.history.clear()
         self.state, self.error = "running", None
         log.info("started %s: session %s, %g Hz, %d channels",
@@ -380,6 +426,7 @@ class AmpCore:
             "malformed_requests": self.malformed_requests,
             "refused_requests": self.refused_requests,
             "driver_errors": self.driver_errors,
+            "late_driver_markers": self.late_driver_markers,
             "history": {"blocks": len(self.history), "bytes": self.history.nbytes,
                         "limit_bytes": self.history.limit_bytes,
                         "oldest_sample": self.history.oldest_sample},

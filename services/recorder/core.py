@@ -33,6 +33,9 @@ from .files import JOURNAL, RecordingWriter
 log = logging.getLogger("mushu.recorder")
 
 STATE_FILE = ".mushu-recorder.json"
+#: Journal ``seq`` of markers from the amplifier itself (those of the markers
+#: service have theirs, >= 0; gap markers have -1).
+AMP_MARKER_SEQ = -2
 #: Block times kept for placing markers that arrive after their samples.
 TIMELINE_S = 30.0
 
@@ -283,6 +286,9 @@ class RecorderCore:
             return 0
         a.timeline.add(h.first_sample + skip, h.t_ns + round(skip * 1e9 / h.fs), stop - skip, h.fs)
         a.next_sample = h.first_sample + stop
+        for offset, label in h.markers:
+            if skip <= offset < stop:
+                self._add_amp_marker(h, offset, label)
         self._place_markers()
         return stop - skip
 
@@ -326,6 +332,13 @@ class RecorderCore:
                 a.merger.follow(marker.session, marker.seq + 1)
             return
         a.merger.add(marker)
+
+    def _add_amp_marker(self, h, offset: int, label: str):
+        """A marker the amplifier put on its sample (in the block header)."""
+        a = self.active
+        sample = self._file_index(h.first_sample + offset)
+        self._guard(a.writer.add_marker, sample, label, AMP_MARKER_SEQ, a.session,
+                    h.t_ns + round(offset * 1e9 / h.fs))
 
     def _fill_markers(self, session: str | None = None, until: int | None = None):
         """Fetch markers the live stream did not bring (up to seq ``until``, or all)."""
@@ -458,6 +471,7 @@ class RecorderCore:
         a = self.active
         start = max(a.first_sample, a.next_sample - int(TIMELINE_S * a.writer.fs))
         sample = start
+        journaled = {(m["sample"], m["label"]) for m in a.writer.markers if m["seq"] == AMP_MARKER_SEQ}
         while sample < a.next_sample:
             try:
                 blocks = self.services.amp_history(a.session, sample)
@@ -473,6 +487,10 @@ class RecorderCore:
                     continue
                 n = min(h.n_samples, a.next_sample - h.first_sample)
                 a.timeline.add(h.first_sample, h.t_ns, n, h.fs)
+                for offset, label in h.markers:  # written to the data, not yet to the journal?
+                    entry = (self._file_index(h.first_sample + offset), label)
+                    if offset < n and entry not in journaled:
+                        self._add_amp_marker(h, offset, label)
                 sample = h.first_sample + n
                 added = True
             if not added:

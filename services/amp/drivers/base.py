@@ -7,6 +7,12 @@ import time
 import numpy as np
 
 
+class EndOfData(Exception):
+    """Raised by ``get_data`` when the data source has no more samples (a replay
+    reached its end). The amp service then stops with state ``'ended'`` and
+    clients see :class:`mushu_client.EndOfData` once they have read everything."""
+
+
 class Amplifier:
     """Base class of every amplifier driver, with libmushu's interface.
 
@@ -45,7 +51,13 @@ class Amplifier:
             Possibly zero samples.
         markers : list of (float, str)
             Markers the device itself produced, in ms relative to the first
-            sample of ``data``.
+            sample of ``data``; a marker lands on the first sample at or after
+            its time (it may lie beyond ``data``: it then waits for its sample).
+
+        Raises
+        ------
+        EndOfData
+            The source has no more samples.
         """
         raise NotImplementedError
 
