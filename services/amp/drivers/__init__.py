@@ -20,6 +20,8 @@ SUPPORTED_AMPS = {
     "randomamp": ".randomamp:RandomAmp",
     "sinusamp": ".sinusamp:SinusAmp",
     "rampamp": ".rampamp:RampAmp",
+    "gusbamp": ".gusbamp:GUSBamp",
+    "epoc": ".epoc:Epoc",
 }
 
 
