@@ -24,7 +24,7 @@ log = logging.getLogger("mushu.client")
 RCVHWM = 100_000
 #: Without any message (blocks, or the stream info sent every 0.25 s) for this
 #: long, the client checks that the amp service is still there.
-SILENCE_S = 1.0
+SILENCE_S = 0.7
 #: How long the amp service may be away before get_data() raises.
 DEAD_AFTER_S = 30.0
 #: How long a sample is held back for markers still in flight (see Amp._release_until).
@@ -364,14 +364,18 @@ class Amp:
                 remaining = deadline - time.monotonic()
                 if time.monotonic() - self._last_message > SILENCE_S:
                     self._check_alive()
+                    if not self.connected:  # away: say so now, do not wait out the timeout
+                        return
                 if remaining <= 0:
                     return
                 # Idle until the next block: the moment for a clock probe, if one is due.
                 if self.amp_clock.update() or self.markers_clock.update():
                     continue
-                self._sub.poll(min(remaining, SILENCE_S / 4) * 1000)
+                self._sub.poll(min(remaining, 0.1) * 1000)
                 continue
             self._last_message = time.monotonic()
+            if self._away_since is not None:  # it is back
+                self._away_since, self.connected = None, True
             try:
                 msg = decode_message([f.bytes if i < 2 else f for i, f in enumerate(frames)])
             except ProtocolError as exc:
@@ -592,7 +596,7 @@ class Amp:
         itself and the gap is reported when the data returns.
         """
         try:
-            self._ctl.request("ping", timeout=0.3)
+            self._ctl.request("ping", timeout=0.2)
         except ServiceUnavailable as exc:
             now = time.monotonic()
             if self._away_since is None:
@@ -602,6 +606,7 @@ class Amp:
                                              "waiting for it to return"), stacklevel=5)
             if now - self._away_since > self.dead_after:
                 raise ServiceUnavailable(f"{exc} for {now - self._away_since:.1f} s") from None
+            self._last_message = now - SILENCE_S + 0.5  # ask again in half a second, not at once
             return
         self._last_message = time.monotonic()
         self._away_since = None

@@ -303,7 +303,8 @@ def test_get_data_raises_when_the_service_dies(spawn_amp):
     with pytest.warns(mushu_client.ServiceWarning, match="not answering"):
         while amp.connected:
             amp.get_data()
-    assert time.monotonic() - t < 1.6  # noticed within a second (plus one get_data timeout slice)
+    print(f"the client noticed the dead amp after {time.monotonic() - t:.3f} s")
+    assert time.monotonic() - t < 1.3  # within a second, give or take a busy machine
     with pytest.raises(ServiceUnavailable, match=svc.control):
         for _ in range(20):
             amp.get_data()

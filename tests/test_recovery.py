@@ -41,6 +41,7 @@ def test_the_client_follows_an_amp_restart_and_reports_the_samples_not_acquired(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         read(0.3)
+    assert amp.connected
     amp.stop()
     read(0.1)
     amp.close()
