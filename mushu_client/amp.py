@@ -8,6 +8,7 @@ import warnings
 
 import zmq
 
+from .arrays import to_plain
 from .clock import ClockOffset, now_ns
 from .config import setting
 from .control import ControlClient
@@ -27,6 +28,10 @@ RCVHWM = 100_000
 SILENCE_S = 0.7
 #: How long the amp service may be away before get_data() raises.
 DEAD_AFTER_S = 30.0
+#: How long samples wait for a silent markers service (a restart) before it counts as gone.
+MARKERS_WAIT_S = 3.0
+#: The markers service's heartbeat period (0.25 s) and some slack.
+MARKERS_HEARTBEAT_NS = 300_000_000
 #: How long a sample is held back for markers still in flight (see Amp._release_until).
 MARKER_GRACE_S = 0.001
 
@@ -165,6 +170,7 @@ class Amp:
         self.connected = True
         self.dead_after = dead_after
         self._markers_last = 0.0  # time.monotonic() of the last message from the markers service
+        self._markers_watermark: int | None = None  # amp clock: markers published up to here
         #: Samples younger than this (ns) wait for markers that may still be
         #: on their way; applies only while a markers service is heard from.
         self.marker_grace_ns = int(marker_grace * 1e9)
@@ -189,7 +195,16 @@ class Amp:
         return any(a["name"] == self.name and a["available"] for a in self._ctl.call("amps"))
 
     def configure(self, **kwargs):
-        """Configure the amplifier; raises the driver's ValueError/TypeError as is."""
+        """Configure the amplifier; raises the driver's ValueError/TypeError as is.
+
+        numpy values among the arguments are sent as plain values
+        (:func:`mushu_client.arrays.to_plain`): a scalar as a number, a
+        numeric array as an encoded map that drivers taking arrays
+        (``replayamp``'s ``data``) decode, so libmushu's
+        ``configure(data=ndarray, ...)`` works. An array larger than
+        1.5 MiB raises ValueError: replay it from a file (``path=``).
+        """
+        kwargs = {k: to_plain(v) for k, v in kwargs.items()}
         described = self._ctl.call("configure", kwargs=kwargs)
         self._channels, self._fs = described["channels"], described["fs"]
 
@@ -325,12 +340,12 @@ class Amp:
             first = asm.first_pending
             if until is None or first is None or until > first:
                 break
-            # Everything pending is younger than the marker grace: wait it out.
+            # Everything pending waits for markers that may be on their way: wait it out.
             wait = (self._timeline.time_of(first) + self.marker_grace_ns - self._amp_now()) / 1e9
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            time.sleep(max(0.0, min(wait, remaining)))
+            time.sleep(min(max(wait, 0.0005) if wait > 0 else 0.005, remaining))
         if self.recording is not None and time.monotonic() >= self._next_recording_check:
             self._check_recording()
         data, segments = asm.take(len(self._channels), until)
@@ -392,11 +407,21 @@ class Amp:
 
         While a markers service is heard from, samples acquired less than
         ``marker_grace`` ago are held for the next call, so a marker sent
-        just before them is placed on them rather than arriving late.
+        just before them is placed on them rather than arriving late. The
+        markers service says at least every quarter second how far it has
+        published (its watermark); samples later than a heartbeat period past
+        that wait as well, so when it restarts its new markers come from its
+        history before the samples they belong to go out. A markers service
+        silent for ``MARKERS_WAIT_S`` counts as gone and holds nothing.
         """
-        if not self.marker_grace_ns or time.monotonic() - self._markers_last > SILENCE_S:
+        if not self.marker_grace_ns or not self._markers_last:
             return None
-        return self._timeline.sample_at(self._amp_now() - self.marker_grace_ns)
+        if time.monotonic() - self._markers_last > MARKERS_WAIT_S:
+            return None
+        cutoff = self._amp_now() - self.marker_grace_ns
+        if self._markers_watermark is not None:
+            cutoff = min(cutoff, self._markers_watermark + MARKERS_HEARTBEAT_NS)
+        return self._timeline.sample_at(cutoff)
 
     def _amp_now(self) -> int:
         """Now, on the amp's clock."""
@@ -530,12 +555,20 @@ class Amp:
                 if self._merger.missing_before(msg):
                     self._fill_markers(msg.session, msg.seq)
                 self._merger.add(msg)
+                self._advance_watermark(msg.t_ns)
             elif isinstance(msg, MarkerStreamInfo):
                 # Markers this client has not seen (dropped by the bus, or
                 # published before a restarted service's subscribers joined).
                 behind = msg.session != self._merger.session or msg.last_seq >= self._merger.next_seq
                 if behind and msg.last_seq >= 0:
                     self._fill_markers(msg.session, msg.last_seq + 1)
+                self._advance_watermark(msg.t_ns)
+
+    def _advance_watermark(self, t_ns: int):
+        """The markers service has published everything up to ``t_ns`` (its clock)."""
+        t = t_ns + self._marker_offset()
+        if self._markers_watermark is None or t > self._markers_watermark:
+            self._markers_watermark = t
 
     def _fill_markers(self, session: str, until: int):
         """Fetch markers of ``session`` up to seq ``until`` from the markers service's history."""

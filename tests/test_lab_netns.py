@@ -230,4 +230,8 @@ def test_a_lab_of_hosts_with_a_skewed_markers_clock(tmp_path):
     rec = load(r["result"]["base"])
     np.testing.assert_array_equal(rec.data, data)
     np.testing.assert_array_equal(data, ramp(0, len(data), 8))
-    assert [[round(ms), label] for ms, label in rec.markers] == r["markers"]
+    # the same markers; each consumer estimated the markers host's clock on its own (to within half a
+    # round trip), so a marker right at a sample boundary may sit one sample apart in the two
+    recorded = [[round(ms), label] for ms, label in rec.markers]
+    assert [label for _, label in recorded] == [label for _, label in r["markers"]]
+    assert max(abs(a - b) for (a, _), (b, _) in zip(recorded, r["markers"])) <= 1

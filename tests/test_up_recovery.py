@@ -73,6 +73,7 @@ def test_killing_each_service_during_a_recording(tmp_path):
         kinds = {type(w.message) for w in caught}
         assert kinds <= {GapWarning, ServiceWarning, RecordingWarning}, [str(w.message) for w in caught]
         result = amp.recording_result
+        counts = amp.marker_counts
         amp.close()
         for name in ("amp", "markers", "recorder"):
             assert answers(env[supervise.CONTROL[name]], name) is not None
@@ -97,4 +98,5 @@ def test_killing_each_service_during_a_recording(tmp_path):
     recorded = [(int(file_rows[round(ms * FS / 1000)]), label) for ms, label in rec.markers
                 if not label.startswith("mushu:gap")]
     assert sent > 50 and len(markers) > 40
+    assert counts["late"] == 0 and counts["lost"] == 0, counts
     assert recorded == markers
