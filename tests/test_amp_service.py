@@ -211,7 +211,7 @@ def plugin_env(tmp_path):
 def test_a_driver_whose_import_fails_is_skipped_not_fatal(spawn_amp, plugin_env):
     svc = spawn_amp(env=plugin_env)
     names = mushu_client.get_available_amps(control=svc.control)
-    assert names == ["randomamp", "sinusamp", "rampamp", "failingamp"]
+    assert {"randomamp", "sinusamp", "rampamp", "failingamp"} <= set(names) and "brokenamp" not in names
     out = subprocess.run([sys.executable, "-m", "mushu_client.cli", "amps", "--json", "--control", svc.control],
                          capture_output=True, text=True, check=True)
     broken = {a["name"]: a for a in json.loads(out.stdout)}["brokenamp"]
@@ -324,7 +324,9 @@ def test_a_second_client_joins_a_running_amp(amp_service):
 
 
 def test_get_available_amps_lists_the_simulated_drivers(amp_service):
-    assert mushu_client.get_available_amps(control=amp_service.control) == ["randomamp", "sinusamp", "rampamp"]
+    names = mushu_client.get_available_amps(control=amp_service.control)
+    assert names[:3] == ["randomamp", "sinusamp", "rampamp"]
+    assert "gusbamp" not in names and "epoc" not in names  # no such device here
 
 
 def test_mushu_amps_cli_without_a_service_lists_local_drivers():
@@ -336,5 +338,6 @@ def test_mushu_amps_cli_without_a_service_lists_local_drivers():
                          "--timeout", "0.3"], capture_output=True, text=True, check=True).stdout
     available = {a["name"]: a["available"] for a in json.loads(js)}
     simulated = {"randomamp", "sinusamp", "rampamp"}
-    assert {name for name, ok in available.items() if ok} == simulated  # no hardware here
+    assert simulated <= {name for name, ok in available.items() if ok}
+    assert not available["gusbamp"] and not available["epoc"]  # no hardware here
     assert simulated < set(available)

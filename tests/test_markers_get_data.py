@@ -120,7 +120,7 @@ def test_the_markers_service_may_start_after_the_client_and_restart(spawn_amp, s
             sender.send(f"first-{i}")
         r.until(lambda: len(r.markers) == 5)
         mk.stop()
-        mk2 = spawn_markers(like=planned)  # a new session, sequence numbers from 0 again
+        spawn_markers(like=planned)  # a new session, sequence numbers from 0 again
         for i in range(5):
             sender.send(f"second-{i}")  # reconnects to the restarted service
         r.until(lambda: len(r.markers) == 10)

@@ -14,18 +14,16 @@ read, so control requests wait at most one device read.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 import time
 
 import zmq
 
-from mushu_client import clock
+from mushu_client import process
 from mushu_client.clock import now_ns
 from mushu_client.config import setting, setting_float, setting_int
 from mushu_client.protocol import ProtocolError, data_topic, encode_info, serve_request
@@ -187,16 +185,9 @@ def main(argv=None):
     p.add_argument("--sndhwm", type=int, help="PUB high-water mark in messages (env MUSHU_AMP_SNDHWM, default 10000)")
     p.add_argument("--state-file", help="keep the driver, its configuration and running state here and restore "
                    "them at startup (env MUSHU_AMP_STATE; none by default)")
-    p.add_argument("--clock-offset", type=float, default=0.0,
-                   help="add SECONDS to every timestamp (simulates another host's clock, for tests)")
-    p.add_argument("--log-level", help="env MUSHU_LOG_LEVEL, default INFO")
+    process.add_common_arguments(p)
     a = p.parse_args(argv)
-    clock.set_offset(a.clock_offset)
-    try:
-        level = setting("MUSHU_LOG_LEVEL", a.log_level).upper()
-    except ValueError as exc:  # e.g. a broken mushu.toml
-        p.error(str(exc))
-    logging.basicConfig(level=level, format="%(asctime)s mushu-amp %(levelname)s %(message)s")
+    process.setup(p, a, "mushu-amp")
 
     try:
         core = AmpCore(setting("MUSHU_STREAM", a.stream),
@@ -221,15 +212,7 @@ def main(argv=None):
     except Exception as exc:
         log.error("%s", exc)
         return 2
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: service.shutdown())
-    # Everything allocated so far (modules, the driver) lives as long as the
-    # process: move it out of the cyclic collector's reach so its full passes,
-    # which hold the GIL, do not walk it again and again while acquiring.
-    gc.collect()
-    gc.freeze()
-    service.run()
-    return 0
+    return process.serve(service)
 
 
 if __name__ == "__main__":

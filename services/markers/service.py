@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-import signal
 import socket
 import struct
 import sys
@@ -25,7 +24,7 @@ import time
 
 import zmq
 
-from mushu_client import clock
+from mushu_client import process
 from mushu_client.clock import now_ns
 from mushu_client.config import setting, setting_float, setting_int
 from mushu_client.protocol import serve_request
@@ -334,16 +333,9 @@ def main(argv=None):
                    f"(env MUSHU_MARKERS_HISTORY_MB, default {DEFAULT_HISTORY_BYTES / 2**20:g})")
     p.add_argument("--sndhwm", type=int,
                    help="publisher high-water mark in messages (env MUSHU_MARKERS_SNDHWM, default 100000)")
-    p.add_argument("--clock-offset", type=float, default=0.0,
-                   help="add SECONDS to every timestamp (simulates another host's clock, for tests)")
-    p.add_argument("--log-level", help="env MUSHU_LOG_LEVEL, default INFO")
+    process.add_common_arguments(p)
     a = p.parse_args(argv)
-    try:
-        level = setting("MUSHU_LOG_LEVEL", a.log_level).upper()
-    except ValueError as exc:  # e.g. a broken mushu.toml
-        p.error(str(exc))
-    logging.basicConfig(level=level, format="%(asctime)s mushu-markers %(levelname)s %(message)s")
-    clock.set_offset(a.clock_offset)
+    process.setup(p, a, "mushu-markers")
 
     try:
         core = MarkersCore(setting("MUSHU_MARKER_STREAM", a.stream),
@@ -359,10 +351,7 @@ def main(argv=None):
     except Exception as exc:
         log.error("%s", exc)
         return 2
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: service.shutdown())
-    service.run()
-    return 0
+    return process.serve(service)
 
 
 if __name__ == "__main__":

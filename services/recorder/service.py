@@ -10,12 +10,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 
 import zmq
 
-from mushu_client import clock
+from mushu_client import process
 from mushu_client.clock import now_ns
 from mushu_client.config import setting
 from mushu_client.control import ControlClient
@@ -155,16 +154,9 @@ def main(argv=None):
     p.add_argument("--markers-control", help="markers service control (env MUSHU_MARKERS_CONTROL)")
     p.add_argument("--stream", help="amp stream name (env MUSHU_STREAM)")
     p.add_argument("--marker-stream", help="marker stream name (env MUSHU_MARKER_STREAM)")
-    p.add_argument("--clock-offset", type=float, default=0.0,
-                   help="add SECONDS to every timestamp (simulates another host's clock, for tests)")
-    p.add_argument("--log-level", help="env MUSHU_LOG_LEVEL, default INFO")
+    process.add_common_arguments(p)
     a = p.parse_args(argv)
-    try:
-        level = setting("MUSHU_LOG_LEVEL", a.log_level).upper()
-    except ValueError as exc:  # e.g. a broken mushu.toml
-        p.error(str(exc))
-    logging.basicConfig(level=level, format="%(asctime)s mushu-recorder %(levelname)s %(message)s")
-    clock.set_offset(a.clock_offset)
+    process.setup(p, a, "mushu-recorder")
     try:
         service = RecorderService(
             setting("MUSHU_DATA_DIR", a.data_dir), setting("MUSHU_RECORDER_CONTROL_BIND", a.control),
@@ -174,10 +166,7 @@ def main(argv=None):
     except Exception as exc:
         log.error("%s", exc)
         return 2
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: service.shutdown())
-    service.run()
-    return 0
+    return process.serve(service)
 
 
 if __name__ == "__main__":
