@@ -19,8 +19,8 @@ def test_bench_short_run_produces_a_table_and_lossless_runs():
                     ladder=(20_000, 50_000), bisect_steps=0, repeats=1, log=lambda *_: None)
     assert "highest lossless throughput" in res["table"]
     assert "latency p99" in res["table"]
-    lat = res["latency"]["runs"]
-    assert lat and all(r["lossless"] for r in lat)
+    lat = res["latency"]["runs"] + res["latency_no_markers_probe"]["runs"]
+    assert len(lat) == 2 and all(r["lossless"] for r in lat)
     assert all(r["blocks"] > 0 and r["blocks_unmapped"] == 0 for r in lat)
     runs = res["throughput"]["runs"]
     assert runs

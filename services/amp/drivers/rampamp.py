@@ -5,6 +5,8 @@ import numpy as np
 from .base import SimulatedAmplifier, check_fs_channels
 
 RAMP_MODULUS = 1 << 24  # float32 represents every integer below 2**24 exactly
+#: Size of RampAmp's cached ramp, from which it builds every block.
+BASE_BYTES = 1 << 20
 
 
 def ramp(k0, n, channels):
@@ -37,25 +39,39 @@ class RampAmp(SimulatedAmplifier):
         self.fs = fs
         self.channels = channels
 
+    def start(self):
+        self._cached_base()  # before the clock starts: a read stays short, so its time stamp right
+        super().start()
+
+    def _cached_base(self):
+        """ramp(0, rows) for the current channel count, about BASE_BYTES of it."""
+        if self._base.shape[1] != self.channels:
+            rows = max(1, min(BASE_BYTES // (4 * self.channels), RAMP_MODULUS // self.channels))
+            self._base = ramp(0, rows, self.channels)
+        return self._base
+
     def samples(self, k0, n):
         # Same values as ramp(), without its int64 temporaries: a cached
-        # float32 ramp(0, rows) plus the block's offset. Every operand and
-        # sum is an integer below 2**24, which float32 holds exactly.
+        # float32 ramp(0, rows) of about BASE_BYTES plus each piece's offset.
+        # Every operand and sum is an integer below 2**24, which float32 holds
+        # exactly. The cache never grows with n, so a long read costs the same
+        # per value as a short one.
         channels = self.channels
-        total = n * channels
-        if total > RAMP_MODULUS:  # wraps more than once
-            return ramp(k0, n, channels)
-        base = self._base
-        if base.shape[0] < n or base.shape[1] != channels:
-            rows = min(max(2 * n, 16), RAMP_MODULUS // channels)  # room to grow, no wrap inside
-            base = self._base = ramp(0, rows, channels)
-        start = (k0 * channels) & (RAMP_MODULUS - 1)
-        if start + total <= RAMP_MODULUS:
-            return np.add(base[:n], start, dtype=np.float32)
-        # wraps once: the values up to 2**24 - 1, then 0, 1, 2, ...
-        head = RAMP_MODULUS - start
+        base = self._cached_base()
+        if n <= base.shape[0]:
+            start = (k0 * channels) & (RAMP_MODULUS - 1)
+            if start + n * channels <= RAMP_MODULUS:  # the usual block: one operation
+                return np.add(base[:n], start, dtype=np.float32)
         out = np.empty((n, channels), np.float32)
-        flat, base_flat = out.reshape(-1), base.reshape(-1)
-        np.add(base_flat[:head], start, out=flat[:head])
-        flat[head:] = base_flat[:total - head]
+        rows = base.shape[0]
+        for i in range(0, n, rows):
+            self._fill(out[i:i + rows], k0 + i)
         return out
+
+    def _fill(self, piece, k0):
+        """Write samples ``k0 ..`` into ``piece``, at most as many values as the cache holds."""
+        flat, base = piece.reshape(-1), self._base.reshape(-1)
+        start = (k0 * self.channels) & (RAMP_MODULUS - 1)
+        head = min(flat.size, RAMP_MODULUS - start)  # values before the wrap at 2**24
+        np.add(base[:head], start, out=flat[:head])
+        flat[head:] = base[:flat.size - head]  # after it: 0, 1, 2, ...
