@@ -500,12 +500,14 @@ def throughput_run(fs: float, duration: float, block_ms: float = 10.0) -> dict:
 
 def find_max_throughput(duration: float, ladder=LADDER_FS, bisect_steps: int = 2,
                         repeats: int = 1, block_ms: float = 10.0, log=print) -> dict:
-    """Climb ``ladder`` to the first failing rate, bisect, then repeat the best rate.
+    """Climb ``ladder`` to the first failing rate, bisect, then confirm the best rate.
 
     A failing rate is tried once more before the search treats it as failed:
     near the limit a run that falls behind early rarely recovers (larger
-    get_data returns cost more per value), so single runs are bistable. Every
-    run is reported, and the best rate with how many of its runs passed.
+    get_data returns cost more per value), so single runs are bistable. The
+    rate reported must pass a majority of at least ``repeats`` runs, else the
+    next lower rate that passed is confirmed instead. Every run is reported,
+    and the best rate with how many of its runs passed.
     """
     runs = []
 
@@ -539,11 +541,19 @@ def find_max_throughput(duration: float, ladder=LADDER_FS, bisect_steps: int = 2
             else:
                 hi = mid
         best = lo
+    # The reported rate must pass most of its runs (at least `repeats`): step
+    # down through the rates that passed until one does.
     confirm = []
-    if best is not None:
-        while len([r for r in runs if r["fs"] == best]) < repeats:
-            attempt(best)
-        confirm = [r for r in runs if r["fs"] == best]
+    for fs in sorted({r["fs"] for r in runs if r["passed"] and best is not None and r["fs"] <= best},
+                     reverse=True):
+        while len([r for r in runs if r["fs"] == fs]) < repeats:
+            attempt(fs)
+        confirm = [r for r in runs if r["fs"] == fs]
+        best = fs
+        if 2 * sum(r["passed"] for r in confirm) > len(confirm):
+            break
+    else:
+        best = None
     return {"runs": runs, "best_fs": best, "best_rate": best * CHANNELS if best else 0,
             "confirm_passed": sum(r["passed"] for r in confirm), "confirm_runs": len(confirm)}
 
