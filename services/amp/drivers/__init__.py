@@ -20,6 +20,8 @@ SUPPORTED_AMPS = {
     "randomamp": ".randomamp:RandomAmp",
     "sinusamp": ".sinusamp:SinusAmp",
     "rampamp": ".rampamp:RampAmp",
+    "replayamp": ".replayamp:ReplayAmp",
+    "lslamp": ".lslamp:LSLAmp",
     "gusbamp": ".gusbamp:GUSBamp",
     "epoc": ".epoc:Epoc",
 }

@@ -1,0 +1,474 @@
+"""Publishing a mushu stream and its markers as LSL outlets, with LSL timestamps.
+
+The bridge is a passive consumer: it never selects, configures or starts
+the amp. It subscribes to the amp's blocks and stream info and to the
+markers service, follows the amp's sessions (joining a running session
+where it is, a new one from its first sample), fetches from the histories
+what the bus dropped, and pushes:
+
+- every sample to the data outlet (type ``'EEG'``, channel labels and
+  units in ``desc/channels``, nominal rate ``fs``, ``source_id``
+  ``mushu:<host>:<stream>``, the same for every run of the bridge so LSL
+  consumers reconnect), stamped with its acquisition time;
+- every marker to the marker outlet (type ``'Markers'``, one string
+  channel, irregular rate) at the time of the sample mushu puts it on: a
+  markers-service marker on the first sample acquired at or after its stamp
+  (the client's and the recorder's rule, :mod:`mushu_client.markers`), a
+  marker the amplifier put on a sample (block header) on that sample. So
+  an LSL consumer finds each marker on the same sample as a mushu
+  recording, whether it aligns markers to the nearest sample or to the
+  next. A marker is pushed once the data holding its sample has been
+  pushed; one from before the pushed data, or whose sample has not come
+  within ``MARKER_HOLD_S`` (the amp is stopped or away), goes out at its
+  own stamp.
+
+Timestamps: mushu stamps a block with the acquisition time of its first
+sample on the amp host's monotonic clock (``t_ns``); sample ``i`` of the
+block was acquired ``i / fs`` later. The bridge brings such a time onto
+its own host's clock with the estimated offset to the amp (0 exactly on one
+host) and then onto LSL's ``local_clock`` with the offset between
+``time.monotonic_ns`` and ``pylsl.local_clock`` measured at startup (on
+Linux both read CLOCK_MONOTONIC: the offset is ~0; remeasured every minute).
+Markers-service stamps go the same way with the markers service's offset.
+mushu stamps a block when the amp read it, so after a late read the next
+block's first samples can be stamped before the previous block's last;
+such samples are pushed 1 µs after their predecessor instead (what LSL's
+``proc_monotonize`` does), which keeps the stamps increasing without
+shifting any later sample.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import logging
+import math
+import socket
+import threading
+
+import numpy as np
+import pylsl
+import zmq
+
+from mushu_client.clock import ClockOffset, now_ns
+from mushu_client.control import ControlClient
+from mushu_client.errors import ServiceUnavailable
+from mushu_client.markers import Timeline
+from mushu_client.protocol import (Block, Marker, MarkerStreamInfo, ProtocolError, StreamInfo, data_topic,
+                                   decode_block_frames, decode_marker, decode_message, info_topic, marker_topic)
+
+log = logging.getLogger("mushu.lslbridge")
+
+RCVHWM = 100_000
+LSL_OFFSET_PERIOD_NS = 60_000_000_000
+#: Largest number of messages handled from one socket before looking at the other.
+BATCH = 1000
+#: Seconds a marker waits for the data holding its sample before it goes out at its own stamp.
+MARKER_HOLD_S = 2.0
+#: Seconds of block times kept for placing markers.
+TIMELINE_S = 10.0
+#: Spacing of samples whose mushu stamps went back in time, in seconds.
+MONOTONIC_STEP_S = 1e-6
+
+
+def lsl_clock_offset(probes: int = 16) -> float:
+    """``pylsl.local_clock() - now_ns() / 1e9`` in seconds, from the probe with the shortest read."""
+    best = None
+    for _ in range(probes):
+        t0 = now_ns()
+        lsl = pylsl.local_clock()
+        t1 = now_ns()
+        if best is None or t1 - t0 < best[0]:
+            best = (t1 - t0, lsl - (t0 + t1) / 2e9)
+    return best[1]
+
+
+class LSLBridge:
+    """Subscribe to a mushu stream and its markers; push them to LSL outlets.
+
+    Parameters
+    ----------
+    amp_data, amp_control : str
+        Endpoints of the amp service.
+    markers_data, markers_control : str or None
+        Endpoints of the markers service; None: no markers service.
+    stream, marker_stream : str
+        mushu stream names.
+    name : str, optional
+        LSL name of the data outlet (default ``mushu-<stream>``); the
+        marker outlet is ``<name>-markers``.
+    lsl_type : str
+        LSL type of the data outlet.
+    """
+
+    def __init__(self, amp_data: str, amp_control: str, markers_data: str | None, markers_control: str | None,
+                 stream: str = "eeg", marker_stream: str = "markers", name: str | None = None,
+                 lsl_type: str = "EEG"):
+        self.stream, self.marker_stream = stream, marker_stream
+        self.name = name or f"mushu-{stream}"
+        self.lsl_type = lsl_type
+        self.source_id = f"mushu:{socket.gethostname()}:{stream}"
+        ctx = zmq.Context.instance()
+        self.sub = ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.RCVHWM, RCVHWM)
+        self.sub.connect(amp_data)
+        self.sub.setsockopt(zmq.SUBSCRIBE, data_topic(stream))
+        self.sub.setsockopt(zmq.SUBSCRIBE, info_topic(stream))
+        self.ctl = ControlClient(amp_control, 2.0, "amp")
+        self.amp_clock = ClockOffset(lambda: self.ctl.call("time"))
+        self.msub = self.mctl = None
+        if markers_data and markers_control:
+            self.msub = ctx.socket(zmq.SUB)
+            self.msub.setsockopt(zmq.LINGER, 0)
+            self.msub.setsockopt(zmq.RCVHWM, RCVHWM)
+            self.msub.connect(markers_data)
+            self.msub.setsockopt(zmq.SUBSCRIBE, marker_topic(marker_stream))
+            self.msub.setsockopt(zmq.SUBSCRIBE, info_topic(marker_stream))
+            self.mctl = ControlClient(markers_control, 0.5, "markers")
+        self.markers_clock = ClockOffset(lambda: self.mctl.request("time", timeout=0.2)[0])
+        self.lsl_offset = lsl_clock_offset()
+        self._next_lsl_offset = now_ns() + LSL_OFFSET_PERIOD_NS
+        self.outlet = None
+        self._outlet_key = None
+        self.marker_outlet = self._make_marker_outlet()
+        self.session: str | None = None   # amp session followed
+        self.next_sample: int | None = None  # next sample to push; None: join at the next block
+        self._old_sessions: set = set()
+        self.msession: str | None = None  # markers session followed
+        self.next_seq = 0
+        self.timeline = Timeline()  # acquisition times (amp clock) of the samples pushed
+        self._stamps: collections.deque = collections.deque()  # (first sample, LSL stamps) per pushed block
+        self._last_stamp = -math.inf
+        self._data_start_ns: int | None = None  # of the first sample pushed in this session
+        self._held: list[tuple[int, Marker]] = []  # (arrival, marker) waiting for their sample
+        #: Counters: samples and markers pushed, samples lost (not in the amp's history any more).
+        self.samples_pushed = self.markers_pushed = self.lost_samples = self.lost_markers = 0
+        self.bad_messages = 0
+        self._stop = threading.Event()
+
+    # -- startup ---------------------------------------------------------------
+
+    def sync(self) -> bool:
+        """Ask the services where they are; True once the amp answered.
+
+        A session running now is joined where it is (its past is not
+        pushed); later sessions are pushed from their first sample.
+        """
+        try:
+            status = self.ctl.call("status")
+            self.amp_clock.measure()
+        except ServiceUnavailable as exc:
+            log.warning("%s", exc)
+            return False
+        self.session, self.next_sample = status["session"], None
+        if status["channels"]:
+            self._ensure_outlet(status["channels"], status["fs"], [status["unit"]] * len(status["channels"]),
+                                status["amp"] or "")
+        if self.mctl is not None:
+            try:
+                mstatus = self.mctl.call("status")
+                self.markers_clock.measure()
+                self.msession, self.next_seq = mstatus["session"], mstatus["last_seq"] + 1
+            except ServiceUnavailable:
+                log.info("markers service not answering yet: its markers are followed once it does")
+        return True
+
+    # -- outlets -----------------------------------------------------------------
+
+    def _ensure_outlet(self, channels: list, fs: float, units: list, amp: str, dtype: str = "<f4"):
+        """(Re)create the data outlet if the stream's shape differs from the outlet's."""
+        key = (tuple(channels), float(fs), tuple(units), dtype)
+        if key == self._outlet_key:
+            return
+        fmt = "float32" if dtype == "<f4" else "double64"
+        info = pylsl.StreamInfo(self.name, self.lsl_type, len(channels), float(fs), fmt, self.source_id)
+        desc = info.desc()
+        desc.append_child_value("manufacturer", "mushu")
+        acq = desc.append_child("acquisition")
+        acq.append_child_value("amp", amp)
+        acq.append_child_value("stream", self.stream)
+        chans = desc.append_child("channels")
+        for label, unit in zip(channels, units):
+            ch = chans.append_child("channel")
+            ch.append_child_value("label", label)
+            ch.append_child_value("unit", unit)
+            ch.append_child_value("type", self.lsl_type)
+        self.outlet = None  # the old outlet goes before the new one appears
+        self.outlet = pylsl.StreamOutlet(info)
+        self._outlet_key = key
+        log.info("LSL outlet %r (source_id %r): %d channels at %g Hz", self.name, self.source_id, len(channels), fs)
+
+    def _make_marker_outlet(self):
+        info = pylsl.StreamInfo(f"{self.name}-markers", "Markers", 1, pylsl.IRREGULAR_RATE, "string",
+                                f"{self.source_id}:markers")
+        info.desc().append_child_value("manufacturer", "mushu")
+        return pylsl.StreamOutlet(info)
+
+    def _outlet_for(self, block: Block):
+        h = block.header
+        key = self._outlet_key
+        if key is None or len(key[0]) != h.n_channels or key[1] != h.fs or key[3] != h.dtype:
+            try:
+                status = self.ctl.call("status")
+                channels, amp, unit = status["channels"], status["amp"] or "", status["unit"]
+            except ServiceUnavailable:
+                channels, amp, unit = [], "", "uV"
+            if len(channels) != h.n_channels:
+                channels = [f"Ch_{i}" for i in range(h.n_channels)]
+            self._ensure_outlet(channels, h.fs, [unit] * h.n_channels, amp, h.dtype)
+
+    # -- clocks --------------------------------------------------------------------
+
+    def lsl_time(self, t_ns: int, offset_ns: int | None) -> float:
+        """LSL time of ``t_ns`` on a service's clock that is ``offset_ns`` ahead of this host's."""
+        return (t_ns - (offset_ns or 0)) / 1e9 + self.lsl_offset
+
+    def tick(self):
+        """Periodic work: clock probes when due."""
+        self.amp_clock.update()
+        if self.mctl is not None:
+            self.markers_clock.update()
+        if self._held:
+            self._place_held()
+        if now_ns() >= self._next_lsl_offset:
+            self.lsl_offset = lsl_clock_offset()
+            self._next_lsl_offset = now_ns() + LSL_OFFSET_PERIOD_NS
+
+    # -- the loop --------------------------------------------------------------------
+
+    def run(self):
+        """Bridge until :meth:`shutdown`; then close the sockets and outlets."""
+        stop = self._stop
+        try:
+            while not stop.is_set() and not self.sync():
+                stop.wait(1.0)
+            poller = zmq.Poller()
+            poller.register(self.sub, zmq.POLLIN)
+            if self.msub is not None:
+                poller.register(self.msub, zmq.POLLIN)
+            while not stop.is_set():
+                events = dict(poller.poll(100))
+                if self.sub in events:
+                    self._drain(self.sub)
+                if self.msub is not None and self.msub in events:
+                    self._drain(self.msub)
+                self.tick()
+        finally:
+            log.info("pushed %d samples and %d markers; lost %d samples and %d markers",
+                     self.samples_pushed, self.markers_pushed, self.lost_samples, self.lost_markers)
+            self.close()
+
+    def shutdown(self):
+        """Make :meth:`run` return (from a signal handler or another thread)."""
+        self._stop.set()
+
+    def _drain(self, sock):
+        for _ in range(BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                msg = decode_message([f.bytes if i < 2 else f for i, f in enumerate(frames)])
+            except ProtocolError as exc:
+                self.bad_messages += 1
+                log.warning("dropped a malformed message: %s", exc)
+                continue
+            self.handle(msg)
+
+    def handle(self, msg):
+        """Act on one decoded bus message."""
+        if isinstance(msg, Block):
+            self.on_block(msg)
+        elif isinstance(msg, StreamInfo):
+            self.on_info(msg)
+        elif isinstance(msg, Marker):
+            self.on_marker(msg)
+        elif isinstance(msg, MarkerStreamInfo):
+            if msg.session != self.msession or msg.last_seq >= self.next_seq:
+                self._follow_markers(msg.session)
+                self._fill_markers(msg.last_seq + 1)
+
+    # -- data ------------------------------------------------------------------------
+
+    def _follow(self, session: str) -> bool:
+        """Go to amp ``session`` if it is new; False for a session left behind."""
+        if session == self.session:
+            return True
+        if session in self._old_sessions:
+            return False
+        if self.session is not None:
+            self._old_sessions.add(self.session)
+        log.info("amp session %s: pushing it from its first sample", session)
+        self.session, self.next_sample = session, 0
+        self.timeline.clear()
+        self._stamps.clear()
+        self._data_start_ns = None
+        return True
+
+    def on_block(self, block: Block):
+        h = block.header
+        if not self._follow(h.session):
+            return
+        if self.next_sample is None:  # joined a running session
+            self.next_sample = h.first_sample
+        if h.first_sample > self.next_sample:
+            self._fill(h.first_sample)
+        self._push(block)
+
+    def on_info(self, info: StreamInfo):
+        if info.channels and info.session == self.session:
+            self._ensure_outlet(info.channels, info.fs, info.units, info.amp, info.dtype)
+        if info.session is None or not self._follow(info.session):
+            return
+        if self.next_sample is not None and info.next_sample > self.next_sample:
+            self._fill(info.next_sample)  # blocks the bus dropped
+
+    def _fill(self, until: int):
+        """Push samples up to ``until`` from the amp's history; count what it no longer holds."""
+        while self.next_sample < until:
+            try:
+                _result, frames = self.ctl.request("history", session=self.session, from_sample=self.next_sample)
+            except (ValueError, ServiceUnavailable) as exc:
+                log.warning("history fetch failed: %s", exc)
+                break
+            before = self.next_sample
+            for header, payload in zip(frames[::2], frames[1::2]):
+                try:
+                    block = decode_block_frames(header.bytes, payload, self.stream)
+                except ProtocolError as exc:
+                    self.bad_messages += 1
+                    log.warning("malformed history block: %s", exc)
+                    break
+                if block.header.first_sample >= until:
+                    break
+                self._skip_to(block.header.first_sample)
+                self._push(block)
+            if self.next_sample == before:
+                break
+        self._skip_to(until)
+
+    def _skip_to(self, sample: int):
+        if sample > self.next_sample:
+            log.warning("%d samples of session %s lost from sample %d (not in the amp's history)",
+                        sample - self.next_sample, self.session, self.next_sample)
+            self.lost_samples += sample - self.next_sample
+            self.next_sample = sample
+
+    def _push(self, block: Block):
+        h = block.header
+        skip = self.next_sample - h.first_sample
+        if skip >= h.n_samples or skip < 0:
+            return
+        self._outlet_for(block)
+        data = block.data[skip:] if skip else block.data
+        period = 1.0 / h.fs
+        t_first_ns = h.t_ns + round(skip * 1e9 / h.fs)
+        stamps = self.lsl_time(t_first_ns, self.amp_clock.offset_ns) + np.arange(len(data)) * period
+        # mushu stamps a block when it was read: after a late read the next block's first samples
+        # can precede it; they are pushed just after it instead (LSL's "monotonize"), without bias.
+        stamps = np.maximum(stamps, self._last_stamp + MONOTONIC_STEP_S * np.arange(1, len(data) + 1))
+        self._last_stamp = stamps[-1]
+        self.outlet.push_chunk(np.ascontiguousarray(data), stamps.tolist())
+        for offset, label in h.markers:
+            if offset >= skip:
+                self.marker_outlet.push_sample([label], stamps[offset - skip])
+                self.markers_pushed += 1
+        self.next_sample = h.first_sample + h.n_samples
+        self.samples_pushed += len(data)
+        self.timeline.add(h.first_sample + skip, t_first_ns, len(data), h.fs)
+        self._stamps.append((h.first_sample + skip, stamps))
+        if self._data_start_ns is None:
+            self._data_start_ns = t_first_ns
+        if self._held:
+            self._place_held()
+        keep = self.next_sample - int(TIMELINE_S * h.fs)
+        self.timeline.forget_before(keep)
+        while len(self._stamps) > 1 and self._stamps[1][0] <= keep:
+            self._stamps.popleft()
+
+    def _stamp_of(self, sample: int) -> float:
+        """The LSL timestamp a pushed ``sample`` went out with."""
+        i = max(0, bisect.bisect_right(self._stamps, sample, key=lambda b: b[0]) - 1)
+        first, stamps = self._stamps[i]
+        return float(stamps[min(len(stamps) - 1, max(0, sample - first))])
+
+    # -- markers ------------------------------------------------------------------------
+
+    def _follow_markers(self, session: str):
+        if session != self.msession:
+            self.msession, self.next_seq = session, 0  # a new markers session: from its first marker
+
+    def on_marker(self, m: Marker):
+        self._follow_markers(m.session)
+        if m.seq > self.next_seq:
+            self._fill_markers(m.seq)
+        if m.seq == self.next_seq:
+            self._push_marker(m)
+
+    def _push_marker(self, m: Marker):
+        """Take marker ``m`` (the next in sequence): push it on its sample once that is pushed."""
+        self.next_seq = m.seq + 1
+        self._held.append((now_ns(), m))
+        self._place_held()
+
+    def _place_held(self):
+        """Push the held markers whose sample has been pushed, in their order."""
+        offset_ns = (self.amp_clock.offset_ns or 0) - (self.markers_clock.offset_ns or 0)
+        period_ns = self.timeline.period_ns
+        give_up = now_ns() - int(MARKER_HOLD_S * 1e9)
+        while self._held:
+            arrival, m = self._held[0]
+            t = m.t_ns + offset_ns  # on the amp's clock
+            sample = None
+            if self._data_start_ns is None or t > self._data_start_ns - period_ns:
+                if self._data_start_ns is not None:
+                    sample = self.timeline.sample_at(t)
+                if sample is None and arrival > give_up:
+                    return  # its sample is still to come
+            if sample is None:  # before the data pushed, or the data is not coming
+                stamp = self.lsl_time(m.t_ns, self.markers_clock.offset_ns)
+            else:
+                stamp = self._stamp_of(sample)
+            self.marker_outlet.push_sample([m.label], stamp)
+            self.markers_pushed += 1
+            del self._held[0]
+
+    def _fill_markers(self, until: int):
+        """Push markers up to seq ``until`` from the markers service's history."""
+        while self.next_seq < until:
+            try:
+                _result, frames = self.mctl.request("history", session=self.msession, from_seq=self.next_seq)
+            except (ValueError, ServiceUnavailable) as exc:
+                log.warning("marker history fetch failed: %s", exc)
+                break
+            before = self.next_seq
+            for frame in frames:
+                try:
+                    m = decode_marker(frame.bytes, self.marker_stream)
+                except ProtocolError as exc:
+                    self.bad_messages += 1
+                    log.warning("malformed marker in history: %s", exc)
+                    break
+                if m.seq >= until:
+                    break
+                if m.seq >= self.next_seq:
+                    self.lost_markers += m.seq - self.next_seq
+                    self._push_marker(m)
+            if self.next_seq == before:
+                break
+        if until > self.next_seq:
+            log.warning("markers %d..%d of session %s lost (not in the markers history)",
+                        self.next_seq, until - 1, self.msession)
+            self.lost_markers += until - self.next_seq
+            self.next_seq = until
+
+    def close(self):
+        for sock in (self.sub, self.msub):
+            if sock is not None:
+                sock.close(linger=0)
+        self.ctl.close()
+        if self.mctl is not None:
+            self.mctl.close()
+        self.outlet = self.marker_outlet = None
