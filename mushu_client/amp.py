@@ -384,7 +384,8 @@ class Amp:
                 if remaining <= 0:
                     return
                 # Idle until the next block: the moment for a clock probe, if one is due.
-                if self.amp_clock.update() or self.markers_clock.update():
+                markers_here = time.monotonic() - self._markers_last < SILENCE_S
+                if self.amp_clock.update() or (markers_here and self.markers_clock.update()):
                     continue
                 self._sub.poll(min(remaining, 0.1) * 1000)
                 continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 import dataclasses
 import logging
 import operator
@@ -211,7 +212,8 @@ class AmpCore:
         """
         fs = self.fs
         for ms, label in markers:
-            offset = -(-round(float(ms) * 1e6) * fs // 1e9)  # ceil, from integer ns
+            # ceil, tolerating the rounding of a time given in ms (j * 1000 / fs is sample j)
+            offset = math.ceil(float(ms) * fs / 1000.0 - 1e-6)
             if offset < 0:
                 self.late_driver_markers += 1
                 offset = 0
@@ -420,7 +422,7 @@ class AmpCore:
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
             "uptime_s": (now_ns() - self.started_ns) / 1e9,
-            "config": self.config,
+            "config": {k: _summary(v) for k, v in self.config.items()},
             "blocks_published": self.blocks_published,
             "samples_published": self.samples_published,
             "malformed_requests": self.malformed_requests,
@@ -456,3 +458,9 @@ class AmpCore:
                 "error": self.error, "session": self.session, "fs": self.fs,
                 "channels": list(self.channels), "last_seq": self.seq - 1,
                 "next_sample": self.next_sample}
+
+
+def _summary(value):
+    """A configuration value as status shows it: large values (replay data) only described."""
+    size = len(json.dumps(value, default=str))
+    return value if size <= 1024 else f"<{type(value).__name__} of {size} bytes>"
