@@ -251,7 +251,7 @@ class BlockHeader:
 
     @property
     def payload_bytes(self) -> int:
-        return self.n_samples * self.n_channels * np.dtype(self.dtype).itemsize
+        return self.n_samples * self.n_channels * int(self.dtype[2])  # '<f4': 4 bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,8 +298,42 @@ def encode_block(header: BlockHeader, data: np.ndarray) -> list:
     return [data_topic(header.stream), encode_block_header(header), memoryview(data).cast("B")]
 
 
+_I64 = (-(2**63), 2**63 - 1)
+#: Field -> (low, high) of the block header's integers.
+_BLOCK_INTS = {"seq": (0, _I64[1]), "first_sample": (0, _I64[1]), "n_samples": (1, MAX_BLOCK_SAMPLES),
+               "n_channels": (1, MAX_CHANNELS), "t_ns": _I64}
+
+
+def _fast_block_header(m: dict) -> BlockHeader | None:
+    """The header if every field is valid, else None (the careful path then names the fault).
+
+    The same checks as the careful path, without building messages: this
+    runs for every block.
+    """
+    g = m.get
+    for key, (lo, hi) in _BLOCK_INTS.items():
+        v = g(key)
+        if type(v) is not int or not lo <= v <= hi:
+            return None
+    version, stream, session, dtype, fs = g("version"), g("stream"), g("session"), g("dtype"), g("fs")
+    if (type(version) is not int or version != PROTOCOL_VERSION or g("kind") != "block"
+            or type(stream) is not str or not STREAM_NAME.match(stream)
+            or type(session) is not str or not SESSION_ID.match(session)
+            or type(dtype) is not str or not DTYPE.match(dtype)
+            or type(fs) not in (int, float) or not 0 < fs < math.inf or "markers" in m):
+        return None
+    return BlockHeader(stream, session, m["seq"], m["first_sample"], m["n_samples"], m["n_channels"],
+                       float(fs), dtype, m["t_ns"])
+
+
 def decode_block_header(frame, stream: str | None = None) -> BlockHeader:
-    f = _Fields(unpack_map(frame, "block header"), "block header")
+    m = unpack_map(frame, "block header")
+    h = _fast_block_header(m)
+    if h is not None:
+        if stream is not None and h.stream != stream:
+            raise ProtocolError(f"block header: stream {h.stream!r} does not match topic stream {stream!r}")
+        return h
+    f = _Fields(m, "block header")
     f.version()
     f.kind("block")
     n_samples = f.int("n_samples", 1, MAX_BLOCK_SAMPLES)

@@ -83,6 +83,7 @@ class RecorderCore:
         self.amp_clock = ClockOffset(services.amp_time)
         self.markers_clock = ClockOffset(services.markers_time)
         self._next_meta_ns = 0
+        self._markers_seen_ns = -(10**18)  # when the markers service was last heard from
         self.last_error: str | None = None
         self.finished = 0
         self.started_ns = now_ns()
@@ -241,6 +242,7 @@ class RecorderCore:
         self._write(block)
 
     def on_marker(self, marker: Marker):
+        self._markers_seen_ns = now_ns()
         a = self.active
         if a is None or a.error is not None:
             return
@@ -402,6 +404,7 @@ class RecorderCore:
     def _measure_markers_clock(self):
         try:
             self.markers_clock.measure()
+            self._markers_seen_ns = now_ns()
         except Exception as exc:  # not running: its offset is estimated once it answers
             log.info("markers service clock not measured: %s", exc)
 
@@ -414,7 +417,8 @@ class RecorderCore:
     def tick(self):
         """Periodic work: a clock probe when due, the meta every 10 s."""
         self.amp_clock.update()
-        self.markers_clock.update()
+        if now_ns() - self._markers_seen_ns < 5_000_000_000:  # never block on a service that is not there
+            self.markers_clock.update()
         a = self.active
         if a is not None and a.error is None and now_ns() >= self._next_meta_ns:
             self._next_meta_ns = now_ns() + 10_000_000_000
