@@ -240,10 +240,11 @@ def latency_run(duration: float, fs: float = 1000, block_ms: float = 1.0, keep: 
 
     ``markers_probe=False`` is a diagnostic variant: it turns off the client's
     clock-offset probes of the markers service (``Amp.markers_clock``), which
-    no bench service answers. Each such probe waits out its timeout inside
-    ``get_data`` (0.2 s, repeated every 10 s), which dominates the tail
-    latency; without it the figures show what the amp service and the
-    transport add.
+    no bench service answers. Until commit 14b4d53 the client probed an absent
+    markers service too, each probe waiting out its 0.2 s timeout inside
+    ``get_data`` every 10 s, which dominated the tail latency; the variant
+    keeps showing what the amp service and the transport add should such a
+    stall come back.
     """
     with Service(fs, CHANNELS, block_ms) as svc:
         amp = svc.connect()
