@@ -28,6 +28,9 @@ RCVHWM = 100_000
 SILENCE_S = 0.7
 #: How long the amp service may be away before get_data() raises.
 DEAD_AFTER_S = 30.0
+#: After stop(), how long the bus must be quiet before missing samples are fetched from the history
+#: (normally the stream info that follows the last block fetches them at once).
+END_QUIET_S = 0.2
 #: How long samples wait for a silent markers service (a restart) before it counts as gone.
 MARKERS_WAIT_S = 3.0
 #: The markers service's heartbeat period (0.25 s) and some slack.
@@ -333,8 +336,6 @@ class Amp:
         deadline = time.monotonic() + self.timeout
         while True:
             self._receive(deadline)
-            if self._end_sample is not None and asm.next_sample < self._end_sample:
-                self._fill(self._end_sample)
             until = self._release_until()  # before draining: a marker drained after it is covered
             self._drain_markers()
             first = asm.first_pending
@@ -376,6 +377,11 @@ class Amp:
             except zmq.Again:
                 if asm.pending_samples or self._error or self._at_end():
                     return
+                if self._end_sample is not None and time.monotonic() - self._last_message > END_QUIET_S:
+                    # stopped, the bus quiet and samples still missing (the stream info
+                    # after the last block would have fetched them): from the history
+                    self._fill(self._end_sample)
+                    continue
                 remaining = deadline - time.monotonic()
                 if time.monotonic() - self._last_message > SILENCE_S:
                     self._check_alive()

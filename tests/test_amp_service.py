@@ -37,6 +37,14 @@ def collect(amp, n, timeout=20.0):
     return np.concatenate(chunks)
 
 
+def drain(amp):
+    """After stop(): get_data until it returns nothing more."""
+    chunks = [amp.get_data()[0]]
+    while len(chunks[-1]):
+        chunks.append(amp.get_data()[0])
+    return np.concatenate(chunks)
+
+
 def test_round_trip_returns_every_sample_from_the_first(amp_service):
     with get_amp(amp_service) as amp:
         amp.configure(fs=2000, channels=8)
@@ -248,30 +256,27 @@ def test_samples_dropped_on_the_bus_are_refetched_from_history(spawn_amp):
     with warnings.catch_warnings():
         warnings.simplefilter("error", GapWarning)
         with get_amp(svc, hwm=5) as amp:
-            amp.configure(fs=5000, channels=16)
+            amp.configure(fs=100_000, channels=32)  # 12.8 MB/s: more than the kernel's socket buffers
             amp.start()
-            time.sleep(1.0)  # a consumer that stalls: the PUB drops past 5 queued blocks
+            time.sleep(1.5)  # a consumer that stalls: the PUB drops past 5 queued blocks
             amp.stop()
-            data = collect(amp, 1)
+            data = drain(amp)
             total = amp.status()["next_sample"]
-            assert total > 4000
+            assert total > 100_000
             assert len(data) == total
-            np.testing.assert_array_equal(data, ramp(0, total, 16))
+            np.testing.assert_array_equal(data, ramp(0, total, 32))
             assert amp.lost_samples == 0 and amp.refetched_samples > 1000
 
 
 def test_a_gap_the_history_cannot_fill_is_reported_with_its_exact_size(spawn_amp):
     svc = spawn_amp("--sndhwm", "5", "--history-mb", "0.05")
     with get_amp(svc, hwm=5) as amp:
-        amp.configure(fs=10000, channels=16)  # 640 kB/s against a 50 kB history
+        amp.configure(fs=100_000, channels=16)  # 6.4 MB/s against a 50 kB history
         amp.start()
         time.sleep(1.0)
         amp.stop()
         with pytest.warns(GapWarning, match="samples lost from sample"):
-            chunks = [amp.get_data()[0]]
-        while len(chunks[-1]):
-            chunks.append(amp.get_data()[0])
-        data = np.concatenate(chunks)
+            data = drain(amp)
         total = amp.status()["next_sample"]
         assert amp.lost_samples > 0 and amp.refetched_samples > 0  # what the history still held is kept
         assert len(data) + amp.lost_samples == total
