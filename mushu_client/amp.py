@@ -13,9 +13,10 @@ from .clock import ClockOffset, now_ns
 from .config import setting
 from .control import ControlClient
 from .errors import AmpError, EndOfData, GapWarning, RecordingError, RecordingWarning, ServiceUnavailable, ServiceWarning
+from .history import history_blocks, history_markers
 from .markers import MarkerMerger, Timeline, rows_of
-from .protocol import (Block, Marker, MarkerStreamInfo, ProtocolError, StreamInfo, data_topic, decode_block_frames,
-                       decode_marker, decode_message, info_topic, marker_topic)
+from .protocol import (Block, Marker, MarkerStreamInfo, ProtocolError, StreamInfo, data_topic,
+                       decode_message, info_topic, marker_topic)
 from .stream import Assembler
 
 log = logging.getLogger("mushu.client")
@@ -512,28 +513,10 @@ class Amp:
     def _fill(self, until: int):
         """Fetch samples up to ``until`` from the history; report what it no longer holds."""
         asm = self._asm
-        while asm.next_sample < until:
-            try:
-                _result, frames = self._ctl.request("history", session=asm.session, from_sample=asm.next_sample)
-            except (ValueError, ServiceUnavailable) as exc:
-                log.warning("history fetch failed: %s", exc)
-                break
-            added = 0
-            for header, payload in zip(frames[::2], frames[1::2]):
-                try:
-                    block = decode_block_frames(header.bytes, payload, self.stream)
-                except ProtocolError as exc:
-                    self.bad_messages += 1
-                    log.warning("malformed history block: %s", exc)
-                    break
-                if block.header.first_sample >= until:
-                    break
-                if asm.missing_before(block):  # older samples have left the history
-                    self._lose_samples(block.header.first_sample)
-                added += self._accept(block)
-            self.refetched_samples += added
-            if not added:
-                break
+        for block in history_blocks(self._ctl, self.stream, asm.session, asm.next_sample, until):
+            if asm.missing_before(block):  # older samples have left the history
+                self._lose_samples(block.header.first_sample)
+            self.refetched_samples += self._accept(block)
         self._lose_samples(until)
 
     def _lose_samples(self, until: int):
@@ -582,27 +565,10 @@ class Amp:
         merger = self._merger
         if merger.session != session:
             merger.follow(session, 0)
-        while merger.next_seq < until:
-            try:
-                _result, frames = self._mctl.request("history", session=session, from_seq=merger.next_seq)
-            except (ValueError, ServiceUnavailable) as exc:
-                log.warning("marker history fetch failed: %s", exc)
-                break
-            added = 0
-            for frame in frames:
-                try:
-                    m = decode_marker(frame.bytes, self.marker_stream)
-                except ProtocolError as exc:
-                    self.bad_messages += 1
-                    log.warning("malformed marker in history: %s", exc)
-                    break
-                if m.seq >= until:
-                    break
-                if merger.missing_before(m):  # older markers have left the history
-                    self._lose_markers(m.seq)
-                added += merger.add(m)
-            if not added:
-                break
+        for m in history_markers(self._mctl, self.marker_stream, session, merger.next_seq, until):
+            if merger.missing_before(m):  # older markers have left the history
+                self._lose_markers(m.seq)
+            merger.add(m)
         self._lose_markers(until)
 
     def _lose_markers(self, until: int):

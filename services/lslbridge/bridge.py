@@ -53,9 +53,10 @@ import zmq
 from mushu_client.clock import ClockOffset, now_ns
 from mushu_client.control import ControlClient
 from mushu_client.errors import ServiceUnavailable
+from mushu_client.history import history_blocks, history_markers
 from mushu_client.markers import Timeline
 from mushu_client.protocol import (Block, Marker, MarkerStreamInfo, ProtocolError, StreamInfo, data_topic,
-                                   decode_block_frames, decode_marker, decode_message, info_topic, marker_topic)
+                                   decode_message, info_topic, marker_topic)
 
 log = logging.getLogger("mushu.lslbridge")
 
@@ -327,26 +328,9 @@ class LSLBridge:
 
     def _fill(self, until: int):
         """Push samples up to ``until`` from the amp's history; count what it no longer holds."""
-        while self.next_sample < until:
-            try:
-                _result, frames = self.ctl.request("history", session=self.session, from_sample=self.next_sample)
-            except (ValueError, ServiceUnavailable) as exc:
-                log.warning("history fetch failed: %s", exc)
-                break
-            before = self.next_sample
-            for header, payload in zip(frames[::2], frames[1::2]):
-                try:
-                    block = decode_block_frames(header.bytes, payload, self.stream)
-                except ProtocolError as exc:
-                    self.bad_messages += 1
-                    log.warning("malformed history block: %s", exc)
-                    break
-                if block.header.first_sample >= until:
-                    break
-                self._skip_to(block.header.first_sample)
-                self._push(block)
-            if self.next_sample == before:
-                break
+        for block in history_blocks(self.ctl, self.stream, self.session, self.next_sample, until):
+            self._skip_to(block.header.first_sample)
+            self._push(block)
         self._skip_to(until)
 
     def _skip_to(self, sample: int):
@@ -437,27 +421,9 @@ class LSLBridge:
 
     def _fill_markers(self, until: int):
         """Push markers up to seq ``until`` from the markers service's history."""
-        while self.next_seq < until:
-            try:
-                _result, frames = self.mctl.request("history", session=self.msession, from_seq=self.next_seq)
-            except (ValueError, ServiceUnavailable) as exc:
-                log.warning("marker history fetch failed: %s", exc)
-                break
-            before = self.next_seq
-            for frame in frames:
-                try:
-                    m = decode_marker(frame.bytes, self.marker_stream)
-                except ProtocolError as exc:
-                    self.bad_messages += 1
-                    log.warning("malformed marker in history: %s", exc)
-                    break
-                if m.seq >= until:
-                    break
-                if m.seq >= self.next_seq:
-                    self.lost_markers += m.seq - self.next_seq
-                    self._push_marker(m)
-            if self.next_seq == before:
-                break
+        for m in history_markers(self.mctl, self.marker_stream, self.msession, self.next_seq, until):
+            self.lost_markers += m.seq - self.next_seq
+            self._push_marker(m)
         if until > self.next_seq:
             log.warning("markers %d..%d of session %s lost (not in the markers history)",
                         self.next_seq, until - 1, self.msession)
