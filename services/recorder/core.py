@@ -36,6 +36,8 @@ STATE_FILE = ".mushu-recorder.json"
 #: Journal ``seq`` of markers from the amplifier itself (those of the markers
 #: service have theirs, >= 0; gap markers have -1).
 AMP_MARKER_SEQ = -2
+#: "No end": catch up with whatever the amp's history holds.
+END = 2**63
 #: Block times kept for placing markers that arrive after their samples.
 TIMELINE_S = 30.0
 
@@ -45,9 +47,9 @@ class Services:
     """How the core reaches the other services (sockets live in the service)."""
 
     amp_status: callable
-    amp_history: callable       # (session, from_sample) -> list[Block]
+    amp_history: callable       # (session, from_sample, until) -> iterable of Block
     markers_status: callable    # () -> dict or None when not running
-    markers_history: callable   # (session, from_seq) -> list[Marker]
+    markers_history: callable   # (session, from_seq, until) -> iterable of Marker
     amp_time: callable          # () -> the amp's time reply {"t_ns", "clock"}
     markers_time: callable      # () -> the markers service's time reply
 
@@ -254,21 +256,12 @@ class RecorderCore:
     def catch_up(self, until: int | None = None):
         """Fetch from the amp's history what the recording misses, up to ``until``."""
         a = self.active
-        while a.error is None and (until is None or a.next_sample < until):
-            try:
-                blocks = self.services.amp_history(a.session, a.next_sample)
-            except Exception as exc:  # the amp may be gone: the live stream or finish will tell
-                log.warning("amp history from sample %d unavailable: %s", a.next_sample, exc)
+        for block in self.services.amp_history(a.session, a.next_sample, END if until is None else until):
+            if a.error is not None:
                 return
-            written = 0
-            for block in blocks:
-                if until is not None and block.header.first_sample >= until:
-                    break
-                if block.header.first_sample > a.next_sample:
-                    self._lose(block.header.first_sample - a.next_sample, "no longer in the amp's history")
-                written += self._write(block, until)
-            if not written:
-                return
+            if block.header.first_sample > a.next_sample:
+                self._lose(block.header.first_sample - a.next_sample, "no longer in the amp's history")
+            self._write(block, until)
 
     def _write(self, block: Block, until: int | None = None) -> int:
         a = self.active
@@ -356,21 +349,12 @@ class RecorderCore:
             session, until = status["session"], status["last_seq"] + 1
         if a.merger.session != session:
             a.merger.follow(session, 0)
-        while a.merger.next_seq < until:
-            try:
-                markers = self.services.markers_history(session, a.merger.next_seq)
-            except Exception as exc:
-                log.warning("marker history unavailable: %s", exc)
-                return
-            before = a.merger.next_seq
-            for m in markers:
-                if m.seq >= until:
-                    break
-                self._add_marker(m)
-            if a.merger.next_seq == before:
-                a.merger.skip_to(until)
-                log.warning("markers %d..%d of session %s are no longer in the markers history",
-                            before, until - 1, session)
+        for m in self.services.markers_history(session, a.merger.next_seq, until):
+            self._add_marker(m)
+        if a.merger.next_seq < until:
+            log.warning("markers %d..%d of session %s are no longer in the markers history",
+                        a.merger.next_seq, until - 1, session)
+            a.merger.skip_to(until)
         self._place_markers()
 
     def _place_markers(self, end: int | None = None):
@@ -474,28 +458,14 @@ class RecorderCore:
         so markers that arrive now can still be placed on them."""
         a = self.active
         start = max(a.first_sample, a.next_sample - int(TIMELINE_S * a.writer.fs))
-        sample = start
         journaled = {(m["sample"], m["label"]) for m in a.writer.markers if m["seq"] == AMP_MARKER_SEQ}
-        while sample < a.next_sample:
-            try:
-                blocks = self.services.amp_history(a.session, sample)
-            except Exception as exc:
-                log.warning("cannot rebuild block times from the amp's history: %s", exc)
-                return
-            added = False
-            for block in blocks:
-                h = block.header
-                if h.first_sample >= a.next_sample:
-                    break
-                if h.first_sample + h.n_samples <= sample:
-                    continue
-                n = min(h.n_samples, a.next_sample - h.first_sample)
-                a.timeline.add(h.first_sample, h.t_ns, n, h.fs)
-                for offset, label in h.markers:  # written to the data, not yet to the journal?
-                    entry = (self._file_index(h.first_sample + offset), label)
-                    if offset < n and entry not in journaled:
-                        self._add_amp_marker(h, offset, label)
-                sample = h.first_sample + n
-                added = True
-            if not added:
-                return
+        for block in self.services.amp_history(a.session, start, a.next_sample):
+            h = block.header
+            if a.timeline.end_sample is not None and h.first_sample < a.timeline.end_sample:
+                continue
+            n = min(h.n_samples, a.next_sample - h.first_sample)
+            a.timeline.add(h.first_sample, h.t_ns, n, h.fs)
+            for offset, label in h.markers:  # written to the data, not yet to the journal?
+                entry = (self._file_index(h.first_sample + offset), label)
+                if offset < n and entry not in journaled:
+                    self._add_amp_marker(h, offset, label)

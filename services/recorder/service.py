@@ -19,7 +19,8 @@ from mushu_client.clock import now_ns
 from mushu_client.config import setting
 from mushu_client.control import ControlClient
 from mushu_client.errors import ServiceUnavailable
-from mushu_client.protocol import (Block, Marker, ProtocolError, data_topic, decode_block_frames, decode_marker,
+from mushu_client.history import history_blocks, history_markers
+from mushu_client.protocol import (Block, Marker, ProtocolError, data_topic,
                                    decode_message, marker_topic, serve_request)
 
 from .core import RecorderCore, Services
@@ -65,9 +66,8 @@ class RecorderService:
 
     # -- the other services ---------------------------------------------------
 
-    def _amp_history(self, session, from_sample):
-        _result, frames = self.amp_ctl.request("history", session=session, from_sample=from_sample)
-        return [decode_block_frames(h.bytes, p, self.stream) for h, p in zip(frames[::2], frames[1::2])]
+    def _amp_history(self, session, from_sample, until):
+        return history_blocks(self.amp_ctl, self.stream, session, from_sample, until)
 
     def _markers_status(self):
         try:
@@ -75,9 +75,8 @@ class RecorderService:
         except ServiceUnavailable:
             return None
 
-    def _markers_history(self, session, from_seq):
-        _result, frames = self.markers_ctl.request("history", session=session, from_seq=from_seq)
-        return [decode_marker(f.bytes, self.marker_stream) for f in frames]
+    def _markers_history(self, session, from_seq, until):
+        return history_markers(self.markers_ctl, self.marker_stream, session, from_seq, until)
 
     # -- the loop -------------------------------------------------------------
 
