@@ -386,7 +386,7 @@ def decode_block_frames(header_frame, payload, stream: str | None = None) -> Blo
 
 @dataclass(frozen=True, slots=True)
 class StreamInfo:
-    """What a consumer needs to interpret a stream; sent about once a second.
+    """What a consumer needs to interpret a stream; sent every quarter second.
 
     Attributes
     ----------
@@ -573,7 +573,7 @@ def decode_marker(frame, stream: str | None = None) -> Marker:
 
 @dataclass(frozen=True, slots=True)
 class MarkerStreamInfo:
-    """Heartbeat of a marker stream, about once a second: ``last_seq`` shows tail losses."""
+    """Heartbeat of a marker stream, every quarter second: ``last_seq`` shows tail losses."""
 
     stream: str
     session: str
