@@ -64,8 +64,8 @@ import numpy as np
 import psutil
 import zmq
 
-from mushu_client import GapWarning, ServiceUnavailable, get_amp
-from mushu_client.control import ControlClient
+from mushu_client import GapWarning, get_amp
+from mushu_client.control import wait_for
 from mushu_client.protocol import DATA, data_topic, decode_block_header, info_topic
 from mushu_amp.drivers.rampamp import ramp
 
@@ -125,21 +125,10 @@ class Service:
 
     def connect(self, timeout: float = 15.0):
         """An :class:`Amp` client for the service, once it answers."""
-        deadline = time.monotonic() + timeout
-        ctl = ControlClient(self.control, 0.5, "amp")
         try:
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"amp service exited with {self.proc.returncode}: {self.stderr()}")
-                try:
-                    ctl.call("ping")
-                    break
-                except ServiceUnavailable:
-                    if time.monotonic() > deadline:
-                        raise
-                time.sleep(0.05)
-        finally:
-            ctl.close()
+            wait_for(self.control, "amp", timeout, self.proc)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}: {self.stderr()}") from None
         return get_amp("rampamp", data=self.data, control=self.control, timeout=10.0)
 
     def cpu_s(self) -> float:

@@ -33,24 +33,17 @@ import zmq
 
 import mushu_client
 from amp_bench import free_port, machine
-from mushu_client.control import ControlClient
-from mushu_client.errors import ServiceUnavailable
+from mushu_client.control import wait_for
 from mushu_client.protocol import Marker, decode_message, marker_topic
 
 
 def spawn(args, control):
     proc = subprocess.Popen([sys.executable, "-m", *args, "--log-level", "WARNING"])
-    ctl = ControlClient(control, 0.5)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            ctl.call("ping")
-            break
-        except ServiceUnavailable:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-    ctl.close()
+    try:
+        wait_for(control, args[0], 15.0, proc)
+    except Exception:
+        proc.kill()
+        raise
     return proc
 
 

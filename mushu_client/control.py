@@ -84,3 +84,31 @@ class ControlClient:
     def call(self, cmd: str, **args):
         """Send ``cmd`` and return its result; raise on error."""
         return self.request(cmd, **args)[0]
+
+
+def wait_for(endpoint: str, service: str = "service", timeout: float = 15.0, proc=None) -> dict:
+    """Ask ``ping`` until the service at ``endpoint`` answers; return its reply.
+
+    Parameters
+    ----------
+    proc : subprocess.Popen, optional
+        The service's process: if it exits meanwhile, RuntimeError at once.
+
+    Raises
+    ------
+    ServiceUnavailable
+        No answer within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    ctl = ControlClient(endpoint, 0.5, service)
+    try:
+        while True:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"the {service} service exited with {proc.returncode}")
+            try:
+                return ctl.call("ping")
+            except ServiceUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+    finally:
+        ctl.close()

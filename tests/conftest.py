@@ -6,12 +6,10 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
-from mushu_client.control import ControlClient
-from mushu_client.errors import ServiceUnavailable
+from mushu_client.control import ControlClient, wait_for
 
 
 def free_port() -> int:
@@ -40,20 +38,7 @@ class Service:
 
 
 def wait_until_answers(svc: Service, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    ctl = svc.ctl(0.5)
-    try:
-        while True:
-            if svc.proc.poll() is not None:
-                raise RuntimeError(f"{svc.name} service exited with {svc.proc.returncode}")
-            try:
-                ctl.call("ping")
-                return
-            except ServiceUnavailable:
-                if time.monotonic() > deadline:
-                    raise
-    finally:
-        ctl.close()
+    wait_for(svc.control, svc.name, timeout, svc.proc)
 
 
 @pytest.fixture

@@ -15,13 +15,10 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 
 from mushu_amp.drivers.rampamp import ramp
-from mushu_client.control import ControlClient
-from mushu_client.errors import ServiceUnavailable
 from mushu_client.recording import load
 
 PREFIX = f"mzl{os.getpid() % 10000}"
@@ -142,20 +139,6 @@ SENDER = textwrap.dedent("""
     sender.close()
     json.dump(sent, open(out, "w"))
 """)
-
-
-def wait_answers(endpoint, name, proc, timeout=20):
-    ctl = ControlClient(endpoint, 0.5, name)
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            assert proc.poll() is None, f"{name} exited with {proc.returncode}"
-            try:
-                return ctl.call("ping")
-            except ServiceUnavailable:
-                assert time.monotonic() < deadline, f"{name} does not answer at {endpoint}"
-    finally:
-        ctl.close()
 
 
 def test_a_lab_of_hosts_with_a_skewed_markers_clock(tmp_path):
