@@ -9,14 +9,14 @@ import warnings
 import zmq
 
 from .arrays import to_plain
+from .bus import BusReader
 from .clock import ClockOffset, now_ns
 from .config import setting
 from .control import ControlClient
 from .errors import AmpError, EndOfData, GapWarning, RecordingError, RecordingWarning, ServiceUnavailable, ServiceWarning
 from .history import history_blocks, history_markers
 from .markers import MarkerMerger, Timeline, rows_of
-from .protocol import (Block, Marker, MarkerStreamInfo, ProtocolError, StreamInfo, data_topic,
-                       decode_message, info_topic, marker_topic)
+from .protocol import Block, Marker, MarkerStreamInfo, StreamInfo, data_topic, info_topic, marker_topic
 from .stream import Assembler
 
 log = logging.getLogger("mushu.client")
@@ -142,6 +142,7 @@ class Amp:
         self._sub.connect(self.data_endpoint)
         self._sub.setsockopt(zmq.SUBSCRIBE, data_topic(self.stream))
         self._sub.setsockopt(zmq.SUBSCRIBE, info_topic(self.stream))
+        self._bus = BusReader(self._sub, self.data_endpoint)
         self._asm = Assembler()
         self._timeline = Timeline()
         self.markers_endpoint = setting("MUSHU_MARKERS_DATA", markers)
@@ -152,6 +153,7 @@ class Amp:
         self._msub.connect(self.markers_endpoint)
         self._msub.setsockopt(zmq.SUBSCRIBE, marker_topic(self.marker_stream))
         self._msub.setsockopt(zmq.SUBSCRIBE, info_topic(self.marker_stream))
+        self._mbus = BusReader(self._msub, self.markers_endpoint)
         self._mctl = ControlClient(setting("MUSHU_MARKERS_CONTROL", markers_control), 0.5, "markers")
         self._merger = MarkerMerger()
         #: Offsets of the amp's and the markers service's clocks from this host's.
@@ -181,9 +183,8 @@ class Amp:
         self._end_sample: int | None = None  # set by stop(): no samples after it
         self._error: str | None = None
         self._last_message = time.monotonic()
-        #: Counters: messages that failed to decode, samples fetched from the
-        #: history, and (first_sample, count) of every unrecoverable gap.
-        self.bad_messages = 0
+        #: Counters: samples fetched from the history, and (first_sample,
+        #: count) of every unrecoverable gap.
         self.refetched_samples = 0
         self.gaps: list[tuple[int, int]] = []
 
@@ -372,10 +373,10 @@ class Amp:
         if self._deferred is not None and not asm.pending_samples:
             block, self._deferred = self._deferred, None
             self._on_block(block)
+        bus = self._bus
         while self._deferred is None:
-            try:
-                frames = self._sub.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            msg = bus.receive()
+            if msg is None:
                 if asm.pending_samples or self._error or self._at_end():
                     return
                 if self._end_sample is not None and time.monotonic() - self._last_message > END_QUIET_S:
@@ -394,17 +395,11 @@ class Amp:
                 markers_here = time.monotonic() - self._markers_last < SILENCE_S
                 if self.amp_clock.update() or (markers_here and self.markers_clock.update()):
                     continue
-                self._sub.poll(min(remaining, 0.1) * 1000)
+                bus.wait(min(remaining, 0.1))
                 continue
             self._last_message = time.monotonic()
             if self._away_since is not None:  # it is back
                 self._away_since, self.connected = None, True
-            try:
-                msg = decode_message([f.bytes if i < 2 else f for i, f in enumerate(frames)])
-            except ProtocolError as exc:
-                self.bad_messages += 1
-                log.warning("dropped a malformed message from %s: %s", self.data_endpoint, exc)
-                continue
             if isinstance(msg, Block):
                 self._on_block(msg)
             else:
@@ -529,18 +524,8 @@ class Amp:
                                      f"{self._asm.session}: no longer in the amp's history"), stacklevel=5)
 
     def _drain_markers(self):
-        while True:
-            try:
-                frames = self._msub.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        while (msg := self._mbus.receive()) is not None:
             self._markers_last = time.monotonic()
-            try:
-                msg = decode_message(frames)
-            except ProtocolError as exc:
-                self.bad_messages += 1
-                log.warning("dropped a malformed message from %s: %s", self.markers_endpoint, exc)
-                continue
             if isinstance(msg, Marker):
                 if self._merger.missing_before(msg):
                     self._fill_markers(msg.session, msg.seq)
@@ -619,6 +604,11 @@ class Amp:
         self.connected = True
 
     # -- extras -------------------------------------------------------------
+
+    @property
+    def bad_messages(self) -> int:
+        """Bus messages that did not decode (logged and skipped)."""
+        return self._bus.bad_messages + self._mbus.bad_messages
 
     @property
     def lost_samples(self) -> int:

@@ -75,6 +75,8 @@ class Timeline:
 
     def forget_before(self, sample: int):
         """Drop blocks that end at or before ``sample``, keeping the last one."""
+        if len(self._first) < 64:  # amortised: a few blocks more cost nothing to keep
+            return
         k = bisect.bisect_right(self._first, sample) - 1
         if k > 0:
             del self._first[:k], self._t[:k], self._n[:k]
@@ -166,7 +168,7 @@ class MarkerMerger:
         gap lands on the next returned sample; one whose sample was returned
         before lands on the first row and is counted ``late``.
         """
-        if not segments:
+        if not segments or not self._pending:
             return []
         placed = self.place_samples(timeline, segments[-1][0] + segments[-1][1], offset_ns)
         self.late += sum(1 for sample, _m in placed if sample < segments[0][0])

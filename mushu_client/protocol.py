@@ -77,7 +77,14 @@ def _check_stream(stream: str) -> str:
     return stream
 
 
-def _split_topic(topic: bytes) -> tuple[bytes, str]:
+#: Topics already found valid -> (prefix, stream): a consumer sees the same few over and over.
+_TOPICS: dict[bytes, tuple[bytes, str]] = {}
+
+
+def split_topic(topic: bytes) -> tuple[bytes, str]:
+    """``(prefix, stream)`` of a topic frame, e.g. ``(b"data/", "eeg")``; ProtocolError if invalid."""
+    if type(topic) is bytes and topic in _TOPICS:
+        return _TOPICS[topic]
     if not isinstance(topic, (bytes, bytearray, memoryview)):
         raise ProtocolError(f"topic frame must be bytes, not {type(topic).__name__}")
     topic = bytes(topic)
@@ -85,9 +92,12 @@ def _split_topic(topic: bytes) -> tuple[bytes, str]:
         if topic.startswith(prefix) and topic.endswith(b"/"):
             name = topic[len(prefix):-1]
             try:
-                return prefix, _check_stream(name.decode("ascii"))
+                split = prefix, _check_stream(name.decode("ascii"))
             except (UnicodeDecodeError, ProtocolError):
                 break
+            if len(_TOPICS) < 1024:
+                _TOPICS[topic] = split
+            return split
     raise ProtocolError(f"topic {topic[:80]!r} is not 'data/<stream>/', 'info/<stream>/' or 'marker/<stream>/'")
 
 
@@ -299,9 +309,6 @@ def encode_block(header: BlockHeader, data: np.ndarray) -> list:
 
 
 _I64 = (-(2**63), 2**63 - 1)
-#: Field -> (low, high) of the block header's integers.
-_BLOCK_INTS = {"seq": (0, _I64[1]), "first_sample": (0, _I64[1]), "n_samples": (1, MAX_BLOCK_SAMPLES),
-               "n_channels": (1, MAX_CHANNELS), "t_ns": _I64}
 
 
 def _fast_block_header(m: dict) -> BlockHeader | None:
@@ -311,19 +318,26 @@ def _fast_block_header(m: dict) -> BlockHeader | None:
     runs for every block.
     """
     g = m.get
-    for key, (lo, hi) in _BLOCK_INTS.items():
-        v = g(key)
-        if type(v) is not int or not lo <= v <= hi:
-            return None
-    version, stream, session, dtype, fs = g("version"), g("stream"), g("session"), g("dtype"), g("fs")
-    if (type(version) is not int or version != PROTOCOL_VERSION or g("kind") != "block"
-            or type(stream) is not str or not STREAM_NAME.match(stream)
-            or type(session) is not str or not SESSION_ID.match(session)
-            or type(dtype) is not str or not DTYPE.match(dtype)
-            or type(fs) not in (int, float) or not 0 < fs < math.inf or "markers" in m):
+    seq, first, n, n_channels, t_ns = g("seq"), g("first_sample"), g("n_samples"), g("n_channels"), g("t_ns")
+    if (type(seq) is not int or type(first) is not int or type(n) is not int or type(n_channels) is not int
+            or type(t_ns) is not int or not 0 <= seq <= _I64[1] or not 0 <= first <= _I64[1]
+            or not 1 <= n <= MAX_BLOCK_SAMPLES or not 1 <= n_channels <= MAX_CHANNELS
+            or not _I64[0] <= t_ns <= _I64[1]):
         return None
-    return BlockHeader(stream, session, m["seq"], m["first_sample"], m["n_samples"], m["n_channels"],
-                       float(fs), dtype, m["t_ns"])
+    version, stream, session, dtype, fs = g("version"), g("stream"), g("session"), g("dtype"), g("fs")
+    if (version != PROTOCOL_VERSION or type(version) is not int or g("kind") != "block" or "markers" in m
+            or type(fs) not in (int, float) or not 0 < fs < math.inf):
+        return None
+    if (stream, session, dtype) != _last_names[0]:  # the same for every block of a session
+        if (type(stream) is not str or not STREAM_NAME.match(stream) or type(session) is not str
+                or not SESSION_ID.match(session) or type(dtype) is not str or not DTYPE.match(dtype)):
+            return None
+        _last_names[0] = (stream, session, dtype)
+    return BlockHeader(stream, session, seq, first, n, n_channels, float(fs), dtype, t_ns)
+
+
+#: The last (stream, session, dtype) found valid by _fast_block_header.
+_last_names = [(None, None, None)]
 
 
 def decode_block_header(frame, stream: str | None = None) -> BlockHeader:
@@ -485,7 +499,7 @@ def decode_message(frames) -> Block | StreamInfo | Marker | MarkerStreamInfo:
     """Decode one bus message (a list of frames) into the object it carries."""
     if not isinstance(frames, (list, tuple)) or not frames:
         raise ProtocolError("empty message")
-    prefix, stream = _split_topic(frames[0])
+    prefix, stream = split_topic(frames[0])
     if prefix == DATA:
         if len(frames) != 3:
             raise ProtocolError(f"data message has {len(frames)} frames, expected 3")

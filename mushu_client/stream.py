@@ -36,6 +36,7 @@ class Assembler:
         self.duplicates = 0
         self.lost = 0
         self._pending: list[np.ndarray] = []
+        self._n_pending = 0
         self._segments: list[list[int]] = []  # [first_sample, n] of each contiguous run pending
 
     def begin(self, session: str, first_sample: int):
@@ -43,6 +44,7 @@ class Assembler:
         self.session = session
         self.next_sample = first_sample
         self._pending = []
+        self._n_pending = 0
         self._segments = []
 
     def missing_before(self, block: Block) -> int:
@@ -64,6 +66,7 @@ class Assembler:
             return 0
         self.duplicates += skip
         self._pending.append(block.data[skip:] if skip else block.data)
+        self._n_pending += h.n_samples - skip
         if self._segments and sum(self._segments[-1]) == self.next_sample:
             self._segments[-1][1] += h.n_samples - skip
         else:
@@ -81,7 +84,7 @@ class Assembler:
 
     @property
     def pending_samples(self) -> int:
-        return sum(len(a) for a in self._pending)
+        return self._n_pending
 
     @property
     def first_pending(self) -> int | None:
@@ -101,6 +104,7 @@ class Assembler:
         """
         pending, self._pending = self._pending, []
         segments, self._segments = self._segments, []
+        self._n_pending = 0
         if not pending:
             return np.empty((0, n_channels), np.float32), segments
         out = np.concatenate(pending) if len(pending) > 1 else pending[0]
@@ -114,6 +118,8 @@ class Assembler:
                     self._segments.append([first + k, n - k])
                 rows += k
             self._pending = [out[rows:]]
+            self._n_pending = len(out) - rows
             out, segments = out[:rows], taken
-        out = out.copy() if out.base is not None or len(pending) == 1 else out
+        if out.base is not None or not out.flags.writeable:  # a view of a buffer the caller must not share
+            out = out.copy()
         return (out if out.dtype.isnative else out.astype(out.dtype.newbyteorder("="))), segments

@@ -55,8 +55,8 @@ from mushu_client.control import ControlClient
 from mushu_client.errors import ServiceUnavailable
 from mushu_client.history import history_blocks, history_markers
 from mushu_client.markers import Timeline
-from mushu_client.protocol import (Block, Marker, MarkerStreamInfo, ProtocolError, StreamInfo, data_topic,
-                                   decode_message, info_topic, marker_topic)
+from mushu_client.bus import BusReader
+from mushu_client.protocol import Block, Marker, MarkerStreamInfo, StreamInfo, data_topic, info_topic, marker_topic
 
 log = logging.getLogger("mushu.lslbridge")
 
@@ -116,9 +116,10 @@ class LSLBridge:
         self.sub.connect(amp_data)
         self.sub.setsockopt(zmq.SUBSCRIBE, data_topic(stream))
         self.sub.setsockopt(zmq.SUBSCRIBE, info_topic(stream))
+        self.bus = BusReader(self.sub, amp_data)
         self.ctl = ControlClient(amp_control, 2.0, "amp")
         self.amp_clock = ClockOffset(lambda: self.ctl.call("time"))
-        self.msub = self.mctl = None
+        self.msub = self.mctl = self.mbus = None
         if markers_data and markers_control:
             self.msub = ctx.socket(zmq.SUB)
             self.msub.setsockopt(zmq.LINGER, 0)
@@ -126,6 +127,7 @@ class LSLBridge:
             self.msub.connect(markers_data)
             self.msub.setsockopt(zmq.SUBSCRIBE, marker_topic(marker_stream))
             self.msub.setsockopt(zmq.SUBSCRIBE, info_topic(marker_stream))
+            self.mbus = BusReader(self.msub, markers_data)
             self.mctl = ControlClient(markers_control, 0.5, "markers")
         self.markers_clock = ClockOffset(lambda: self.mctl.request("time", timeout=0.2)[0])
         self.lsl_offset = lsl_clock_offset()
@@ -145,7 +147,6 @@ class LSLBridge:
         self._held: list[tuple[int, Marker]] = []  # (arrival, marker) waiting for their sample
         #: Counters: samples and markers pushed, samples lost (not in the amp's history any more).
         self.samples_pushed = self.markers_pushed = self.lost_samples = self.lost_markers = 0
-        self.bad_messages = 0
         self._stop = threading.Event()
 
     # -- startup ---------------------------------------------------------------
@@ -251,9 +252,9 @@ class LSLBridge:
             while not stop.is_set():
                 events = dict(poller.poll(100))
                 if self.sub in events:
-                    self._drain(self.sub)
+                    self._drain(self.bus)
                 if self.msub is not None and self.msub in events:
-                    self._drain(self.msub)
+                    self._drain(self.mbus)
                 self.tick()
         finally:
             log.info("pushed %d samples and %d markers; lost %d samples and %d markers",
@@ -264,18 +265,11 @@ class LSLBridge:
         """Make :meth:`run` return (from a signal handler or another thread)."""
         self._stop.set()
 
-    def _drain(self, sock):
+    def _drain(self, bus: BusReader):
         for _ in range(BATCH):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            msg = bus.receive()
+            if msg is None:
                 return
-            try:
-                msg = decode_message([f.bytes if i < 2 else f for i, f in enumerate(frames)])
-            except ProtocolError as exc:
-                self.bad_messages += 1
-                log.warning("dropped a malformed message: %s", exc)
-                continue
             self.handle(msg)
 
     def handle(self, msg):

@@ -20,8 +20,8 @@ from mushu_client.config import setting
 from mushu_client.control import ControlClient
 from mushu_client.errors import ServiceUnavailable
 from mushu_client.history import history_blocks, history_markers
-from mushu_client.protocol import (Block, Marker, ProtocolError, data_topic,
-                                   decode_message, marker_topic, serve_request)
+from mushu_client.bus import BusReader
+from mushu_client.protocol import Block, Marker, data_topic, marker_topic, serve_request
 
 from .core import RecorderCore, Services
 
@@ -54,6 +54,7 @@ class RecorderService:
         self.sub.connect(markers_data)
         self.sub.setsockopt(zmq.SUBSCRIBE, data_topic(stream))
         self.sub.setsockopt(zmq.SUBSCRIBE, marker_topic(marker_stream))
+        self.bus = BusReader(self.sub, f"{amp_data} and {markers_data}")
         self.ctl = self.ctx.socket(zmq.ROUTER)
         self.ctl.setsockopt(zmq.LINGER, 0)
         try:
@@ -62,7 +63,6 @@ class RecorderService:
             raise OSError(f"cannot bind the recorder's control socket to {control}: {exc}") from None
         self.control = control
         self.quit = False
-        self.bad_messages = 0
 
     # -- the other services ---------------------------------------------------
 
@@ -121,16 +121,9 @@ class RecorderService:
 
     def _drain(self):
         for _ in range(1000):  # then let the control socket have a turn
-            try:
-                frames = self.sub.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            msg = self.bus.receive()
+            if msg is None:
                 return
-            try:
-                msg = decode_message([f.bytes if i < 2 else f for i, f in enumerate(frames)])
-            except ProtocolError as exc:
-                self.bad_messages += 1
-                log.warning("dropped a malformed message: %s", exc)
-                continue
             if isinstance(msg, Block):
                 self.core.on_block(msg)
             elif isinstance(msg, Marker):
