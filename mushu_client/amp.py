@@ -36,8 +36,10 @@ END_QUIET_S = 0.2
 MARKERS_WAIT_S = 3.0
 #: The markers service's heartbeat period (0.25 s) and some slack.
 MARKERS_HEARTBEAT_NS = 300_000_000
+#: How far back sample times are kept, to place markers that arrive that late.
+TIMELINE_S = 10.0
 #: How long a sample is held back for markers still in flight (see Amp._release_until).
-MARKER_GRACE_S = 0.001
+MARKER_GRACE_S = 0.0
 
 
 def get_available_amps(control: str | None = None, timeout: float = 2.0) -> list[str]:
@@ -94,11 +96,14 @@ def get_amp(name: str, data: str | None = None, control: str | None = None,
         ``MUSHU_MARKERS_CONTROL``, else localhost). The markers service may
         start before or after the client, or restart.
     marker_grace : float
-        While a markers service is heard from, samples younger than this many
-        seconds are held for the next call, so that a marker still on its way
-        is returned with the data holding its sample. Larger values trade
-        data latency for certainty; a marker later than this is returned with
-        the next data at ms 0 and counted in ``marker_counts["late"]``.
+        Markers are always placed on their exact sample. One that arrives
+        after its sample was returned comes with the next call at a negative
+        ms (into the data returned before, as libmushu allows) and is counted
+        in ``marker_counts["late"]``. With a grace of this many seconds,
+        while a markers service is heard from, samples younger than the grace
+        are held for the next call, so that markers still on their way come
+        with their samples at non-negative ms; it adds that much latency to
+        the data. Default 0: nothing is held.
 
     Raises
     ------
@@ -357,8 +362,8 @@ class Amp:
             rows, self._amp_markers = rows_of(self._amp_markers, segments)
             markers = sorted(markers + [(row * 1000.0 / self._fs, label) for row, label in rows],
                              key=lambda m: m[0])
-        if segments:
-            self._timeline.forget_before(segments[-1][0])
+        if segments:  # sample times of the last seconds, to place markers that arrive late
+            self._timeline.forget_before(segments[-1][0] - int(self._fs * TIMELINE_S))
         if self._error and not len(data):
             raise AmpError(self._error)
         if self.ended and not len(data) and self._at_end():
@@ -621,7 +626,7 @@ class Amp:
 
     @property
     def marker_counts(self) -> dict:
-        """Marker edge cases so far: ``before_start`` (not returned), ``late`` (returned at ms 0), ``lost``."""
+        """Marker edge cases so far: ``before_start`` (not returned), ``late`` (returned at a negative ms), ``lost``."""
         m = self._merger
         return {"before_start": m.before_start, "late": m.late, "lost": m.lost}
 

@@ -4,9 +4,10 @@ A marker stamped at time ``T`` belongs to the first sample acquired at or
 after ``T``: the first sample that can show the event's effect. Sample ``i``
 of a block was acquired at ``t_ns + i * 1e9 / fs``. A marker is held back
 until data whose acquisition times reach ``T`` has arrived, then returned
-exactly once, with the ``get_data`` call whose data holds its sample, as
-``(ms, label)`` with ``ms = (sample - first returned sample) * 1000 / fs``,
-so ``0 <= ms < duration`` and ``int(ms * fs / 1000)`` is the sample's row.
+exactly once, normally with the ``get_data`` call whose data holds its
+sample, as ``(ms, label)`` with ``ms = (sample - first returned sample) *
+1000 / fs``, so ``0 <= ms < duration`` and ``int(ms * fs / 1000)`` is the
+sample's row.
 
 Decisions for the edge cases:
 
@@ -15,8 +16,13 @@ Decisions for the edge cases:
   to no returned data: it is counted in ``before_start`` and not returned.
   One stamped within the period before the first sample lands on it.
 - A marker that reaches the client after the data holding its sample was
-  already returned (possible only when the marker bus is slower than the
-  data bus) is returned with the next data at ms 0 and counted in ``late``.
+  already returned (the marker's path, through the markers service, is
+  longer than the data's) is returned with the next data, still on its
+  exact sample: at a negative ms, counting back into the data returned
+  before (libmushu's contract allows this: "a marker from the last block").
+  It is counted in ``late``. A client that prefers non-negative offsets
+  holds the newest samples back for a grace period (``marker_grace``), at
+  the cost of that much data latency.
 """
 
 from __future__ import annotations
@@ -75,7 +81,7 @@ class Timeline:
 
     def forget_before(self, sample: int):
         """Drop blocks that end at or before ``sample``, keeping the last one."""
-        if len(self._first) < 64:  # amortised: a few blocks more cost nothing to keep
+        if len(self._first) < 256:  # amortised: a few blocks more cost nothing to keep
             return
         k = bisect.bisect_right(self._first, sample) - 1
         if k > 0:
@@ -98,6 +104,10 @@ class MarkerMerger:
     def __init__(self):
         self.session: str | None = None
         self.next_seq = 0
+        #: Samples returned so far; with ``_returned``, the runs ``[first_sample,
+        #: n, position]`` they came in, it locates a late marker's sample.
+        self.returned = 0
+        self._returned: list[list[int]] = []
         self.before_start = 0
         self.late = 0
         self.lost = 0
@@ -168,12 +178,39 @@ class MarkerMerger:
         gap lands on the next returned sample; one whose sample was returned
         before lands on the first row and is counted ``late``.
         """
-        if not segments or not self._pending:
+        if not segments:
             return []
-        placed = self.place_samples(timeline, segments[-1][0] + segments[-1][1], offset_ns)
-        self.late += sum(1 for sample, _m in placed if sample < segments[0][0])
-        rows, _ = rows_of([(sample, m.label) for sample, m in placed], segments)
+        rows = []
+        if self._pending:
+            placed = self.place_samples(timeline, segments[-1][0] + segments[-1][1], offset_ns)
+            first = segments[0][0]
+            late = [(self._position(sample) - self.returned, m.label) for sample, m in placed if sample < first]
+            self.late += len(late)
+            rows, _ = rows_of([(sample, m.label) for sample, m in placed if sample >= first], segments)
+            rows = late + rows
+        self._remember(segments)
         return [(row * 1000.0 / fs, label) for row, label in rows]
+
+    def _remember(self, segments: list):
+        runs = self._returned
+        for first, n in segments:
+            if runs and runs[-1][0] + runs[-1][1] == first:
+                runs[-1][1] += n
+            else:
+                runs.append([first, n, self.returned])
+            self.returned += n
+        if len(runs) > 1024:  # runs only split at lost samples: this is over a thousand gaps
+            del runs[:512]
+
+    def _position(self, sample: int) -> int:
+        """Position among the returned samples of ``sample`` (or of the first returned after it)."""
+        for first, n, position in reversed(self._returned):
+            if sample >= first:
+                return position + min(sample - first, n)
+        if self._returned:
+            first, _n, position = self._returned[0]
+            return position - (first - sample)
+        return self.returned
 
 def rows_of(items: list, segments: list) -> tuple[list, list]:
     """Split ``[(sample, label)]`` into those returned with ``segments`` and the rest.

@@ -59,14 +59,27 @@ def test_markers_before_the_first_sample_are_counted_not_returned():
     assert mm.before_start == 1
 
 
-def test_a_marker_whose_sample_was_already_returned_comes_at_ms_0_and_is_counted_late():
+def test_a_marker_whose_sample_was_already_returned_comes_on_it_at_a_negative_ms_and_is_counted_late():
     tl = timeline([(0, 0, 10), (10, 10 * MS, 10)])
     mm = MarkerMerger()
     mm.start_ns = 0
     assert mm.place(tl, [[0, 10]], 1000.0) == []
     mm.add(marker(0, 3 * MS))
-    assert mm.place(tl, [[10, 10]], 1000.0) == [(0.0, "m0")]
+    assert mm.place(tl, [[10, 10]], 1000.0) == [(-7.0, "m0")]  # sample 3: 7 rows before this data
     assert mm.late == 1
+
+
+def test_a_late_marker_counts_back_over_returned_samples_only():
+    # returned: samples 0..9, then (10..19 lost) 20..29; now 30..39
+    tl = timeline([(0, 0, 10), (20, 20 * MS, 10), (30, 30 * MS, 10)])
+    mm = MarkerMerger()
+    mm.start_ns = 0
+    assert mm.place(tl, [[0, 10], [20, 10]], 1000.0) == []
+    mm.add(marker(0, 5 * MS))    # sample 5: position 5 of 20 returned
+    mm.add(marker(1, 15 * MS))   # lost sample 15: the next returned one, sample 20 (position 10)
+    mm.add(marker(2, 33 * MS))   # in this data
+    assert mm.place(tl, [[30, 10]], 1000.0) == [(-15.0, "m0"), (-10.0, "m1"), (3.0, "m2")]
+    assert mm.late == 2
 
 
 def test_rows_account_for_lost_samples_between_segments():

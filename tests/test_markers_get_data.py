@@ -29,8 +29,9 @@ class Reader:
         data, markers = self.amp.get_data()
         duration = len(data) * 1000 / FS
         for ms, label in markers:
-            assert 0 <= ms < duration, (ms, duration, label)
-            self.markers.append((self.n + round(ms * FS / 1000), label))
+            sample = self.n + round(ms * FS / 1000)  # a late marker: ms < 0, into earlier data
+            assert 0 <= sample < self.n + len(data), (ms, duration, label)
+            self.markers.append((sample, label))
         self.chunks.append(data)
         self.n += len(data)
         return data
