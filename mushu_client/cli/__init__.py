@@ -10,9 +10,9 @@ import argparse
 import logging
 import sys
 
-from . import amps, convert, down, marker, plot, status, up
+from . import amps, convert, down, keys, marker, plot, status, up
 
-COMMANDS = [up, down, status, amps, marker, convert, plot]
+COMMANDS = [up, down, status, amps, marker, convert, plot, keys]
 
 
 def main(argv=None) -> int:
