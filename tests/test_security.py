@@ -17,11 +17,13 @@ import mushu_client
 from mushu_amp.drivers.rampamp import ramp
 from mushu_client import security
 from mushu_client.cli import main as cli
+from mushu_client.cli import supervise
 from mushu_client.control import ControlClient
 from mushu_client.errors import Forbidden, SecurityError, ServiceUnavailable
 from mushu_client.recording import load
 from mushu_client.sender import MarkerSender
 from conftest import free_port
+from test_compose import compose, environment  # noqa: F401 (compose is a fixture)
 
 FS, CH = 1000, 4
 
@@ -230,3 +232,15 @@ def test_without_keys_nothing_changes(spawn_amp, monkeypatch):
     sub = subscriber(amp_svc.data, None)
     assert sub.poll(2000), "no stream info reached a plaintext client"
     sub.close()
+
+
+def test_compose_and_supervisord_hand_every_service_the_keys(compose, tmp_path, monkeypatch):
+    for name, service in compose["services"].items():
+        assert environment(service)["MUSHU_KEYS"] == "/keys", name
+        mounts = [v if isinstance(v, str) else f"{v['source']}:{v['target']}:{'ro' if v.get('read_only') else 'rw'}"
+                  for v in service.get("volumes", ())]
+        assert any(m.endswith(":/keys:ro") and "keys" in m.split(":")[0] for m in mounts), (name, mounts)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MUSHU_KEYS", "lab-keys")
+    env = supervise.environment(supervise.RunDir(tmp_path / "run"))
+    assert env["MUSHU_KEYS"] == str(tmp_path / "lab-keys")  # absolute: the services find it wherever they run
