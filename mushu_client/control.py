@@ -111,6 +111,8 @@ def wait_for(endpoint: str, service: str = "service", timeout: float = 15.0, pro
     ----------
     proc : subprocess.Popen, optional
         The service's process: if it exits meanwhile, RuntimeError at once.
+    keys : str, optional
+        The client's key directory, as for :class:`ControlClient`.
 
     Raises
     ------

@@ -367,6 +367,7 @@ class Guard:
             raise KeyDirError(f"MUSHU_KEYS={self.keys.directory!r} is a client's key directory; a service needs "
                               f"the directory 'mushu keys init' made (with {SERVER_SECRET})")
         self.clients = self._clients()
+        self._logged: set[str] = set()
         self._quit = threading.Event()
         self._zap = ctx.socket(zmq.REP)
         self._zap.setsockopt(zmq.LINGER, 0)
@@ -398,11 +399,21 @@ class Guard:
                 continue
             if role is None:
                 self.counts["handshakes_refused"] += 1
-                log.warning("CURVE handshake refused: %s", why)
+                self._refused(why)
             else:
                 self.counts["handshakes_allowed"] += 1
                 log.debug("CURVE handshake: %s", why)
             self._zap.send_multipart(reply)
+
+    def _refused(self, why: str):
+        # A refused client reconnects ten times a second: log each reason once, count them all.
+        if why in self._logged:
+            log.debug("CURVE handshake refused again: %s", why)
+            return
+        if len(self._logged) >= 1024:
+            self._logged.clear()
+        self._logged.add(why)
+        log.warning("CURVE handshake refused: %s (repeats are counted in status, not logged)", why)
 
     def server(self, sock: zmq.Socket, domain: str = DOMAIN):
         """Make ``sock`` a CURVE server (before it binds)."""
@@ -428,16 +439,15 @@ class Guard:
 
         def checked(cmd, args):
             if role not in (None, "controller") and cmd not in read_only:
-                raise Forbidden(f"forbidden: role {role} may not {cmd!r}")
+                raise Forbidden(f"forbidden: role {role} may not {cmd!r} (client {client!r})")
             result = handle(cmd, args)
             if cmd == "status" and isinstance(result, dict):
                 result = {**result, "security": {**self.status(), "role": role or "controller"}}
             return result
 
         reply, cmd, error = serve_request([f.bytes for f in frames], checked)
-        if isinstance(error, Forbidden):
+        if isinstance(error, Forbidden):  # the service logs it with every refused request
             self.counts["forbidden_requests"] += 1
-            log.warning("client %r: %s", client, error)
         return reply, cmd, error
 
     def status(self) -> dict:

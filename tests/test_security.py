@@ -173,6 +173,15 @@ def test_unlisted_client_gets_nothing_and_a_clear_error_at_once(keys, as_control
     assert status["state"] == "running" and status["security"]["handshakes_refused"] >= 3
 
 
+def test_a_revoked_client_is_refused_at_its_next_connection(keys, as_controller, spawn_amp):
+    amp_svc = spawn_amp(env=as_controller)
+    client = security.add_client(keys["server"], "temp", "viewer")
+    assert ControlClient(amp_svc.control, keys=client).call("status")["security"]["role"] == "viewer"
+    os.remove(os.path.join(keys["server"], "authorized", "viewers", "temp.key"))
+    with pytest.raises(SecurityError, match="not authorised"):
+        ControlClient(amp_svc.control, keys=client).call("ping")
+
+
 @pytest.mark.parametrize("client, server, why", [
     ("wrong_server", "server", "wrong server key"),
     (None, "server", r"the service expects encryption \(set MUSHU_KEYS"),
