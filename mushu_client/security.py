@@ -180,9 +180,19 @@ def init_directory(directory: str) -> list[str]:
     if os.path.exists(os.path.join(directory, SERVER_PUBLIC)):
         raise FileExistsError(f"{directory} already has keys ({SERVER_PUBLIC}); add clients with 'mushu keys add'")
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    _, secret = create_certificates(directory, "server")
-    os.chmod(secret, 0o600)
+    _create_pair(directory, "server")
     return [add_client(directory, role, role) for role in reversed(ROLES)]
+
+
+def _create_pair(directory: str, name: str) -> str:
+    """Write ``name.key`` and ``name.key_secret`` (mode 0600 from the start); return the public one's path."""
+    mask = os.umask(0o077)
+    try:
+        public, _secret = create_certificates(directory, name)
+    finally:
+        os.umask(mask)
+    os.chmod(public, 0o644)
+    return public
 
 
 def add_client(directory: str, name: str, role: str) -> str:
@@ -203,8 +213,7 @@ def add_client(directory: str, name: str, role: str) -> str:
         raise FileExistsError(f"client {name!r} is already listed in {os.path.join(directory, AUTHORIZED)}")
     client_dir = os.path.join(directory, CLIENTS, name)
     os.makedirs(client_dir, mode=0o700, exist_ok=False)
-    public, secret = create_certificates(client_dir, "client")
-    os.chmod(secret, 0o600)
+    public = _create_pair(client_dir, "client")
     with open(os.path.join(directory, SERVER_PUBLIC), "rb") as f:
         server_public = f.read()
     with open(os.path.join(client_dir, SERVER_PUBLIC), "wb") as f:
