@@ -36,13 +36,13 @@ import ipaddress
 import itertools
 import logging
 import os
+import struct
 import threading
 from dataclasses import dataclass
 
 import zmq
 from zmq.auth.certs import create_certificates, load_certificate
 from zmq.utils import z85
-from zmq.utils.monitor import parse_monitor_message
 
 from .config import setting
 from .errors import Forbidden, SecurityError
@@ -246,6 +246,7 @@ def curve_client(sock: zmq.Socket, keys: Keys | None):
 
 
 _monitors = itertools.count()
+_EVENT = struct.Struct("=Hi")
 _FAILURES = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | \
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 
@@ -275,9 +276,10 @@ class HandshakeWatch:
         """The handshake failure seen since the last call, as an error, or None."""
         error = None
         while self.monitor.poll(0):
-            event = parse_monitor_message(self.monitor.recv_multipart())
+            # frame 0: event (16 bits) and value (32 bits), native byte order; frame 1: the endpoint
+            event, value = _EVENT.unpack_from(self.monitor.recv_multipart()[0])
             error = error or SecurityError(f"CURVE handshake with {self.endpoint} failed: "
-                                           f"{self._explain(event['event'], event['value'])}")
+                                           f"{self._explain(event, value)}")
         return error
 
     def _explain(self, event: int, value: int) -> str:

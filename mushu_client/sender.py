@@ -95,7 +95,10 @@ class MarkerSender:
         ValueError
             For a label the service would refuse (see :func:`encode_label`).
         ServiceUnavailable
-            If no markers service accepts a TCP connection at host:port.
+            If no markers service accepts a TCP connection at host:port
+            (over ZeroMQ: a connection at the ingress within ``timeout``).
+        SecurityError
+            Over ZeroMQ, if the CURVE handshake fails (a ServiceUnavailable).
         """
         line = encode_label(label)
         if self._zmq is not None:
@@ -175,16 +178,20 @@ class _ZmqIngress:
         self.keys = security.configured(keys)
         self._sock = self._watch = None
 
+    def _connect(self):
+        import zmq
+        from . import security
+        self._sock = zmq.Context.instance().socket(zmq.PUSH)
+        self._sock.setsockopt(zmq.LINGER, int(self.timeout * 1000))
+        self._sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only to a connection whose handshake completed
+        security.curve_client(self._sock, self.keys)
+        self._watch = security.HandshakeWatch(self._sock, self.endpoint, self.keys)
+        self._sock.connect(self.endpoint)
+
     def send(self, label: bytes):
         import zmq
         if self._sock is None:
-            from . import security
-            self._sock = zmq.Context.instance().socket(zmq.PUSH)
-            self._sock.setsockopt(zmq.LINGER, int(self.timeout * 1000))
-            self._sock.setsockopt(zmq.IMMEDIATE, 1)
-            security.curve_client(self._sock, self.keys)
-            self._watch = security.HandshakeWatch(self._sock, self.endpoint, self.keys)
-            self._sock.connect(self.endpoint)
+            self._connect()
         deadline = time.monotonic() + self.timeout
         while not self._sock.poll(10, zmq.POLLOUT):
             failure = self._watch.failure()

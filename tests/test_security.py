@@ -241,6 +241,10 @@ def test_without_keys_nothing_changes(spawn_amp, monkeypatch):
     sub = subscriber(amp_svc.data, None)
     assert sub.poll(2000), "no stream info reached a plaintext client"
     sub.close()
+    t0 = time.monotonic()
+    with pytest.raises(ServiceUnavailable, match="no mushu markers service accepted a ZeroMQ connection"):
+        MarkerSender(protocol="zmq", ingress=f"tcp://127.0.0.1:{free_port()}", timeout=0.3).send("lost")
+    assert time.monotonic() - t0 < 2, "the ZeroMQ sender must not queue a marker nobody takes"
 
 
 def test_compose_and_supervisord_hand_every_service_the_keys(compose, tmp_path, monkeypatch):
