@@ -45,7 +45,7 @@ from zmq.auth.certs import create_certificates, load_certificate
 from zmq.utils import z85
 
 from .config import setting
-from .errors import Forbidden, SecurityError
+from .errors import Forbidden, MushuError, SecurityError
 from .protocol import serve_request
 
 log = logging.getLogger("mushu.security")
@@ -68,7 +68,7 @@ CLIENTS = "clients"
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 
 
-class KeyDirError(ValueError):
+class KeyDirError(MushuError, ValueError):
     """The key directory is missing, incomplete or holds a file that is not a key."""
 
 
@@ -149,6 +149,21 @@ def configured(directory: str | None = None) -> Keys | None:
     """The keys the setting ``MUSHU_KEYS`` (or ``directory``) names, None if CURVE is off."""
     path = setting("MUSHU_KEYS", directory)
     return load(path) if path else None
+
+
+def service_keys(directory: str | None = None) -> Keys | None:
+    """As :func:`configured`, for a service: the directory must hold the services' secret key.
+
+    Raises
+    ------
+    KeyDirError
+        The directory is missing or broken, or it is a client's.
+    """
+    keys = configured(directory)
+    if keys is not None and not keys.can_serve:
+        raise KeyDirError(f"MUSHU_KEYS={keys.directory!r} is a client's key directory; a service needs "
+                          f"the directory 'mushu keys init' made (with {SERVER_SECRET})")
+    return keys
 
 
 def authorised_clients(directory: str) -> dict[bytes, tuple[str, str]]:
@@ -365,7 +380,7 @@ class Guard:
     """
 
     def __init__(self, ctx: zmq.Context, binds: dict[str, str], directory: str | None = None):
-        self.keys = configured(directory)
+        self.keys = service_keys(directory)
         self.counts = {"handshakes_allowed": 0, "handshakes_refused": 0, "forbidden_requests": 0}
         self._thread = None
         if self.keys is None:
@@ -374,9 +389,6 @@ class Guard:
                 log.warning("bound beyond loopback without encryption (%s): anyone on the network can read "
                             "and control this service; set MUSHU_KEYS (docs/security.md)", ", ".join(exposed))
             return
-        if not self.keys.can_serve:
-            raise KeyDirError(f"MUSHU_KEYS={self.keys.directory!r} is a client's key directory; a service needs "
-                              f"the directory 'mushu keys init' made (with {SERVER_SECRET})")
         self.clients = self._clients()
         self._logged: set[str] = set()
         self._quit = threading.Event()
@@ -503,6 +515,6 @@ def is_local_endpoint(endpoint: str) -> bool:
         return False  # '*', an interface name or a host name
 
 
-__all__ = ["ROLES", "Keys", "KeyDirError", "load", "configured", "authorised_clients", "init_directory",
+__all__ = ["ROLES", "Keys", "KeyDirError", "load", "configured", "service_keys", "authorised_clients", "init_directory",
            "add_client", "curve_server", "curve_client", "HandshakeWatch", "zap_reply", "Guard",
            "is_local_endpoint"]

@@ -78,7 +78,7 @@ def test_key_directory_holds_the_roles_and_keeps_secrets_private(keys):
     assert cli(["keys", "init", keys["server"]]) == 1  # never overwrites a lab's keys
 
 
-def test_a_broken_key_directory_is_an_error_naming_the_file(keys, tmp_path):
+def test_a_broken_key_directory_is_an_error_naming_the_file(keys, tmp_path, monkeypatch, capsys):
     broken = tmp_path / "broken"
     broken.mkdir()
     with pytest.raises(security.KeyDirError, match="server.key"):
@@ -89,6 +89,8 @@ def test_a_broken_key_directory_is_an_error_naming_the_file(keys, tmp_path):
         security.load(str(broken))
     with pytest.raises(security.KeyDirError, match="is not a directory"):
         security.load(str(tmp_path / "nowhere"))
+    monkeypatch.setenv("MUSHU_KEYS", str(tmp_path / "nowhere"))
+    assert cli(["amps"]) == 2 and "mushu amps: MUSHU_KEYS=" in capsys.readouterr().err  # no traceback
 
 
 def test_zap_names_the_role_and_keeps_viewers_off_the_marker_ingress(keys):
@@ -254,6 +256,10 @@ def test_compose_and_supervisord_hand_every_service_the_keys(compose, tmp_path, 
                   for v in service.get("volumes", ())]
         assert any(m.endswith(":/keys:ro") and "keys" in m.split(":")[0] for m in mounts), (name, mounts)
     monkeypatch.chdir(tmp_path)
+    security.init_directory("lab-keys")
     monkeypatch.setenv("MUSHU_KEYS", "lab-keys")
     env = supervise.environment(supervise.RunDir(tmp_path / "run"))
     assert env["MUSHU_KEYS"] == str(tmp_path / "lab-keys")  # absolute: the services find it wherever they run
+    monkeypatch.setenv("MUSHU_KEYS", "lab-keys/clients/viewer")  # 'mushu up' refuses before starting anything
+    with pytest.raises(security.KeyDirError, match="is a client's key directory"):
+        supervise.environment(supervise.RunDir(tmp_path / "run"))
