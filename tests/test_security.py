@@ -78,6 +78,16 @@ def test_key_directory_holds_the_roles_and_keeps_secrets_private(keys):
     assert cli(["keys", "init", keys["server"]]) == 1  # never overwrites a lab's keys
 
 
+
+def test_the_configuration_file_names_the_key_directory(keys, tmp_path, monkeypatch):
+    monkeypatch.delenv("MUSHU_KEYS", raising=False)
+    (tmp_path / "mushu.toml").write_text(f'[security]\nkeys = "{keys["viewer"]}"\n')
+    monkeypatch.setenv("MUSHU_CONFIG", str(tmp_path / "mushu.toml"))
+    assert security.configured().public == security.load(keys["viewer"]).public
+    monkeypatch.setenv("MUSHU_KEYS", keys["sender"])  # the environment wins
+    assert security.configured().public == security.load(keys["sender"]).public
+
+
 def test_a_broken_key_directory_is_an_error_naming_the_file(keys, tmp_path, monkeypatch, capsys):
     broken = tmp_path / "broken"
     broken.mkdir()
