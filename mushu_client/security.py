@@ -275,6 +275,8 @@ class HandshakeWatch:
         The socket, before it connects.
     endpoint : str
         Named in the error.
+    keys : Keys or None
+        The socket's keys (None: plaintext), to explain a failure.
     """
 
     def __init__(self, sock: zmq.Socket, endpoint: str, keys: Keys | None):
@@ -332,13 +334,15 @@ def zap_reply(request: list[bytes], clients: dict[bytes, tuple[str, str]]) -> tu
     why : str
         Who was allowed or why not, for the log.
     """
-    if len(request) < 6:
-        return [], None, f"malformed ZAP request of {len(request)} frames"
-    version, request_id, domain, address, _identity, mechanism = request[:6]
+    request_id = request[1] if len(request) > 1 else b""
 
     def reply(code: bytes, text: str, role: str = "", name: str = "") -> list[bytes]:
         metadata = b"\x06Client" + len(name.encode()).to_bytes(4, "big") + name.encode() if name else b""
         return [b"1.0", request_id, code, text.encode(), role.encode(), metadata]
+
+    if len(request) < 6:
+        return reply(b"500", "malformed ZAP request"), None, f"malformed ZAP request of {len(request)} frames"
+    version, _, domain, address, _identity, mechanism = request[:6]
 
     peer = address.decode("ascii", "replace")
     if version != b"1.0":
@@ -417,9 +421,6 @@ class Guard:
             except KeyDirError as exc:
                 log.error("%s; keeping the keys read before", exc)
             reply, role, why = zap_reply(request, self.clients)
-            if not reply:
-                log.warning("ZAP: %s", why)
-                continue
             if role is None:
                 self.counts["handshakes_refused"] += 1
                 self._refused(why)

@@ -119,6 +119,8 @@ def test_zap_names_the_role_and_keeps_viewers_off_the_marker_ingress(keys):
     assert (reply[2], role) == (b"400", None) and "not listed" in why
     reply, role, _ = security.zap_reply([b"1.0", b"8", b"mushu", b"10.0.0.9", b"", b"NULL"], clients)
     assert (reply[2], role) == (b"400", None)
+    reply, role, _ = security.zap_reply([b"1.0", b"9"], clients)  # answered all the same: REP must reply
+    assert (reply[1], reply[2], role) == (b"9", b"500", None)
 
 
 def test_controller_records_a_viewer_reads_but_cannot_control(keys, as_controller, spawn_amp, spawn_markers,
