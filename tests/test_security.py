@@ -196,6 +196,27 @@ def test_a_revoked_client_is_refused_at_its_next_connection(keys, as_controller,
         ControlClient(amp_svc.control, keys=client).call("ping")
 
 
+def test_the_lsl_bridge_reads_as_a_viewer(keys, as_controller, spawn_amp, tmp_path, monkeypatch):
+    pytest.importorskip("pylsl")
+    from test_lsl import LSL_CONFIG, open_inlet, unique
+    (tmp_path / "lsl_api.cfg").write_text(LSL_CONFIG)
+    monkeypatch.setenv("LSLAPICFG", str(tmp_path / "lsl_api.cfg"))  # LSL on loopback only
+    amp_svc = started_amp(spawn_amp, as_controller)
+    name = unique("secure-bridge")
+    bridge = subprocess.Popen([sys.executable, "-m", "mushu_lslbridge", "--amp-data", amp_svc.data, "--amp-control",
+                               amp_svc.control, "--no-markers", "--name", name, "--log-level", "WARNING"],
+                              env={**os.environ, "MUSHU_KEYS": keys["viewer"]})
+    try:
+        inlet = open_inlet(name)
+        got, deadline = 0, time.monotonic() + 10
+        while got < 100 and time.monotonic() < deadline:
+            got += len(inlet.pull_chunk(timeout=0.2, max_samples=1000)[1])
+        assert got >= 100, "no data through a bridge with viewer keys"
+    finally:
+        bridge.terminate()
+        bridge.wait(10)
+
+
 @pytest.mark.parametrize("client, server, why", [
     ("wrong_server", "server", "wrong server key"),
     (None, "server", r"the service expects encryption \(set MUSHU_KEYS"),
