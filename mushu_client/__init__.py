@@ -13,11 +13,11 @@ Imports only pyzmq, msgpack and numpy, so it runs wherever they do.
 __version__ = "0.1.0"
 
 from .amp import Amp, get_amp, get_available_amps  # noqa: E402
-from .errors import (AmpError, EndOfData, GapWarning, MushuError, RecordingError, RecordingWarning,  # noqa: E402
-                     RemoteError, ServiceUnavailable, ServiceWarning)
+from .errors import (AmpError, EndOfData, Forbidden, GapWarning, MushuError, RecordingError,  # noqa: E402
+                     RecordingWarning, RemoteError, SecurityError, ServiceUnavailable, ServiceWarning)
 from .recording import Recording, load  # noqa: E402
 from .sender import MarkerSender, send_marker  # noqa: E402
 
 __all__ = ["Amp", "get_amp", "get_available_amps", "load", "Recording", "MushuError", "ServiceUnavailable",
-           "RemoteError", "AmpError", "EndOfData", "GapWarning", "RecordingError", "RecordingWarning", "ServiceWarning",
+           "RemoteError", "SecurityError", "Forbidden", "AmpError", "EndOfData", "GapWarning", "RecordingError", "RecordingWarning", "ServiceWarning",
            "send_marker", "MarkerSender", "__version__"]

@@ -8,12 +8,14 @@ import warnings
 
 import zmq
 
+from . import security
 from .arrays import to_plain
 from .bus import BusReader
 from .clock import ClockOffset, now_ns
 from .config import setting
 from .control import ControlClient
-from .errors import AmpError, EndOfData, GapWarning, RecordingError, RecordingWarning, ServiceUnavailable, ServiceWarning
+from .errors import (AmpError, EndOfData, Forbidden, GapWarning, RecordingError, RecordingWarning,
+                     ServiceUnavailable, ServiceWarning)
 from .history import history_blocks, history_markers
 from .markers import MarkerMerger, Timeline, rows_of
 from .protocol import Block, Marker, MarkerStreamInfo, StreamInfo, data_topic, info_topic, marker_topic
@@ -36,6 +38,8 @@ END_QUIET_S = 0.2
 MARKERS_WAIT_S = 3.0
 #: The markers service's heartbeat period (0.25 s) and some slack.
 MARKERS_HEARTBEAT_NS = 300_000_000
+#: After this long without a message the client looks for a refused CURVE handshake.
+HANDSHAKE_CHECK_S = 0.05
 #: How far back sample times are kept, to place markers that arrive that late.
 TIMELINE_S = 10.0
 #: How long a sample is held back for markers still in flight (see Amp._release_until).
@@ -68,7 +72,7 @@ def get_available_amps(control: str | None = None, timeout: float = 2.0) -> list
 def get_amp(name: str, data: str | None = None, control: str | None = None,
             timeout: float = 2.0, hwm: int = RCVHWM, markers: str | None = None,
             markers_control: str | None = None, marker_grace: float = MARKER_GRACE_S,
-            recorder: str | None = None, dead_after: float = DEAD_AFTER_S) -> "Amp":
+            recorder: str | None = None, dead_after: float = DEAD_AFTER_S, keys: str | None = None) -> "Amp":
     """Select amplifier ``name`` on the amp service and return an :class:`Amp` for it.
 
     Parameters
@@ -104,11 +108,18 @@ def get_amp(name: str, data: str | None = None, control: str | None = None,
         are held for the next call, so that markers still on their way come
         with their samples at non-negative ms; it adds that much latency to
         the data. Default 0: nothing is held.
+    keys : str, optional
+        This client's CURVE key directory (default: ``MUSHU_KEYS``; empty:
+        no encryption). A client with the viewer role reads the data of an
+        amp a controller selected and started, and may not change anything
+        (``docs/security.md``).
 
     Raises
     ------
     ServiceUnavailable
         The amp service did not answer.
+    SecurityError
+        The CURVE handshake failed (not listed, wrong server key, ...).
     KeyError
         No driver of that name exists.
     RuntimeError
@@ -116,7 +127,7 @@ def get_amp(name: str, data: str | None = None, control: str | None = None,
     """
     return Amp(name, data=data, control=control, timeout=timeout, hwm=hwm,
                markers=markers, markers_control=markers_control, marker_grace=marker_grace,
-               recorder=recorder, dead_after=dead_after)
+               recorder=recorder, dead_after=dead_after, keys=keys)
 
 
 class Amp:
@@ -132,18 +143,21 @@ class Amp:
     def __init__(self, name: str, data: str | None = None, control: str | None = None,
                  timeout: float = 2.0, hwm: int = RCVHWM, markers: str | None = None,
                  markers_control: str | None = None, marker_grace: float = MARKER_GRACE_S,
-                 recorder: str | None = None, dead_after: float = DEAD_AFTER_S):
+                 recorder: str | None = None, dead_after: float = DEAD_AFTER_S, keys: str | None = None):
         self.name = name
         self.timeout = timeout
         self.data_endpoint = setting("MUSHU_AMP_DATA", data)
-        self._ctl = ControlClient(setting("MUSHU_AMP_CONTROL", control), timeout, "amp")
-        described = self._ctl.call("use", amp=name)
+        self.keys = security.configured(keys)
+        self._ctl = ControlClient(setting("MUSHU_AMP_CONTROL", control), timeout, "amp", self.keys)
+        described = self._use(name)
         self.stream = described["stream"]
         self._channels = described["channels"]
         self._fs = described["fs"]
         self._sub = zmq.Context.instance().socket(zmq.SUB)
         self._sub.setsockopt(zmq.LINGER, 0)
         self._sub.setsockopt(zmq.RCVHWM, hwm)
+        security.curve_client(self._sub, self.keys)
+        self._data_watch = security.HandshakeWatch(self._sub, self.data_endpoint, self.keys)
         self._sub.connect(self.data_endpoint)
         self._sub.setsockopt(zmq.SUBSCRIBE, data_topic(self.stream))
         self._sub.setsockopt(zmq.SUBSCRIBE, info_topic(self.stream))
@@ -155,16 +169,17 @@ class Amp:
         self._msub = zmq.Context.instance().socket(zmq.SUB)
         self._msub.setsockopt(zmq.LINGER, 0)
         self._msub.setsockopt(zmq.RCVHWM, RCVHWM)
+        security.curve_client(self._msub, self.keys)
         self._msub.connect(self.markers_endpoint)
         self._msub.setsockopt(zmq.SUBSCRIBE, marker_topic(self.marker_stream))
         self._msub.setsockopt(zmq.SUBSCRIBE, info_topic(self.marker_stream))
         self._mbus = BusReader(self._msub, self.markers_endpoint)
-        self._mctl = ControlClient(setting("MUSHU_MARKERS_CONTROL", markers_control), 0.5, "markers")
+        self._mctl = ControlClient(setting("MUSHU_MARKERS_CONTROL", markers_control), 0.5, "markers", self.keys)
         self._merger = MarkerMerger()
         #: Offsets of the amp's and the markers service's clocks from this host's.
         self.amp_clock = ClockOffset(lambda: self._ctl.call("time"))
         self.markers_clock = ClockOffset(lambda: self._mctl.request("time", timeout=0.2)[0])
-        self._rec_ctl = ControlClient(setting("MUSHU_RECORDER_CONTROL", recorder), timeout, "recorder")
+        self._rec_ctl = ControlClient(setting("MUSHU_RECORDER_CONTROL", recorder), timeout, "recorder", self.keys)
         #: Base path of the recording in progress (on the recorder's host), or None.
         self.recording: str | None = None
         #: What the recorder reported when the last recording finished.
@@ -192,6 +207,27 @@ class Amp:
         #: count) of every unrecoverable gap.
         self.refetched_samples = 0
         self.gaps: list[tuple[int, int]] = []
+
+    def _use(self, name: str) -> dict:
+        """Select amp ``name``; a client that may not (a viewer) uses it if a controller selected it."""
+        described = self._ctl.call("status")
+        #: What the amp service lets this client do (docs/security.md).
+        self.role = described.get("security", {}).get("role", "controller")
+        if described["amp"] == name:
+            return described
+        if self.role != "controller":
+            raise Forbidden(f"amp {name!r} is not selected ({described['amp']!r} is) and role {self.role} "
+                            "may not select it")
+        return self._ctl.call("use", amp=name)
+
+    def _start(self) -> dict:
+        """Start the amp; a client that may not (a viewer) joins it if a controller started it."""
+        if self.role == "controller":
+            return self._ctl.call("start")
+        described = self._ctl.call("status")
+        if described["state"] != "running":
+            raise Forbidden(f"the amp is not running and role {self.role} may not start it")
+        return {**described, "first_sample": described["next_sample"], "joined": True}
 
     # -- libmushu's methods -------------------------------------------------
 
@@ -222,7 +258,8 @@ class Amp:
         """Start acquisition; samples from here on are returned by :meth:`get_data`.
 
         If the amplifier is already running (started by another client),
-        this joins it from the current sample on.
+        this joins it from the current sample on. A viewer (``keys``) can
+        only join.
 
         Parameters
         ----------
@@ -247,7 +284,7 @@ class Amp:
                 raise ServiceUnavailable(f"cannot record to {filename!r}: {exc}") from None
         self._follow_markers()
         self.amp_clock.measure()
-        r = self._ctl.call("start")
+        r = self._start()
         self._channels, self._fs = r["channels"], r["fs"]
         self._asm.begin(r["session"], r["first_sample"])
         self._timeline.clear()
@@ -390,7 +427,10 @@ class Amp:
                     self._fill(self._end_sample)
                     continue
                 remaining = deadline - time.monotonic()
-                if time.monotonic() - self._last_message > SILENCE_S:
+                silent = time.monotonic() - self._last_message
+                if silent > HANDSHAKE_CHECK_S and (failure := self._data_watch.failure()) is not None:
+                    raise failure  # no data because the service refused this client: say why
+                if silent > SILENCE_S:
                     self._check_alive()
                     if not self.connected:  # away: say so now, do not wait out the timeout
                         return
@@ -632,6 +672,7 @@ class Amp:
 
     def close(self):
         """Close this client's sockets (the services keep running)."""
+        self._data_watch.close()
         self._sub.close(linger=0)
         self._msub.close(linger=0)
         self._ctl.close()

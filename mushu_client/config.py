@@ -72,10 +72,14 @@ DEFAULTS = {
     # and the services' log level.
     "MUSHU_RUN_DIR": "",
     "MUSHU_LOG_LEVEL": "INFO",
+    # CURVE encryption and client keys (docs/security.md): the key directory
+    # ('mushu keys init DIR' for the services, DIR/clients/NAME for a
+    # client). Empty: off.
+    "MUSHU_KEYS": "",
 }
 
 #: Sections of the configuration file.
-SECTIONS = ("amp", "markers", "recorder", "run")
+SECTIONS = ("amp", "markers", "recorder", "run", "security")
 
 #: Variables whose file key does not follow ``MUSHU_<SECTION>_<KEY>``.
 ALIASES = {
@@ -84,6 +88,7 @@ ALIASES = {
     "MUSHU_MARKER_STREAM": ("markers", "stream"),
     "MUSHU_DATA_DIR": ("recorder", "data_dir"),
     "MUSHU_LOG_LEVEL": ("run", "log_level"),
+    "MUSHU_KEYS": ("security", "keys"),
 }
 
 BIND_SUFFIX = "_BIND"

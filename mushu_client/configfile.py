@@ -1,7 +1,7 @@
 """The configuration file: finding it, reading it, checking its keys.
 
 The file is TOML with one table per part of mushu (``[amp]``, ``[markers]``,
-``[recorder]``, ``[run]``); :mod:`mushu_client.config` says which key is
+``[recorder]``, ``[run]``, ``[security]``); :mod:`mushu_client.config` says which key is
 which environment variable. Values may be strings or numbers; they are
 handed on as strings, exactly as an environment variable would be, and the
 code that uses a setting converts and checks it.

@@ -23,6 +23,15 @@ class RemoteError(MushuError):
         self.type_name = type_name
 
 
+class SecurityError(ServiceUnavailable):
+    """A CURVE handshake with a service failed: this client is not listed, has the
+    wrong server key, or only one side uses CURVE (``docs/security.md``)."""
+
+
+class Forbidden(MushuError, PermissionError):
+    """The service refused a control request: the client's role may not run it."""
+
+
 class AmpError(MushuError):
     """The amplifier driver failed; acquisition has stopped."""
 

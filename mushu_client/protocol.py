@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 
+from .errors import Forbidden
+
 PROTOCOL_VERSION = 1
 
 #: Largest header, info or control frame a decoder will unpack, in bytes
@@ -630,7 +632,7 @@ def decode_marker_info(frame_or_map, stream: str | None = None) -> MarkerStreamI
 BUILTIN_ERRORS = {"ValueError": ValueError, "TypeError": TypeError, "KeyError": KeyError,
                   "RuntimeError": RuntimeError, "NotImplementedError": NotImplementedError,
                   "FileExistsError": FileExistsError, "FileNotFoundError": FileNotFoundError,
-                  "PermissionError": PermissionError}
+                  "PermissionError": PermissionError, "Forbidden": Forbidden}
 
 COMMAND = re.compile(r"^[a-z_]{1,32}$")
 

@@ -84,14 +84,15 @@ def spawn_markers():
     """Start ``python -m mushu_markers``; pass ``like=`` a previous one to reuse its ports."""
     started = []
 
-    def spawn(*args, like=None):
+    def spawn(*args, like=None, env=None):
         if like is None:
             port, data, control, ingress = (free_port(), *(f"tcp://127.0.0.1:{free_port()}" for _ in range(3)))
         else:
             port, data, control, ingress = like.port, like.data, like.control, like.ingress
         proc = subprocess.Popen(
             [sys.executable, "-m", "mushu_markers", "--port", str(port), "--data", data, "--control", control,
-             "--ingress", ingress, "--log-level", "WARNING", *args])
+             "--ingress", ingress, "--log-level", "WARNING", *args],
+            env={**os.environ, **(env or {})})
         svc = MarkersService(proc, data, control, port, ingress)
         started.append(svc)
         wait_until_answers(svc)
@@ -114,13 +115,13 @@ class RecorderService(Service):
 def spawn_recorder(tmp_path):
     """Start ``python -m mushu_recorder`` for an amp (and markers) service.
 
-    ``spawn(amp, markers=None, data_dir=None, like=None, preexec_fn=None)``;
+    ``spawn(amp, markers=None, data_dir=None, like=None, preexec_fn=None, env=None)``;
     ``like=`` a previous recorder restarts one with the same endpoints and
     data directory.
     """
     started = []
 
-    def spawn(amp=None, markers=None, data_dir=None, like=None, preexec_fn=None):
+    def spawn(amp=None, markers=None, data_dir=None, like=None, preexec_fn=None, env=None):
         if like is not None:
             control, data_dir, args = like.control, like.data_dir, like.args
         else:
@@ -134,7 +135,7 @@ def spawn_recorder(tmp_path):
                          "--markers-control", f"tcp://127.0.0.1:{free_port()}"]
         proc = subprocess.Popen([sys.executable, "-m", "mushu_recorder", "--control", control,
                                  "--data-dir", data_dir, "--log-level", "WARNING", *args],
-                                preexec_fn=preexec_fn)
+                                preexec_fn=preexec_fn, env={**os.environ, **(env or {})})
         svc = RecorderService(proc, control, data_dir, args)
         started.append(svc)
         wait_until_answers(svc)

@@ -41,9 +41,10 @@ def _block(seq, n=3, channels=2):
 
 
 def _next(reader, timeout=5.0):
-    assert reader.wait(timeout)
-    msg = reader.receive()
-    assert msg is not None
+    """The next message that decodes (receive() returns None once the malformed ones waiting are skipped)."""
+    deadline = time.monotonic() + timeout
+    while (msg := reader.receive()) is None:
+        assert reader.wait(deadline - time.monotonic()), "nothing arrived"
     return msg
 
 

@@ -10,9 +10,10 @@ import argparse
 import logging
 import sys
 
-from . import amps, convert, down, marker, plot, status, up
+from ..security import KeyDirError
+from . import amps, convert, down, keys, marker, plot, status, up
 
-COMMANDS = [up, down, status, amps, marker, convert, plot]
+COMMANDS = [up, down, status, amps, marker, convert, plot, keys]
 
 
 def main(argv=None) -> int:
@@ -27,7 +28,11 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=logging.ERROR, format="mushu: %(message)s")
-    return args.run(args)
+    try:
+        return args.run(args)
+    except KeyDirError as exc:  # MUSHU_KEYS names no usable key directory, whatever the command
+        print(f"mushu {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import tempfile
 import xmlrpc.client
 from pathlib import Path
 
+from .. import security
 from ..config import resolved, setting
 
 #: program name -> module run as ``python -m``; also the order of ``status``.
@@ -77,12 +78,15 @@ def run_dir() -> RunDir:
 def environment(rd: RunDir) -> dict[str, str]:
     """Every setting, resolved as this process sees it, for the services' environment.
 
-    Relative paths (the data directory) are made absolute against the
+    Relative paths (the data and key directories) are made absolute against the
     working directory, which is also the services' working directory.
     """
     env = resolved()
     env["MUSHU_RUN_DIR"] = str(rd.path)
     env["MUSHU_DATA_DIR"] = os.path.abspath(env["MUSHU_DATA_DIR"])
+    if env["MUSHU_KEYS"]:  # CURVE: the services' key directory (docs/security.md)
+        env["MUSHU_KEYS"] = os.path.abspath(env["MUSHU_KEYS"])
+        security.service_keys(env["MUSHU_KEYS"])  # broken: one error now, not three services that die
     # a restarted amp goes on with the driver, configuration and state it had
     env["MUSHU_AMP_STATE"] = env.get("MUSHU_AMP_STATE") or str(rd.path / "amp-state.json")
     env["PYTHONUNBUFFERED"] = "1"

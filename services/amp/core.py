@@ -30,6 +30,8 @@ log = logging.getLogger("mushu.amp")
 
 #: Commands that change what the state file holds.
 STATE_COMMANDS = frozenset({"use", "configure", "start", "stop"})
+#: Commands any listed client may send; the others need the controller role (docs/security.md).
+READ_ONLY = frozenset({"ping", "amps", "channels", "fs", "presets", "status", "time", "history"})
 #: Largest payload of one published block; a driver's larger return is split.
 MAX_BLOCK_BYTES = 1 << 20
 #: Default history size: 64 ch x 1 kHz x float32 is 256 kB/s, so 64 MiB keeps

@@ -26,9 +26,10 @@ import zmq
 from mushu_client import process
 from mushu_client.clock import now_ns
 from mushu_client.config import setting, setting_float, setting_int
-from mushu_client.protocol import ProtocolError, data_topic, encode_info, serve_request
+from mushu_client.protocol import ProtocolError, data_topic, encode_info
+from mushu_client.security import Guard
 
-from .core import DEFAULT_HISTORY_BYTES, STATE_COMMANDS, AmpCore
+from .core import DEFAULT_HISTORY_BYTES, READ_ONLY, STATE_COMMANDS, AmpCore
 
 log = logging.getLogger("mushu.amp")
 
@@ -60,15 +61,23 @@ class AmpService:
         self.wake = threading.Event()
         self.quit = threading.Event()
         self.ctx = zmq.Context()
+        try:
+            self.guard = Guard(self.ctx, {"data": data_endpoint, "control": control_endpoint})
+        except Exception:
+            self.ctx.destroy(linger=0)
+            raise
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.SNDHWM, sndhwm)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.ctl = self.ctx.socket(zmq.ROUTER)
         self.ctl.setsockopt(zmq.LINGER, 0)
+        self.guard.server(self.pub)
+        self.guard.server(self.ctl)
         try:
             self.pub.bind(data_endpoint)
             self.ctl.bind(control_endpoint)
         except zmq.ZMQError as exc:
+            self.guard.close()
             self.ctx.destroy(linger=0)
             raise OSError(f"cannot bind amp service to {data_endpoint} / {control_endpoint}: {exc}") from None
         self.data_endpoint = data_endpoint
@@ -88,6 +97,7 @@ class AmpService:
             with self.lock:
                 if self.core.running:
                     self.core.cmd_stop()
+            self.guard.close()
             self.ctx.destroy(linger=0)
 
     def shutdown(self):
@@ -101,14 +111,14 @@ class AmpService:
         poller.register(self.ctl, zmq.POLLIN)
         while not self.quit.is_set():
             if poller.poll(100):
-                self._serve(self.ctl.recv_multipart())
+                self._serve()
 
-    def _serve(self, frames: list[bytes]):
+    def _serve(self):
         def handle(cmd, args):
             with self.lock:
                 return self.core.handle(cmd, args)
 
-        reply, cmd, error = serve_request(frames, handle)
+        reply, cmd, error = self.guard.serve(self.ctl, handle, READ_ONLY)
         if error is not None:
             with self.lock:
                 if isinstance(error, ProtocolError):

@@ -50,6 +50,7 @@ import numpy as np
 import pylsl
 import zmq
 
+from mushu_client import security
 from mushu_client.clock import ClockOffset, now_ns
 from mushu_client.control import ControlClient
 from mushu_client.errors import ServiceUnavailable
@@ -110,25 +111,28 @@ class LSLBridge:
         self.lsl_type = lsl_type
         self.source_id = f"mushu:{socket.gethostname()}:{stream}"
         ctx = zmq.Context.instance()
+        keys = security.configured()  # the bridge is a client like any other: a viewer's keys will do
         self.sub = ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.RCVHWM, RCVHWM)
+        security.curve_client(self.sub, keys)
         self.sub.connect(amp_data)
         self.sub.setsockopt(zmq.SUBSCRIBE, data_topic(stream))
         self.sub.setsockopt(zmq.SUBSCRIBE, info_topic(stream))
         self.bus = BusReader(self.sub, amp_data)
-        self.ctl = ControlClient(amp_control, 2.0, "amp")
+        self.ctl = ControlClient(amp_control, 2.0, "amp", keys)
         self.amp_clock = ClockOffset(lambda: self.ctl.call("time"))
         self.msub = self.mctl = self.mbus = None
         if markers_data and markers_control:
             self.msub = ctx.socket(zmq.SUB)
             self.msub.setsockopt(zmq.LINGER, 0)
             self.msub.setsockopt(zmq.RCVHWM, RCVHWM)
+            security.curve_client(self.msub, keys)
             self.msub.connect(markers_data)
             self.msub.setsockopt(zmq.SUBSCRIBE, marker_topic(marker_stream))
             self.msub.setsockopt(zmq.SUBSCRIBE, info_topic(marker_stream))
             self.mbus = BusReader(self.msub, markers_data)
-            self.mctl = ControlClient(markers_control, 0.5, "markers")
+            self.mctl = ControlClient(markers_control, 0.5, "markers", keys)
         self.markers_clock = ClockOffset(lambda: self.mctl.request("time", timeout=0.2)[0])
         self.lsl_offset = lsl_clock_offset()
         self._next_lsl_offset = now_ns() + LSL_OFFSET_PERIOD_NS

@@ -241,6 +241,11 @@ class _ProblemLog:
             w[2] += 1
 
 
+#: Commands any listed client may send: all of them, the markers service has
+#: nothing to control (docs/security.md). Sending markers is the ingress's.
+READ_ONLY = frozenset({"ping", "status", "time", "history"})
+
+
 class MarkersCore:
     """State of the markers service and the rules of its control commands.
 

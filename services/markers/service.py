@@ -27,9 +27,9 @@ import zmq
 from mushu_client import process
 from mushu_client.clock import now_ns
 from mushu_client.config import setting, setting_float, setting_int
-from mushu_client.protocol import serve_request
+from mushu_client.security import INGRESS_DOMAIN, Guard
 
-from .core import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_MARKERS, LineFramer, MarkersCore
+from .core import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_MARKERS, READ_ONLY, LineFramer, MarkersCore
 
 log = logging.getLogger("mushu.markers")
 
@@ -117,9 +117,16 @@ class MarkersService:
         self.conns: dict[int, _Connection] = {}
         self.ctx = zmq.Context()
         try:
+            self.guard = Guard(self.ctx, {"data": data_endpoint, "control": control_endpoint,
+                                          "ingress": ingress_endpoint})
+        except Exception:
+            self.ctx.destroy(linger=0)
+            raise
+        try:
             self._bind_zmq(data_endpoint, control_endpoint, ingress_endpoint, sndhwm)
             self._bind_ingress(host, port)
         except (zmq.ZMQError, OSError) as exc:
+            self.guard.close()
             self.ctx.destroy(linger=0)
             raise OSError(f"cannot bind markers service: {exc}") from None
         self.poller = zmq.Poller()
@@ -136,6 +143,9 @@ class MarkersService:
         self.ctl = self.ctx.socket(zmq.ROUTER)
         self.pull = self.ctx.socket(zmq.PULL)
         self.pull.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
+        self.guard.server(self.pub)
+        self.guard.server(self.ctl)
+        self.guard.server(self.pull, INGRESS_DOMAIN)  # senders and controllers only
         for sock, endpoint, name in ((self.pub, data_endpoint, "data"), (self.ctl, control_endpoint, "control"),
                                      (self.pull, ingress_endpoint, "ingress")):
             sock.setsockopt(zmq.LINGER, 0)
@@ -189,6 +199,7 @@ class MarkersService:
                 conn.sock.close()
             self.listener.close()
             self.udp.close()
+            self.guard.close()
             self.ctx.destroy(linger=0)
 
     def shutdown(self):
@@ -283,7 +294,7 @@ class MarkersService:
             self._publish(self.core.ingest_zmq(frames, t_ns))
 
     def _serve(self):
-        reply, cmd, error = serve_request(self.ctl.recv_multipart(), self.core.handle)
+        reply, cmd, error = self.guard.serve(self.ctl, self.core.handle, READ_ONLY)
         if error is not None:
             self.core.counts["bad_requests"] += 1
             log.warning("control request %s refused: %s: %s", cmd or "(malformed)", type(error).__name__, error)

@@ -68,6 +68,10 @@ class Active:
     error: str | None = None
 
 
+#: Commands any listed client may send; record and finish need the controller role (docs/security.md).
+READ_ONLY = frozenset({"ping", "status", "time", "check"})
+
+
 class RecorderCore:
     """State and rules of the recorder.
 

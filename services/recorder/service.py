@@ -21,9 +21,10 @@ from mushu_client.control import ControlClient
 from mushu_client.errors import ServiceUnavailable
 from mushu_client.history import history_blocks, history_markers
 from mushu_client.bus import BusReader
-from mushu_client.protocol import Block, Marker, data_topic, marker_topic, serve_request
+from mushu_client.protocol import Block, Marker, data_topic, marker_topic
+from mushu_client.security import Guard
 
-from .core import RecorderCore, Services
+from .core import READ_ONLY, RecorderCore, Services
 
 log = logging.getLogger("mushu.recorder")
 
@@ -37,9 +38,10 @@ class RecorderService:
     def __init__(self, data_dir: str, control: str, amp_data: str, amp_control: str,
                  markers_data: str, markers_control: str, stream: str, marker_stream: str):
         self.ctx = zmq.Context.instance()
+        self.guard = Guard(self.ctx, {"control": control})
         self.stream, self.marker_stream = stream, marker_stream
-        self.amp_ctl = ControlClient(amp_control, 2.0, "amp")
-        self.markers_ctl = ControlClient(markers_control, 0.5, "markers")
+        self.amp_ctl = ControlClient(amp_control, 2.0, "amp", self.guard.keys)
+        self.markers_ctl = ControlClient(markers_control, 0.5, "markers", self.guard.keys)
         self.core = RecorderCore(data_dir, Services(
             amp_status=lambda: self.amp_ctl.call("status"),
             amp_history=self._amp_history,
@@ -50,6 +52,7 @@ class RecorderService:
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.RCVHWM, 100_000)
         self.sub.setsockopt(zmq.LINGER, 0)
+        self.guard.client(self.sub)
         self.sub.connect(amp_data)
         self.sub.connect(markers_data)
         self.sub.setsockopt(zmq.SUBSCRIBE, data_topic(stream))
@@ -57,9 +60,11 @@ class RecorderService:
         self.bus = BusReader(self.sub, f"{amp_data} and {markers_data}")
         self.ctl = self.ctx.socket(zmq.ROUTER)
         self.ctl.setsockopt(zmq.LINGER, 0)
+        self.guard.server(self.ctl)
         try:
             self.ctl.bind(control)
         except zmq.ZMQError as exc:
+            self.guard.close()
             raise OSError(f"cannot bind the recorder's control socket to {control}: {exc}") from None
         self.control = control
         self.quit = False
@@ -100,7 +105,7 @@ class RecorderService:
             if self.sub in events:
                 self._drain()
             if self.ctl in events:
-                reply, cmd, error = serve_request(self.ctl.recv_multipart(), self.core.handle)
+                reply, cmd, error = self.guard.serve(self.ctl, self.core.handle, READ_ONLY)
                 if error is not None:
                     log.warning("control request %s refused: %s: %s", cmd or "(malformed)",
                                 type(error).__name__, error)
@@ -118,6 +123,7 @@ class RecorderService:
         self.ctl.close(linger=0)
         self.amp_ctl.close()
         self.markers_ctl.close()
+        self.guard.close()
 
     def _drain(self):
         for _ in range(1000):  # then let the control socket have a turn
