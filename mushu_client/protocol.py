@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
+import threading
 from dataclasses import dataclass, field
 
 import msgpack
@@ -109,7 +110,14 @@ def split_topic(topic: bytes) -> tuple[bytes, str]:
 
 def pack(obj) -> bytes:
     """Pack a map of plain values (no extension types) with msgpack."""
-    return msgpack.packb(obj, use_bin_type=True)
+    try:
+        packer = _packers.packer
+    except AttributeError:  # a Packer keeps a buffer between calls: one per thread
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    return packer.pack(obj)
+
+
+_packers = threading.local()
 
 
 def unpack_map(frame, what: str) -> dict:
