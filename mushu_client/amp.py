@@ -16,9 +16,10 @@ from .config import setting
 from .control import ControlClient
 from .errors import (AmpError, EndOfData, Forbidden, GapWarning, RecordingError, RecordingWarning,
                      ServiceUnavailable, ServiceWarning)
-from .history import history_blocks, history_markers
-from .markers import MarkerMerger, Timeline, rows_of
-from .protocol import Block, Marker, MarkerStreamInfo, StreamInfo, data_topic, info_topic, marker_topic
+from .history import history_blocks
+from .markerfeed import MarkerFeed
+from .markers import Timeline, rows_of
+from .protocol import Block, StreamInfo, data_topic, info_topic
 from .stream import Assembler
 
 log = logging.getLogger("mushu.client")
@@ -164,21 +165,14 @@ class Amp:
         self._bus = BusReader(self._sub, self.data_endpoint)
         self._asm = Assembler()
         self._timeline = Timeline()
-        self.markers_endpoint = setting("MUSHU_MARKERS_DATA", markers)
-        self.marker_stream = setting("MUSHU_MARKER_STREAM")
-        self._msub = zmq.Context.instance().socket(zmq.SUB)
-        self._msub.setsockopt(zmq.LINGER, 0)
-        self._msub.setsockopt(zmq.RCVHWM, RCVHWM)
-        security.curve_client(self._msub, self.keys)
-        self._msub.connect(self.markers_endpoint)
-        self._msub.setsockopt(zmq.SUBSCRIBE, marker_topic(self.marker_stream))
-        self._msub.setsockopt(zmq.SUBSCRIBE, info_topic(self.marker_stream))
-        self._mbus = BusReader(self._msub, self.markers_endpoint)
-        self._mctl = ControlClient(setting("MUSHU_MARKERS_CONTROL", markers_control), 0.5, "markers", self.keys)
-        self._merger = MarkerMerger()
+        self._markers = MarkerFeed(setting("MUSHU_MARKERS_DATA", markers),
+                                   setting("MUSHU_MARKERS_CONTROL", markers_control),
+                                   setting("MUSHU_MARKER_STREAM"), self.keys, RCVHWM)
+        self._merger = self._markers.merger
+        self.markers_endpoint, self.marker_stream = self._markers.endpoint, self._markers.stream
         #: Offsets of the amp's and the markers service's clocks from this host's.
         self.amp_clock = ClockOffset(lambda: self._ctl.call("time"))
-        self.markers_clock = ClockOffset(lambda: self._mctl.request("time", timeout=0.2)[0])
+        self.markers_clock = self._markers.clock
         self._rec_ctl = ControlClient(setting("MUSHU_RECORDER_CONTROL", recorder), timeout, "recorder", self.keys)
         #: Base path of the recording in progress (on the recorder's host), or None.
         self.recording: str | None = None
@@ -195,8 +189,6 @@ class Amp:
         #: False while the amp service does not answer (see get_data).
         self.connected = True
         self.dead_after = dead_after
-        self._markers_last = 0.0  # time.monotonic() of the last message from the markers service
-        self._markers_watermark: int | None = None  # amp clock: markers published up to here
         #: Samples younger than this (ns) wait for markers that may still be
         #: on their way; applies only while a markers service is heard from.
         self.marker_grace_ns = int(marker_grace * 1e9)
@@ -282,7 +274,7 @@ class Amp:
                 self._rec_ctl.call("check", name=filename)
             except ServiceUnavailable as exc:
                 raise ServiceUnavailable(f"cannot record to {filename!r}: {exc}") from None
-        self._follow_markers()
+        self._markers.join()
         self.amp_clock.measure()
         r = self._start()
         self._channels, self._fs = r["channels"], r["fs"]
@@ -306,21 +298,6 @@ class Amp:
                     self._ctl.call("stop")
                 raise
             self._next_recording_check = time.monotonic() + 1.0
-
-    def _follow_markers(self):
-        """Skip the markers published so far: they precede this start."""
-        self._drain_markers()
-        self._merger.drop_pending()
-        # A service this client has heard from answers in milliseconds; one it
-        # has not may not be running, which must not delay start() much.
-        timeout = 0.5 if self._markers_last > 0 else 0.1
-        try:
-            status = self._mctl.request("status", timeout=timeout)[0]
-            self._markers_last = time.monotonic()  # heard from: hold samples for markers from now on
-            self.markers_clock.measure()
-        except ServiceUnavailable:
-            return  # followed from its first marker on, once it is there
-        self._merger.follow(status["session"], status["last_seq"] + 1)
 
     def stop(self):
         """Stop acquisition, and the recording if :meth:`start` began one.
@@ -381,7 +358,7 @@ class Amp:
         while True:
             self._receive(deadline)
             until = self._release_until()  # before draining: a marker drained after it is covered
-            self._drain_markers()
+            self._markers.drain()
             first = asm.first_pending
             if until is None or first is None or until > first:
                 break
@@ -437,7 +414,7 @@ class Amp:
                 if remaining <= 0:
                     return
                 # Idle until the next block: the moment for a clock probe, if one is due.
-                markers_here = time.monotonic() - self._markers_last < SILENCE_S
+                markers_here = self._markers.heard_within(SILENCE_S)
                 if self.amp_clock.update() or (markers_here and self.markers_clock.update()):
                     continue
                 bus.wait(min(remaining, 0.1))
@@ -462,13 +439,12 @@ class Amp:
         history before the samples they belong to go out. A markers service
         silent for ``MARKERS_WAIT_S`` counts as gone and holds nothing.
         """
-        if not self.marker_grace_ns or not self._markers_last:
-            return None
-        if time.monotonic() - self._markers_last > MARKERS_WAIT_S:
+        feed = self._markers
+        if not self.marker_grace_ns or not feed.last_heard or not feed.heard_within(MARKERS_WAIT_S):
             return None
         cutoff = self._amp_now() - self.marker_grace_ns
-        if self._markers_watermark is not None:
-            cutoff = min(cutoff, self._markers_watermark + MARKERS_HEARTBEAT_NS)
+        if feed.watermark is not None:
+            cutoff = min(cutoff, feed.watermark + self._marker_offset() + MARKERS_HEARTBEAT_NS)
         return self._timeline.sample_at(cutoff)
 
     def _amp_now(self) -> int:
@@ -568,47 +544,6 @@ class Amp:
             warnings.warn(GapWarning(f"{lost} samples lost from sample {first} of session "
                                      f"{self._asm.session}: no longer in the amp's history"), stacklevel=5)
 
-    def _drain_markers(self):
-        while (msg := self._mbus.receive()) is not None:
-            self._markers_last = time.monotonic()
-            if isinstance(msg, Marker):
-                if self._merger.missing_before(msg):
-                    self._fill_markers(msg.session, msg.seq)
-                self._merger.add(msg)
-                self._advance_watermark(msg.t_ns)
-            elif isinstance(msg, MarkerStreamInfo):
-                # Markers this client has not seen (dropped by the bus, or
-                # published before a restarted service's subscribers joined).
-                behind = msg.session != self._merger.session or msg.last_seq >= self._merger.next_seq
-                if behind and msg.last_seq >= 0:
-                    self._fill_markers(msg.session, msg.last_seq + 1)
-                self._advance_watermark(msg.t_ns)
-
-    def _advance_watermark(self, t_ns: int):
-        """The markers service has published everything up to ``t_ns`` (its clock)."""
-        t = t_ns + self._marker_offset()
-        if self._markers_watermark is None or t > self._markers_watermark:
-            self._markers_watermark = t
-
-    def _fill_markers(self, session: str, until: int):
-        """Fetch markers of ``session`` up to seq ``until`` from the markers service's history."""
-        merger = self._merger
-        if merger.session != session:
-            merger.follow(session, 0)
-        for m in history_markers(self._mctl, self.marker_stream, session, merger.next_seq, until):
-            if merger.missing_before(m):  # older markers have left the history
-                self._lose_markers(m.seq)
-            merger.add(m)
-        self._lose_markers(until)
-
-    def _lose_markers(self, until: int):
-        first = self._merger.next_seq
-        lost = self._merger.skip_to(until)
-        if lost:
-            warnings.warn(GapWarning(f"{lost} markers lost from seq {first} of markers session "
-                                     f"{self._merger.session}: no longer in the markers service's history"),
-                          stacklevel=5)
-
     def _check_recording(self):
         """Warn (once) if the recording stopped with an error; stop() raises it."""
         self._next_recording_check = time.monotonic() + 1.0
@@ -653,7 +588,7 @@ class Amp:
     @property
     def bad_messages(self) -> int:
         """Bus messages that did not decode (logged and skipped)."""
-        return self._bus.bad_messages + self._mbus.bad_messages
+        return self._bus.bad_messages + self._markers.bus.bad_messages
 
     @property
     def lost_samples(self) -> int:
@@ -674,9 +609,8 @@ class Amp:
         """Close this client's sockets (the services keep running)."""
         self._data_watch.close()
         self._sub.close(linger=0)
-        self._msub.close(linger=0)
+        self._markers.close()
         self._ctl.close()
-        self._mctl.close()
         self._rec_ctl.close()
 
     def __enter__(self):

@@ -80,9 +80,11 @@ def test_a_marker_sent_right_after_sample_n_lands_within_a_few_samples_after_n(s
     print(f"grace {grace}: marker offset after sample n: min {min(offsets)}, median {np.median(offsets)}, "
           f"max {max(offsets)}; {amp.marker_counts}")
     # get_data returns samples once they are marker_grace old, so the marker lands on the
-    # sample after n + grace, give or take a process that was not scheduled in time
+    # sample after n + grace, give or take a process that was not scheduled in time (on a busy
+    # 2-core machine the sender may wait tens of ms for a core now and then)
     held = amp.marker_grace_ns * FS // 1_000_000_000
-    assert min(offsets) >= 1 and np.median(offsets) <= held + 2 and max(offsets) <= held + 10
+    assert min(offsets) >= 1 and np.median(offsets) <= held + 2
+    assert np.percentile(offsets, 95) <= held + 3 and max(offsets) <= held + 50
     assert amp.marker_counts["lost"] == 0
     if grace is not None:  # a grace far above this machine's marker latency: none is late
         assert amp.marker_counts["late"] == 0

@@ -1,0 +1,130 @@
+"""Following a markers service: its bus, its history, its clock and how far it has published.
+
+:class:`MarkerFeed` is the markers half of the client (:class:`mushu_client.Amp`
+is the data half): it subscribes to the marker stream, fetches from the
+service's history whatever the bus did not deliver (markers dropped, or
+published by a restarted service before this client's subscription took
+effect), and queues every marker once, in order, in its
+:class:`~mushu_client.markers.MarkerMerger` for placement on samples.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import zmq
+
+from . import security
+from .bus import BusReader
+from .clock import ClockOffset
+from .control import ControlClient
+from .errors import GapWarning, ServiceUnavailable
+from .history import history_markers
+from .markers import MarkerMerger
+from .protocol import Marker, MarkerStreamInfo, info_topic, marker_topic
+
+
+class MarkerFeed:
+    """The markers of one marker stream, as this client receives them.
+
+    Parameters
+    ----------
+    endpoint, control : str
+        The markers service's bus (PUB) and control endpoints.
+    stream : str
+        The marker stream's name.
+    keys : str or None
+        This client's CURVE key directory (None: no encryption).
+    rcvhwm : int
+        Messages the subscription queues before the bus drops for it.
+
+    Attributes
+    ----------
+    merger : MarkerMerger
+        The markers received and not yet placed on samples.
+    clock : ClockOffset
+        The markers service's clock, relative to this host's.
+    last_heard : float
+        ``time.monotonic()`` of the last message from the service (0: never).
+    watermark : int or None
+        The service has published every marker stamped up to this time (its clock).
+    """
+
+    def __init__(self, endpoint: str, control: str, stream: str, keys: str | None, rcvhwm: int):
+        self.endpoint, self.stream = endpoint, stream
+        self._sub = zmq.Context.instance().socket(zmq.SUB)
+        self._sub.setsockopt(zmq.LINGER, 0)
+        self._sub.setsockopt(zmq.RCVHWM, rcvhwm)
+        security.curve_client(self._sub, keys)
+        self._sub.connect(endpoint)
+        self._sub.setsockopt(zmq.SUBSCRIBE, marker_topic(stream))
+        self._sub.setsockopt(zmq.SUBSCRIBE, info_topic(stream))
+        self.bus = BusReader(self._sub, endpoint)
+        self.ctl = ControlClient(control, 0.5, "markers", keys)
+        self.merger = MarkerMerger()
+        self.clock = ClockOffset(lambda: self.ctl.request("time", timeout=0.2)[0])
+        self.last_heard = 0.0
+        self.watermark: int | None = None
+
+    def heard_within(self, seconds: float) -> bool:
+        """True if the service was heard from in the last ``seconds``."""
+        return time.monotonic() - self.last_heard < seconds
+
+    def join(self):
+        """Skip the markers published so far (they precede a start) and follow the service from now on."""
+        self.drain()
+        self.merger.drop_pending()
+        # A service this client has heard from answers in milliseconds; one it
+        # has not may not be running, which must not delay start() much.
+        timeout = 0.5 if self.last_heard > 0 else 0.1
+        try:
+            status = self.ctl.request("status", timeout=timeout)[0]
+            self.last_heard = time.monotonic()
+            self.clock.measure()
+        except ServiceUnavailable:
+            return  # followed from its first marker on, once it is there
+        self.merger.follow(status["session"], status["last_seq"] + 1)
+
+    def drain(self):
+        """Take every message waiting on the bus; fetch from the history what the bus missed."""
+        merger = self.merger
+        while (msg := self.bus.receive()) is not None:
+            self.last_heard = time.monotonic()
+            if isinstance(msg, Marker):
+                if merger.missing_before(msg):
+                    self._fill(msg.session, msg.seq)
+                merger.add(msg)
+            elif isinstance(msg, MarkerStreamInfo):
+                # Markers this client has not seen (dropped by the bus, or
+                # published before a restarted service's subscribers joined).
+                behind = msg.session != merger.session or msg.last_seq >= merger.next_seq
+                if behind and msg.last_seq >= 0:
+                    self._fill(msg.session, msg.last_seq + 1)
+            else:
+                continue
+            if self.watermark is None or msg.t_ns > self.watermark:
+                self.watermark = msg.t_ns
+
+    def _fill(self, session: str, until: int):
+        """Fetch markers of ``session`` up to seq ``until`` from the service's history."""
+        merger = self.merger
+        if merger.session != session:
+            merger.follow(session, 0)
+        for m in history_markers(self.ctl, self.stream, session, merger.next_seq, until):
+            if merger.missing_before(m):  # older markers have left the history
+                self._lose(m.seq)
+            merger.add(m)
+        self._lose(until)
+
+    def _lose(self, until: int):
+        first = self.merger.next_seq
+        lost = self.merger.skip_to(until)
+        if lost:
+            warnings.warn(GapWarning(f"{lost} markers lost from seq {first} of markers session "
+                                     f"{self.merger.session}: no longer in the markers service's history"),
+                          stacklevel=5)
+
+    def close(self):
+        self._sub.close(linger=0)
+        self.ctl.close()
