@@ -307,6 +307,11 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _none_is_empty(spec: str) -> str:
+    """An empty setting means its default, so "none" spells an empty address list."""
+    return "" if spec.strip().lower() == "none" else spec
+
+
 def main(argv=None):
     """Console script ``mushu-markers``."""
     p = argparse.ArgumentParser(prog="mushu-markers", description="mushu markers service: TCP/UDP/ZeroMQ "
@@ -335,7 +340,7 @@ def main(argv=None):
     p.add_argument("--burst", type=int, help="markers a sender may send at once above the rate "
                    "(env MUSHU_MARKERS_BURST, default 1000)")
     p.add_argument("--rate-exempt", help="senders without a rate limit, addresses or CIDR networks "
-                   "(env MUSHU_MARKERS_RATE_EXEMPT, default this host: 127.0.0.0/8,::1)")
+                   "or 'none' (env MUSHU_MARKERS_RATE_EXEMPT, default this host: 127.0.0.0/8,::1)")
     p.add_argument("--idle-timeout", type=float, help="seconds before a silent TCP connection is closed "
                    "(env MUSHU_MARKERS_IDLE_TIMEOUT, default 300)")
     p.add_argument("--history-markers", type=int, help="markers kept for late consumers "
@@ -354,7 +359,8 @@ def main(argv=None):
             setting_int("MUSHU_MARKERS_MAX_CONNECTIONS", a.max_connections),
             setting_int("MUSHU_MARKERS_MAX_CONNECTIONS_PER_SENDER", a.max_connections_per_sender),
             setting_float("MUSHU_MARKERS_RATE", a.rate), setting_int("MUSHU_MARKERS_BURST", a.burst),
-            AddressList(setting("MUSHU_MARKERS_RATE_EXEMPT", a.rate_exempt), "MUSHU_MARKERS_RATE_EXEMPT"))
+            AddressList(_none_is_empty(setting("MUSHU_MARKERS_RATE_EXEMPT", a.rate_exempt)),
+                        "MUSHU_MARKERS_RATE_EXEMPT"))
         core = MarkersCore(setting("MUSHU_MARKER_STREAM", a.stream),
                            setting_int("MUSHU_MARKERS_HISTORY_MARKERS", a.history_markers),
                            int(setting_float("MUSHU_MARKERS_HISTORY_MB", a.history_mb) * 2**20),
