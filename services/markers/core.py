@@ -213,7 +213,7 @@ class MarkerLog:
 
     def since(self, seq: int, limit: int = MAX_HISTORY_REPLY) -> list[bytes]:
         """Frames of the markers from ``seq`` (or the oldest kept) on, at most ``limit``."""
-        start = max(0, seq - self.oldest_seq)
+        start = min(max(0, seq - self.oldest_seq), len(self._frames))
         return list(itertools.islice(self._frames, start, start + limit))
 
 
@@ -430,8 +430,8 @@ class MarkersCore:
         """
         if session != self.session:
             raise ValueError(f"session {session!r} is not in the history (current session {self.session!r})")
-        if type(from_seq) is not int or from_seq < 0:
-            raise TypeError(f"from_seq must be a non-negative integer, not {from_seq!r}")
+        if type(from_seq) is not int or not 0 <= from_seq < 2**63:
+            raise TypeError(f"from_seq must be a non-negative 64-bit integer, not {from_seq!r:.80}")
         frames = self.log.since(from_seq)
         result = {"session": self.session, "markers": len(frames), "oldest_seq": self.log.oldest_seq,
                   "last_seq": self.log.next_seq - 1}
