@@ -29,6 +29,10 @@ PROTOCOL_VERSION = 1
 #: Largest header, info or control frame a decoder will unpack, in bytes
 #: (room for 65535 channel names and units in a stream info).
 MAX_HEADER_BYTES = 4 * 1024 * 1024
+#: Largest control request a service's ROUTER socket accepts (its ``zmq.MAXMSGSIZE``):
+#: ZeroMQ disconnects a peer that sends a larger message before it is held in
+#: memory, so a flood of huge requests cannot queue gigabytes in a service.
+MAX_REQUEST_BYTES = 1024 * 1024
 #: Largest channel count a header may declare.
 MAX_CHANNELS = 65535
 #: Largest sample count one block may declare.
@@ -708,6 +712,10 @@ def serve_request(frames: list, handle) -> tuple[list, str | None, Exception | N
         result = handle(cmd, args)
     except Exception as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        # Without its traceback: the traceback's frames reach the caller's frame,
+        # which holds the error; that cycle would keep the request's frames
+        # (up to the socket's message size) alive until the cyclic GC runs.
+        exc.__traceback__ = exc.__context__ = exc.__cause__ = None
         return envelope + [encode_error(type(exc).__name__, str(message), rid)], cmd, exc
     if isinstance(result, ReplyFrames):
         return envelope + [encode_reply(result.result, rid)] + result.frames, cmd, None

@@ -264,3 +264,14 @@ def test_reply_decoding_raises_protocol_error_only(frame):
     assert r.ok in (True, False)
     if not r.ok:
         assert type(r.error_type) is str and type(r.error_message) is str
+
+
+def test_a_refused_request_keeps_no_reference_to_its_frames():
+    import sys
+    big = bytes(p.MAX_HEADER_BYTES + 1)
+    frames = [b"peer", b"", big]
+    reply, cmd, error = p.serve_request(frames, lambda c, a: None)
+    del frames
+    # no traceback, so no cycle through the caller's frame keeps the request alive until a GC
+    assert isinstance(error, p.ProtocolError) and error.__traceback__ is None
+    assert sys.getrefcount(big) == 2  # ``big`` and the call's argument

@@ -26,7 +26,7 @@ import zmq
 from mushu_client import process
 from mushu_client.clock import now_ns
 from mushu_client.config import setting, setting_float, setting_int
-from mushu_client.protocol import ProtocolError, data_topic, encode_info, serve_request
+from mushu_client.protocol import MAX_REQUEST_BYTES, ProtocolError, data_topic, encode_info, serve_request
 
 from .core import DEFAULT_HISTORY_BYTES, STATE_COMMANDS, AmpCore
 
@@ -65,6 +65,7 @@ class AmpService:
         self.pub.setsockopt(zmq.LINGER, 0)
         self.ctl = self.ctx.socket(zmq.ROUTER)
         self.ctl.setsockopt(zmq.LINGER, 0)
+        self.ctl.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
         try:
             self.pub.bind(data_endpoint)
             self.ctl.bind(control_endpoint)
