@@ -20,7 +20,7 @@ from mushu_client.config import setting
 from mushu_client.control import ControlClient
 from mushu_client.errors import ServiceUnavailable
 from mushu_client.history import history_blocks, history_markers
-from mushu_client.protocol import (Block, Marker, ProtocolError, data_topic,
+from mushu_client.protocol import (MAX_REQUEST_BYTES, Block, Marker, ProtocolError, data_topic,
                                    decode_message, marker_topic, serve_request)
 
 from .core import RecorderCore, Services
@@ -56,6 +56,7 @@ class RecorderService:
         self.sub.setsockopt(zmq.SUBSCRIBE, marker_topic(marker_stream))
         self.ctl = self.ctx.socket(zmq.ROUTER)
         self.ctl.setsockopt(zmq.LINGER, 0)
+        self.ctl.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
         try:
             self.ctl.bind(control)
         except zmq.ZMQError as exc:
@@ -102,6 +103,10 @@ class RecorderService:
             if self.ctl in events:
                 reply, cmd, error = serve_request(self.ctl.recv_multipart(), self.core.handle)
                 if error is not None:
+                    if isinstance(error, ProtocolError):
+                        self.core.malformed_requests += 1
+                    else:
+                        self.core.refused_requests += 1
                     log.warning("control request %s refused: %s: %s", cmd or "(malformed)",
                                 type(error).__name__, error)
                 self.ctl.send_multipart(reply, copy=False)
