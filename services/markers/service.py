@@ -27,7 +27,7 @@ import zmq
 from mushu_client import process
 from mushu_client.clock import now_ns
 from mushu_client.config import setting, setting_float, setting_int
-from mushu_client.protocol import serve_request
+from mushu_client.protocol import MAX_REQUEST_BYTES, serve_request
 
 from .core import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_MARKERS, MAX_LABEL_BYTES, LineFramer, MarkersCore
 from .senders import AddressList, IPAddress, SenderPolicy, sender_address
@@ -133,6 +133,7 @@ class MarkersService:
         self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)
         self.pub.setsockopt(zmq.SNDHWM, sndhwm)
         self.ctl = self.ctx.socket(zmq.ROUTER)
+        self.ctl.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
         self.pull = self.ctx.socket(zmq.PULL)
         self.pull.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
         for sock, endpoint, name in ((self.pub, data_endpoint, "data"), (self.ctl, control_endpoint, "control"),
@@ -284,8 +285,8 @@ class MarkersService:
     def _serve(self):
         reply, cmd, error = serve_request(self.ctl.recv_multipart(), self.core.handle)
         if error is not None:
-            self.core.counts["bad_requests"] += 1
-            log.warning("control request %s refused: %s: %s", cmd or "(malformed)", type(error).__name__, error)
+            self.core.problem("bad_requests", "control request %s refused: %s: %.300s", cmd or "(malformed)",
+                              type(error).__name__, error)
         self.ctl.send_multipart(reply)
 
     def _subscribed(self):
