@@ -308,3 +308,12 @@ def test_history_from_any_sequence_number(from_seq):
         assert "from_seq" in str(exc)
         return
     assert reply.result["markers"] == (1 if from_seq == 0 else 0)
+
+
+def test_subscriptions_to_other_topics_are_counted():
+    core = MarkersCore("mk")
+    assert core.subscription(b"\x01marker/mk/") == (True, b"marker/mk/")
+    assert core.subscription(b"\x01") == (True, b"") and core.subscription(b"\x00info/") == (False, b"info/")
+    for bad in (b"\x01marker/other/", b"\x01marker/mk/x", b"\x02", b""):
+        assert core.subscription(bad) is None
+    assert core.counts["bad_subscriptions"] == 4

@@ -30,6 +30,8 @@ from mushu_client.protocol import (
     dispatch,
     encode_marker,
     encode_marker_info,
+    info_topic,
+    marker_topic,
     unpack_map,
 )
 
@@ -57,7 +59,7 @@ COUNTERS = (
     "empty_lines", "empty_datagrams", "too_long", "invalid_utf8", "control_chars",
     "bad_zmq_messages", "partial_lines_dropped", "read_errors",
     "connections_accepted", "connections_closed", "connections_refused", "connections_idle_closed",
-    "connections_refused_sender", "refused_address", "rate_limited", "bad_requests",
+    "connections_refused_sender", "refused_address", "rate_limited", "bad_requests", "bad_subscriptions",
 )
 
 
@@ -389,6 +391,22 @@ class MarkersCore:
         self.counts["markers"] += 1
         self.counts[counter] += 1
         return frames
+
+    def subscription(self, message: bytes) -> tuple[bool, bytes] | None:
+        """``(subscribe, topic)`` of a message a subscriber sent the publisher, or None if it is bad.
+
+        A bad one (``bad_subscriptions``) is not a (un)subscription, or names
+        a topic that is no prefix of this service's topics: it matches nothing
+        published, yet ZeroMQ keeps each such topic for the subscriber's
+        connection until it closes.
+        """
+        topic = message[1:]
+        if message[:1] in (b"\x00", b"\x01") and any(
+                t.startswith(topic) for t in (marker_topic(self.stream), info_topic(self.stream))):
+            return message[:1] == b"\x01", topic
+        self.problem("bad_subscriptions", "publisher: subscription message %.40r refused (not a prefix of "
+                     "this stream's topics)", message[:40])
+        return None
 
     def heartbeat(self) -> list:
         """The marker stream-info message for now."""

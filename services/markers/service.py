@@ -290,8 +290,8 @@ class MarkersService:
         self.ctl.send_multipart(reply)
 
     def _subscribed(self):
-        msg = self.pub.recv()
-        if msg[:1] == b"\x01":
+        change = self.core.subscription(self.pub.recv())
+        if change is not None and change[0]:
             self.pub.send_multipart(self.core.heartbeat())
 
 
