@@ -233,7 +233,8 @@ def test_fuzzing_every_socket_leaves_services_and_a_good_client_unharmed(spawn_a
     amp.start()
     fuzzer = Fuzzer(random.Random(SEED), controls, mk.port, mk.ingress, mk.data)
     fuzzer.sessions = {"amp": amp_svc.ctl().call("status")["session"], "markers": mk.ctl().call("ping")["session"]}
-    pingers = {name: ControlClient(ep, 3.0, name) for name, ep in controls.items()}
+    # generous on a loaded machine: the amp's "amps" probes hardware for a third of a second a request
+    pingers = {name: ControlClient(ep, 10.0, name) for name, ep in controls.items()}
     rss0, errors = {}, []
 
     def fuzz():
@@ -242,7 +243,7 @@ def test_fuzzing_every_socket_leaves_services_and_a_good_client_unharmed(spawn_a
                 fuzzer.round(i)
                 if i == ROUNDS // 5:
                     rss0.update({name: rss(p.pid) for name, p in procs.items()})
-                if i % PING_EVERY == 0:  # no hang: every service still answers within 3 s
+                if i % PING_EVERY == 0:  # no hang: every service still answers within 10 s
                     for c in pingers.values():
                         c.call("ping")
         except Exception as exc:  # reported by the test thread

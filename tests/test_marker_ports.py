@@ -15,6 +15,21 @@ import pytest
 from services.markers.senders import AddressList, SenderPolicy, TokenBuckets, sender_address
 from test_markers_service import HOST, start_markers  # noqa: F401 (a fixture)
 
+def start_on_all_interfaces(start_markers, *extra):
+    """A markers service bound to 0.0.0.0, on a port free there for TCP and UDP (the last --port counts)."""
+    while True:
+        with socket.socket() as t, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            t.bind(("0.0.0.0", 0))
+            port = t.getsockname()[1]
+            try:
+                u.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        svc = start_markers("--host", "0.0.0.0", "--port", str(port), *extra)
+        svc.port = port
+        return svc
+
+
 def tcp_from(src: str, port: int) -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind((src, 0))
@@ -78,7 +93,7 @@ def test_sender_policy_names_the_counter_of_each_refusal():
 
 
 def test_an_allowlisted_sender_is_accepted_and_another_refused(start_markers):
-    svc = start_markers("--host", "0.0.0.0", "--allow", "127.0.0.1/32")
+    svc = start_on_all_interfaces(start_markers, "--allow", "127.0.0.1/32")
     sub = svc.subscribe()
     rogue = tcp_from("127.0.0.2", svc.port)
     assert closed_by_peer(rogue)  # closed at accept
@@ -99,7 +114,7 @@ def test_an_allowlisted_sender_is_accepted_and_another_refused(start_markers):
 
 
 def test_beyond_loopback_without_an_allowlist_warns_and_accepts(start_markers):
-    svc = start_markers("--host", "0.0.0.0")
+    svc = start_on_all_interfaces(start_markers)
     sub = svc.subscribe()
     with tcp_from("127.0.0.2", svc.port) as s:
         s.sendall(b"lab-pc\n")
@@ -159,3 +174,14 @@ def test_connections_per_sender_are_limited(start_markers):
     assert st["counts"]["connections_refused_sender"] == 2 and st["counts"]["connections_refused"] == 0
     assert st["limits"]["max_connections_per_sender"] == 3
     assert "limit per sender" in svc.log()
+
+
+def test_mushu_status_shows_the_refusal_counters():
+    from mushu_client.cli.status import _markers_details
+    from mushu_markers.core import MarkersCore
+
+    core = MarkersCore(policy=SenderPolicy(AddressList("10.0.0.1")))
+    core.ingest_datagram(b"x\n", 1, "udp:10.0.0.2:5", sender_address("10.0.0.2"))
+    assert core.admit_connection(sender_address("10.0.0.3"), "tcp:10.0.0.3:6") is False
+    text = _markers_details(core.cmd_status(), {})
+    assert "refused address 2" in text and "0 markers" in text

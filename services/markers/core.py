@@ -19,7 +19,6 @@ from mushu_client import clock
 from mushu_client.clock import now_ns
 from mushu_client import __version__
 from mushu_client.clock import host_clock_id
-from .senders import IPAddress, SenderPolicy
 from mushu_client.protocol import (
     MAX_LABEL_LENGTH,
     PROTOCOL_VERSION,
@@ -34,6 +33,8 @@ from mushu_client.protocol import (
     marker_topic,
     unpack_map,
 )
+
+from .senders import IPAddress, SenderPolicy
 
 log = logging.getLogger("mushu.markers")
 
