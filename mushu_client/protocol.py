@@ -29,10 +29,13 @@ PROTOCOL_VERSION = 1
 #: Largest header, info or control frame a decoder will unpack, in bytes
 #: (room for 65535 channel names and units in a stream info).
 MAX_HEADER_BYTES = 4 * 1024 * 1024
-#: Largest control request a service's ROUTER socket accepts (its ``zmq.MAXMSGSIZE``):
-#: ZeroMQ disconnects a peer that sends a larger message before it is held in
-#: memory, so a flood of huge requests cannot queue gigabytes in a service.
-MAX_REQUEST_BYTES = 1024 * 1024
+#: Largest message a service's control socket takes in (its ``zmq.MAXMSGSIZE``):
+#: ZeroMQ disconnects a peer that sends a larger one before holding it in
+#: memory. Requests up to this size but over MAX_HEADER_BYTES get an error reply.
+MAX_REQUEST_BYTES = 2 * MAX_HEADER_BYTES
+#: Requests a service's control socket queues per peer (its ``zmq.RCVHWM``);
+#: beyond it ZeroMQ stops reading from that peer until the service catches up.
+MAX_QUEUED_REQUESTS = 16
 #: Largest channel count a header may declare.
 MAX_CHANNELS = 65535
 #: Largest sample count one block may declare.

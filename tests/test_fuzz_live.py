@@ -33,7 +33,7 @@ from mushu_client.protocol import PROTOCOL_VERSION
 
 ROUNDS = int(os.environ.get("MUSHU_FUZZ_INPUTS", "2500"))
 SEED = int(os.environ.get("MUSHU_FUZZ_SEED", "8"))
-OVERSIZE = 8 << 20  # above MAX_HEADER_BYTES (4 MiB) and the ZeroMQ ingress's 1 MiB limit
+OVERSIZE = 8 << 20  # MAX_REQUEST_BYTES: over MAX_HEADER_BYTES (4 MiB) and the ZeroMQ ingress's 1 MiB limit
 RSS_BOUND = 20 << 20
 FS, CHANNELS = 1000, 8
 ROGUE = "127.0.0.2"  # the fuzzer's TCP/UDP source address; the client sends from 127.0.0.1

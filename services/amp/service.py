@@ -26,7 +26,7 @@ import zmq
 from mushu_client import process
 from mushu_client.clock import now_ns
 from mushu_client.config import setting, setting_float, setting_int
-from mushu_client.protocol import MAX_REQUEST_BYTES, ProtocolError, data_topic, encode_info, serve_request
+from mushu_client.protocol import MAX_QUEUED_REQUESTS, MAX_REQUEST_BYTES, ProtocolError, data_topic, encode_info, serve_request
 
 from .core import DEFAULT_HISTORY_BYTES, STATE_COMMANDS, AmpCore
 
@@ -66,6 +66,7 @@ class AmpService:
         self.ctl = self.ctx.socket(zmq.ROUTER)
         self.ctl.setsockopt(zmq.LINGER, 0)
         self.ctl.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+        self.ctl.setsockopt(zmq.RCVHWM, MAX_QUEUED_REQUESTS)
         try:
             self.pub.bind(data_endpoint)
             self.ctl.bind(control_endpoint)

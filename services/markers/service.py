@@ -27,7 +27,7 @@ import zmq
 from mushu_client import process
 from mushu_client.clock import now_ns
 from mushu_client.config import setting, setting_float, setting_int
-from mushu_client.protocol import MAX_REQUEST_BYTES, serve_request
+from mushu_client.protocol import MAX_QUEUED_REQUESTS, MAX_REQUEST_BYTES, serve_request
 
 from .core import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_MARKERS, MAX_LABEL_BYTES, LineFramer, MarkersCore
 from .senders import AddressList, IPAddress, SenderPolicy, sender_address
@@ -134,6 +134,7 @@ class MarkersService:
         self.pub.setsockopt(zmq.SNDHWM, sndhwm)
         self.ctl = self.ctx.socket(zmq.ROUTER)
         self.ctl.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+        self.ctl.setsockopt(zmq.RCVHWM, MAX_QUEUED_REQUESTS)
         self.pull = self.ctx.socket(zmq.PULL)
         self.pull.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
         for sock, endpoint, name in ((self.pub, data_endpoint, "data"), (self.ctl, control_endpoint, "control"),

@@ -20,7 +20,7 @@ from mushu_client.config import setting
 from mushu_client.control import ControlClient
 from mushu_client.errors import ServiceUnavailable
 from mushu_client.history import history_blocks, history_markers
-from mushu_client.protocol import (MAX_REQUEST_BYTES, Block, Marker, ProtocolError, data_topic,
+from mushu_client.protocol import (MAX_QUEUED_REQUESTS, MAX_REQUEST_BYTES, Block, Marker, ProtocolError, data_topic,
                                    decode_message, marker_topic, serve_request)
 
 from .core import RecorderCore, Services
@@ -57,6 +57,7 @@ class RecorderService:
         self.ctl = self.ctx.socket(zmq.ROUTER)
         self.ctl.setsockopt(zmq.LINGER, 0)
         self.ctl.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+        self.ctl.setsockopt(zmq.RCVHWM, MAX_QUEUED_REQUESTS)
         try:
             self.ctl.bind(control)
         except zmq.ZMQError as exc:
