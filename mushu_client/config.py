@@ -61,6 +61,14 @@ DEFAULTS = {
     "MUSHU_MARKERS_HISTORY_MB": "32",
     "MUSHU_MARKERS_SNDHWM": "100000",
     "MUSHU_MARKERS_MAX_CONNECTIONS": "256",
+    # marker port hardening: allowed senders (empty: everyone), limits per
+    # sender address, and the senders without a rate limit (this host)
+    "MUSHU_MARKERS_ALLOW": "",
+    "MUSHU_MARKERS_MAX_CONNECTIONS_PER_SENDER": "64",
+    "MUSHU_MARKERS_MAX_LABEL_BYTES": "4096",
+    "MUSHU_MARKERS_RATE": "1000",
+    "MUSHU_MARKERS_BURST": "1000",
+    "MUSHU_MARKERS_RATE_EXEMPT": "127.0.0.0/8,::1",
     "MUSHU_MARKERS_IDLE_TIMEOUT": "300",
     # recorder: its control socket, and where relative recording names go
     # (on the recorder's host).

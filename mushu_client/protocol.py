@@ -32,6 +32,13 @@ PROTOCOL_VERSION = 1
 #: Largest header, info or control frame a decoder will unpack, in bytes
 #: (room for 65535 channel names and units in a stream info).
 MAX_HEADER_BYTES = 4 * 1024 * 1024
+#: Largest message a service's control socket takes in (its ``zmq.MAXMSGSIZE``):
+#: ZeroMQ disconnects a peer that sends a larger one before holding it in
+#: memory. Requests up to this size but over MAX_HEADER_BYTES get an error reply.
+MAX_REQUEST_BYTES = 2 * MAX_HEADER_BYTES
+#: Requests a service's control socket queues per peer (its ``zmq.RCVHWM``);
+#: beyond it ZeroMQ stops reading from that peer until the service catches up.
+MAX_QUEUED_REQUESTS = 16
 #: Largest channel count a header may declare.
 MAX_CHANNELS = 65535
 #: Largest sample count one block may declare.
@@ -732,6 +739,10 @@ def serve_request(frames: list, handle) -> tuple[list, str | None, Exception | N
         result = handle(cmd, args)
     except Exception as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        # Without its traceback: the traceback's frames reach the caller's frame,
+        # which holds the error; that cycle would keep the request's frames
+        # (up to the socket's message size) alive until the cyclic GC runs.
+        exc.__traceback__ = exc.__context__ = exc.__cause__ = None
         return envelope + [encode_error(type(exc).__name__, str(message), rid)], cmd, exc
     if isinstance(result, ReplyFrames):
         return envelope + [encode_reply(result.result, rid)] + result.frames, cmd, None

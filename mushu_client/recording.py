@@ -42,6 +42,7 @@ label``):
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -172,12 +173,17 @@ def load(path: str, mmap: bool = False) -> Recording:
     -------
     Recording
         Unpacks as ``data, markers, fs, channels``.
+
+    Raises
+    ------
+    OSError
+        If ``NAME.meta`` or ``NAME.eeg`` is missing or unreadable.
+    ValueError
+        If a file is malformed; the message names the file and the field or line.
     """
     paths = recording_paths(base_name(os.fspath(path)))
-    with open(paths[".meta"], encoding="utf-8") as f:
-        meta = json.load(f)
-    channels = list(meta["Channels"])
-    fs = float(meta["Sampling Frequency"])
+    meta = _read_meta(paths[".meta"])
+    channels, fs = meta["Channels"], float(meta["Sampling Frequency"])
     n = os.path.getsize(paths[".eeg"]) // (SAMPLE_DTYPE.itemsize * len(channels))  # a torn last sample is not one
     if mmap and n:
         data = np.memmap(paths[".eeg"], SAMPLE_DTYPE, "r", shape=(n, len(channels)))
@@ -187,10 +193,36 @@ def load(path: str, mmap: bool = False) -> Recording:
     unescape = unescape_label if "mushu" in meta else str  # libmushu wrote labels raw
     markers = []
     if os.path.exists(paths[".marker"]):
-        with open(paths[".marker"], encoding="utf-8", newline="\n") as f:
-            for line in f:
-                if not line.endswith("\n"):
+        with open(paths[".marker"], "rb") as f:
+            for number, line in enumerate(f, 1):
+                if not line.endswith(b"\n"):
                     break  # torn last line
-                ms, _, label = line[:-1].partition(" ")
-                markers.append((float(ms), unescape(label)))
+                ms, _, label = line[:-1].partition(b" ")
+                try:
+                    markers.append((float(ms), unescape(label.decode("utf-8"))))
+                except ValueError:  # UnicodeDecodeError included
+                    raise ValueError(f"{paths['.marker']} line {number}: {line[:80]!r} is not "
+                                     f"'<ms> <UTF-8 label>'") from None
     return Recording(data, markers, fs, channels, meta)
+
+
+def _read_meta(path: str) -> dict:
+    """The ``.meta`` JSON, checked for what :func:`load` and :class:`Recording` use."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+        raise ValueError(f"{path} is not JSON: {str(exc)[:200]}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} must hold a JSON object, not {type(meta).__name__}")
+    channels = meta.get("Channels")
+    if not isinstance(channels, list) or not channels or not all(isinstance(c, str) for c in channels):
+        raise ValueError(f"{path}: 'Channels' must be a non-empty list of names, not {str(channels)[:80]}")
+    fs = meta.get("Sampling Frequency")
+    if type(fs) not in (int, float) or not 0 < fs < math.inf:
+        raise ValueError(f"{path}: 'Sampling Frequency' must be a positive number, not {str(fs)[:80]}")
+    mushu = meta.get("mushu", {})
+    if not isinstance(mushu, dict) or not isinstance(mushu.get("gaps", []), list):
+        raise ValueError(f"{path}: 'mushu' must be an object whose 'gaps' is a list")
+    return meta

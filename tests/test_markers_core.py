@@ -213,3 +213,107 @@ def test_core_control_commands():
         core.handle("history", {"session": core.session, "from_seq": -1})
     with pytest.raises(ValueError, match="unknown command"):
         core.handle("start", {})
+
+
+# -- property tests of the framing, labels and core -----------------------------
+
+from hypothesis import settings  # noqa: E402
+
+from mushu_client.protocol import dispatch, decode_reply, encode_request, serve_request  # noqa: E402
+from mushu_markers.core import COUNTERS  # noqa: E402
+
+
+def _one_shot(stream: bytes, max_bytes: int) -> list[bytes]:
+    f = LineFramer(max_bytes)
+    return [line for _t, line in f.feed(stream, 0) + f.finish()]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=200).map(lambda b: b.replace(b"a", b"\n")), st.integers(1, 12),
+       st.lists(st.integers(1, 30), min_size=1, max_size=20))
+def test_framer_any_bytes_in_any_chunks_equal_one_shot(stream, max_bytes, cuts):
+    f = LineFramer(max_bytes)
+    out, pos, i = [], 0, 0
+    while pos < len(stream):
+        n = cuts[i % len(cuts)]
+        out += f.feed(stream[pos:pos + n], pos)
+        assert f.pending <= max_bytes  # never more than one label's bytes held
+        pos, i = pos + n, i + 1
+    out += f.finish()
+    assert [line for _t, line in out] == _one_shot(stream, max_bytes)
+    assert all(len(line) <= max_bytes + 1 for _t, line in out)
+
+
+@given(st.binary(max_size=100))
+def test_split_datagram_keeps_every_byte_but_the_line_ends(data):
+    lines = split_datagram(data)
+    assert b"\n".join(lines) == data.removesuffix(b"\n")
+    assert not any(b"\n" in line for line in lines)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=40) | st.text(max_size=40).map(str.encode), st.integers(1, MAX_LABEL_BYTES))
+def test_decode_label_gives_one_printable_line_or_names_its_counter(raw, max_bytes):
+    try:
+        label, flags = decode_label(raw, max_bytes)
+    except LabelError as exc:
+        assert exc.kind in COUNTERS and str(exc)
+        return
+    assert 0 < len(label.encode()) <= max(max_bytes, len(raw)) * 3
+    assert not any(ord(c) < 32 and c != "\t" or 0x7F <= ord(c) <= 0x9F for c in label)
+    assert set(flags) <= {"invalid_utf8", "control_chars"}
+
+
+_ANY = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.text(max_size=8)
+                    | st.binary(max_size=8), lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=30), _ANY.map(msgpack.packb),
+                          st.dictionaries(st.sampled_from(["label", "t_ns"]), _ANY).map(msgpack.packb)),
+                max_size=3))
+def test_zmq_ingress_publishes_valid_markers_or_counts_a_problem(frames):
+    core = MarkersCore()
+    before = sum(core.counts[k] for k in COUNTERS[4:])
+    out = core.ingest_zmq(frames, 7)
+    for m in _decoded(out):  # whatever is published is a valid marker
+        assert m.source == "zmq"
+    assert len(out) == 1 or sum(core.counts[k] for k in COUNTERS[4:]) > before
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["ping", "status", "time", "history", "nosuch"]),
+       st.dictionaries(st.sampled_from(["session", "from_seq", "id", "x"]), _ANY, max_size=3))
+def test_control_commands_answer_any_arguments(cmd, args):
+    core = MarkersCore()
+    core.ingest_lines([(1, b"m")], "tcp:x:1", "tcp_markers")
+    if "session" in args and args["session"] == "current":
+        args["session"] = core.session
+    reply, _cmd, error = serve_request([b"peer", b"", encode_request(cmd, **args)], core.handle)
+    r = decode_reply(reply[2])
+    assert r.ok is (error is None)
+    if error is not None:
+        assert isinstance(error, (ValueError, TypeError)), error
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.integers(-2**63, 2**64 - 1), _ANY))
+def test_history_from_any_sequence_number(from_seq):
+    core = MarkersCore()
+    core.ingest_lines([(1, b"m")], "tcp:x:1", "tcp_markers")
+    try:
+        reply = dispatch(core.commands, "history", {"session": core.session, "from_seq": from_seq})
+    except TypeError as exc:
+        assert "from_seq" in str(exc)
+        return
+    assert reply.result["markers"] == (1 if from_seq == 0 else 0)
+
+
+def test_subscriptions_to_other_topics_are_counted():
+    core = MarkersCore("mk")
+    assert core.subscription(b"\x01marker/mk/") == (True, b"marker/mk/")
+    assert core.subscription(b"\x01") == (True, b"") and core.subscription(b"\x00info/") == (False, b"info/")
+    for bad in (b"\x01marker/other/", b"\x01marker/mk/x", b"\x02", b""):
+        assert core.subscription(bad) is None
+    assert core.counts["bad_subscriptions"] == 4

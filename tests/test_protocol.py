@@ -153,3 +153,125 @@ def test_random_header_maps_never_raise_anything_but_protocol_error(m):
         p.decode_message([b"data/eeg/", msgpack.packb(base), b"\0" * 24])
     except p.ProtocolError:
         pass
+
+
+# -- property tests: every decoder meets arbitrary input with ProtocolError only ----
+
+_SCALARS = (st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.text(max_size=12)
+            | st.binary(max_size=12))
+#: Any msgpack value: scalars, lists and maps nested a few levels.
+ANY_VALUE = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4)
+                         | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=12)
+_INFO = p.encode_info(p.StreamInfo(stream="eeg", session="cd" * 16, amp="rampamp", state="running", fs=250.0,
+                                   dtype="<f4", channels=["C3", "C4"], units=["uV", "uV"]))
+_MARKER = p.encode_marker(p.Marker("markers", "ef" * 16, 3, 99, "S 1", "tcp:127.0.0.1:5", ("x",)))
+_MARKER_INFO = p.encode_marker_info(p.MarkerStreamInfo("markers", "ef" * 16, 3, 99))
+#: A valid message of each kind, to be corrupted field by field.
+VALID = {"block": block_frames()[0], "info": _INFO, "marker": _MARKER, "marker_info": _MARKER_INFO}
+
+
+def corrupted_map(frames):
+    """A strategy of the map in frame 1 of ``frames`` with fields replaced, added or removed."""
+    base = msgpack.unpackb(frames[1])
+    keys = st.sampled_from(sorted(base) + ["markers", "extra"])
+    return st.tuples(st.dictionaries(keys, ANY_VALUE, max_size=4), st.lists(keys, max_size=2)).map(
+        lambda change: {**{k: v for k, v in base.items() if k not in change[1]}, **change[0]})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(VALID)), st.data())
+def test_corrupted_messages_of_every_kind_raise_protocol_error_only(kind, data):
+    frames = list(VALID[kind])
+    frames[1] = msgpack.packb(data.draw(corrupted_map(frames)))
+    if kind == "block":
+        frames[2] = data.draw(st.sampled_from([frames[2], b"", frames[2][:-1], frames[2] * 2]))
+    try:
+        msg = p.decode_message(frames)
+    except p.ProtocolError as exc:
+        assert str(exc)
+    else:
+        assert type(msg).__name__ in ("Block", "StreamInfo", "Marker", "MarkerStreamInfo")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([b"data/eeg/", b"info/eeg/", b"marker/markers/", b"info/markers/"]),
+       st.one_of(ANY_VALUE.map(msgpack.packb), st.binary(max_size=64)),
+       st.lists(st.binary(max_size=16), max_size=3))
+def test_wrong_types_and_frame_counts_raise_protocol_error_only(topic, header_frame, more):
+    try:
+        p.decode_message([topic, header_frame, *more])
+    except p.ProtocolError:
+        pass
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 2000))
+def test_deeply_nested_msgpack_is_refused(depth):
+    nested = b"\x91" * depth + b"\xc0"  # [[[...nil...]]]
+    frame = b"\x81\xa3cmd" + nested
+    for decode in (p.decode_request, p.decode_reply, lambda f: p.decode_message([b"info/eeg/", f])):
+        with pytest.raises(p.ProtocolError):
+            decode(frame)
+
+
+# -- control requests and replies -----------------------------------------------
+
+def _configure(fs: float, channels: int = 8):
+    if type(fs) not in (int, float) or type(channels) is not int:
+        raise TypeError("fs must be a number and channels an integer")
+    return {"fs": fs, "channels": channels}
+
+
+COMMANDS = {"ping": lambda: "pong", "configure": _configure}
+REQUEST_MAPS = st.dictionaries(st.sampled_from(["version", "cmd", "id", "fs", "channels", "other"]), ANY_VALUE,
+                               max_size=5).map(lambda m: {"version": 1, "cmd": "configure", **m})
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.binary(max_size=8), max_size=3),
+       st.one_of(REQUEST_MAPS.map(msgpack.packb), ANY_VALUE.map(msgpack.packb), st.binary(max_size=40)),
+       st.lists(st.binary(max_size=8), max_size=2))
+def test_serve_request_answers_any_frames_in_their_envelope(envelope, body, more):
+    frames = [b"peer", *envelope, b"", body, *more]
+    reply, cmd, error = p.serve_request(frames, lambda c, a: p.dispatch(COMMANDS, c, a))
+    n_env = frames.index(b"", 1) + 1
+    assert reply[:n_env] == frames[:n_env]
+    decoded = p.decode_reply(reply[n_env])  # the client can always read the answer
+    assert decoded.ok is (error is None) and len(reply) == n_env + 1
+    if not decoded.ok:
+        assert decoded.error_type == type(error).__name__ and decoded.error_message
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=12), min_size=1, max_size=6))
+def test_serve_request_answers_truncated_multiparts(frames):
+    reply, _cmd, error = p.serve_request(frames, lambda c, a: p.dispatch(COMMANDS, c, a))
+    assert reply[0] == frames[0] and p.decode_reply(reply[-1]).ok is (error is None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.dictionaries(st.sampled_from(["version", "id", "ok", "result", "error"]), ANY_VALUE, max_size=5)
+    .map(lambda m: {"version": 1, **m}),
+    st.fixed_dictionaries({"version": st.just(1), "ok": st.just(False),
+                           "error": st.dictionaries(st.sampled_from(["type", "message"]), ANY_VALUE)}),
+    ANY_VALUE).map(msgpack.packb))
+def test_reply_decoding_raises_protocol_error_only(frame):
+    try:
+        r = p.decode_reply(frame)
+    except p.ProtocolError:
+        return
+    assert r.ok in (True, False)
+    if not r.ok:
+        assert type(r.error_type) is str and type(r.error_message) is str
+
+
+def test_a_refused_request_keeps_no_reference_to_its_frames():
+    import sys
+    big = bytes(p.MAX_HEADER_BYTES + 1)
+    frames = [b"peer", b"", big]
+    reply, cmd, error = p.serve_request(frames, lambda c, a: None)
+    del frames
+    # no traceback, so no cycle through the caller's frame keeps the request alive until a GC
+    assert isinstance(error, p.ProtocolError) and error.__traceback__ is None
+    assert sys.getrefcount(big) == 2  # ``big`` and the call's argument

@@ -26,7 +26,7 @@ import zmq
 from mushu_client import process
 from mushu_client.clock import now_ns
 from mushu_client.config import setting, setting_float, setting_int
-from mushu_client.protocol import ProtocolError, data_topic, encode_info
+from mushu_client.protocol import MAX_QUEUED_REQUESTS, MAX_REQUEST_BYTES, ProtocolError, data_topic, encode_info
 from mushu_client.security import Guard
 
 from .core import DEFAULT_HISTORY_BYTES, READ_ONLY, STATE_COMMANDS, AmpCore
@@ -73,6 +73,8 @@ class AmpService:
         self.ctl.setsockopt(zmq.LINGER, 0)
         self.guard.server(self.pub)
         self.guard.server(self.ctl)
+        self.ctl.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+        self.ctl.setsockopt(zmq.RCVHWM, MAX_QUEUED_REQUESTS)
         try:
             self.pub.bind(data_endpoint)
             self.ctl.bind(control_endpoint)

@@ -31,5 +31,13 @@ Bad input (counted in ``status``, logged, never fatal to anyone else)
 - a ZeroMQ map without a string ``label`` or with a non-integer ``t_ns``,
   or a multi-frame message: refused;
 - TCP connections silent for ``--idle-timeout`` s (300) are closed; beyond
-  ``--max-connections`` (256) new ones are accepted and closed at once.
+  ``--max-connections`` (256), or ``--max-connections-per-sender`` (64) from
+  one address, new ones are accepted and closed at once;
+- with an allowlist (``--allow``), TCP connections from other addresses are
+  closed at accept and their datagrams dropped;
+- markers beyond a sender address's rate (``--rate`` 1000/s, ``--burst``
+  1000; this host is exempt unless ``--rate-exempt`` says otherwise) and
+  labels over ``--max-label-bytes`` (4096) are refused.
+
+``senders`` holds the allowlist and the limits (no sockets either).
 """

@@ -29,8 +29,12 @@ from mushu_client.protocol import (
     dispatch,
     encode_marker,
     encode_marker_info,
+    info_topic,
+    marker_topic,
     unpack_map,
 )
+
+from .senders import IPAddress, SenderPolicy
 
 log = logging.getLogger("mushu.markers")
 
@@ -56,7 +60,7 @@ COUNTERS = (
     "empty_lines", "empty_datagrams", "too_long", "invalid_utf8", "control_chars",
     "bad_zmq_messages", "partial_lines_dropped", "read_errors",
     "connections_accepted", "connections_closed", "connections_refused", "connections_idle_closed",
-    "bad_requests",
+    "connections_refused_sender", "refused_address", "rate_limited", "bad_requests", "bad_subscriptions",
 )
 
 
@@ -142,7 +146,7 @@ class LabelError(ValueError):
         self.kind = kind
 
 
-def decode_label(raw: bytes) -> tuple[str, list[str]]:
+def decode_label(raw: bytes, max_bytes: int = MAX_LABEL_BYTES) -> tuple[str, list[str]]:
     """Decode one line of ingress bytes into ``(label, flags)``.
 
     One trailing ``\\r`` is a line ending and is dropped. Bytes that are not
@@ -153,13 +157,12 @@ def decode_label(raw: bytes) -> tuple[str, list[str]]:
     ------
     LabelError
         For an empty line (kind ``"empty_lines"``) or a label over
-        MAX_LABEL_LENGTH characters (kind ``"too_long"``).
+        ``max_bytes`` bytes or MAX_LABEL_LENGTH characters (kind ``"too_long"``).
     """
     if raw.endswith(b"\r"):
         raw = raw[:-1]
-    if len(raw) > MAX_LABEL_BYTES:
-        raise LabelError("too_long", f"label of {len(raw)} bytes refused "
-                                     f"(over {MAX_LABEL_LENGTH} characters)")
+    if len(raw) > max_bytes:
+        raise LabelError("too_long", f"label of {len(raw)} bytes refused (limit {max_bytes} bytes)")
     try:
         return check_label(raw.decode("utf-8"), [])
     except UnicodeDecodeError:
@@ -213,7 +216,7 @@ class MarkerLog:
 
     def since(self, seq: int, limit: int = MAX_HISTORY_REPLY) -> list[bytes]:
         """Frames of the markers from ``seq`` (or the oldest kept) on, at most ``limit``."""
-        start = max(0, seq - self.oldest_seq)
+        start = min(max(0, seq - self.oldest_seq), len(self._frames))
         return list(itertools.islice(self._frames, start, start + limit))
 
 
@@ -255,43 +258,79 @@ class MarkersCore:
         Name of the published marker stream.
     history_markers, history_bytes : int
         Bounds of the history kept for late consumers.
+    policy : SenderPolicy
+        Who may send over TCP and UDP, with how many connections and how fast.
+    max_label_bytes : int
+        Longest label in UTF-8 bytes (at most MAX_LABEL_BYTES); longer ones are refused.
     """
 
     def __init__(self, stream: str = "markers", history_markers: int = DEFAULT_HISTORY_MARKERS,
-                 history_bytes: int = DEFAULT_HISTORY_BYTES):
+                 history_bytes: int = DEFAULT_HISTORY_BYTES, policy: SenderPolicy | None = None,
+                 max_label_bytes: int = MAX_LABEL_BYTES):
+        if not 1 <= max_label_bytes <= MAX_LABEL_BYTES:
+            raise ValueError(f"the label limit must be 1 to {MAX_LABEL_BYTES} bytes, not {max_label_bytes}")
+        self.policy = policy if policy is not None else SenderPolicy()
+        self.max_label_bytes = max_label_bytes
         self.stream = stream
         self.session = uuid.uuid4().hex
         self.log = MarkerLog(history_markers, history_bytes)
         self.counts = dict.fromkeys(COUNTERS, 0)
         self.problem = _ProblemLog(self.counts)
         self.started_ns = now_ns()
-        #: Set by the service: what it is bound to, and its open TCP connections.
+        #: Set by the service: what it is bound to.
         self.endpoints: dict = {}
-        self.connections = 0
-        self.max_connections = 0
         self.commands = {"ping": self.cmd_ping, "status": self.cmd_status,
                          "time": self.cmd_time, "history": self.cmd_history}
 
     # -- ingress ----------------------------------------------------------
 
-    def ingest_lines(self, lines, source: str, counter: str) -> list[list]:
-        """Turn ``(t_ns, raw_line)`` pairs from ``source`` into marker messages to publish."""
+    def admit_connection(self, sender: IPAddress, source: str) -> bool:
+        """Whether to keep a new TCP connection from ``sender``; a refusal is counted and logged."""
+        refusal = self.policy.refuse_connection(sender)
+        if refusal is None:
+            self.policy.opened(sender)
+            self.counts["connections_accepted"] += 1
+            return True
+        why = {"refused_address": "address not in the allowlist",
+               "connections_refused": f"{self.policy.connections} connections open (limit)",
+               "connections_refused_sender": f"{self.policy.open[sender]} connections open from this sender "
+                                             f"(limit per sender)"}[refusal]
+        self.problem(refusal, "%s: connection refused: %s", source, why)
+        return False
+
+    def connection_closed(self, sender: IPAddress):
+        self.policy.closed(sender)
+        self.counts["connections_closed"] += 1
+
+    def ingest_lines(self, lines, source: str, counter: str, sender: IPAddress | None = None) -> list[list]:
+        """Turn ``(t_ns, raw_line)`` pairs from ``source`` into marker messages to publish.
+
+        With a ``sender`` address, each non-empty line takes one token of the
+        sender's rate limit; a line without one is refused (``rate_limited``).
+        """
         out = []
         for t_ns, raw in lines:
+            if sender is not None and raw not in (b"", b"\r") and not self.policy.take(sender, t_ns):
+                self.problem("rate_limited", "%s: over %g markers/s (burst %d), marker refused: %.60r",
+                             source, self.policy.buckets.rate, self.policy.buckets.burst, raw[:60])
+                continue
             try:
-                label, flags = decode_label(raw)
+                label, flags = decode_label(raw, self.max_label_bytes)
             except LabelError as exc:
                 self._refused(exc, source, raw)
                 continue
             out.append(self._publish(t_ns, label, source, flags, counter))
         return out
 
-    def ingest_datagram(self, data: bytes, t_ns: int, source: str) -> list[list]:
-        """Marker messages from one UDP datagram received at ``t_ns``."""
+    def ingest_datagram(self, data: bytes, t_ns: int, source: str, sender: IPAddress | None = None) -> list[list]:
+        """Marker messages from one UDP datagram received at ``t_ns`` from ``sender``."""
+        if sender is not None and not self.policy.allowed(sender):
+            self.problem("refused_address", "%s: datagram dropped: address not in the allowlist", source)
+            return []
         if not data:
             self.problem("empty_datagrams", "%s: empty datagram ignored", source)
             return []
-        return self.ingest_lines([(t_ns, line) for line in split_datagram(data)], source, "udp_markers")
+        return self.ingest_lines([(t_ns, line) for line in split_datagram(data)], source, "udp_markers", sender)
 
     def ingest_zmq(self, frames: list[bytes], t_ns: int) -> list[list]:
         """Marker messages from one message of the ZeroMQ ingress received at ``t_ns``.
@@ -309,7 +348,7 @@ class MarkersCore:
         m = self._as_map(frame)
         if m is None:
             try:
-                label, flags = decode_label(frame)
+                label, flags = decode_label(frame, self.max_label_bytes)
             except LabelError as exc:
                 self._refused(exc, "zmq", frame)
                 return []
@@ -324,6 +363,8 @@ class MarkersCore:
                 # the sender's monotonic clock, plus any artificial offset of this service
                 t_ns, flags = sender_t + clock.offset_ns(), ["sender_time"]
             try:
+                if len(label.encode("utf-8", "replace")) > self.max_label_bytes:
+                    raise LabelError("too_long", f"label over {self.max_label_bytes} bytes refused")
                 label, flags = check_label(label, flags)
             except LabelError as exc:
                 self._refused(exc, "zmq", label.encode("utf-8", "replace"))
@@ -357,6 +398,22 @@ class MarkersCore:
         self.counts[counter] += 1
         return frames
 
+    def subscription(self, message: bytes) -> tuple[bool, bytes] | None:
+        """``(subscribe, topic)`` of a message a subscriber sent the publisher, or None if it is bad.
+
+        A bad one (``bad_subscriptions``) is not a (un)subscription, or names
+        a topic that is no prefix of this service's topics: it matches nothing
+        published, yet ZeroMQ keeps each such topic for the subscriber's
+        connection until it closes.
+        """
+        topic = message[1:]
+        if message[:1] in (b"\x00", b"\x01") and any(
+                t.startswith(topic) for t in (marker_topic(self.stream), info_topic(self.stream))):
+            return message[:1] == b"\x01", topic
+        self.problem("bad_subscriptions", "publisher: subscription message %.40r refused (not a prefix of "
+                     "this stream's topics)", message[:40])
+        return None
+
     def heartbeat(self) -> list:
         """The marker stream-info message for now."""
         return encode_marker_info(MarkerStreamInfo(self.stream, self.session, self.log.next_seq - 1,
@@ -382,7 +439,8 @@ class MarkersCore:
             "uptime_s": (now_ns() - self.started_ns) / 1e9,
             "last_seq": self.log.next_seq - 1,
             "endpoints": dict(self.endpoints),
-            "connections": self.connections, "max_connections": self.max_connections,
+            "connections": self.policy.connections, "max_connections": self.policy.max_connections,
+            "limits": {**self.policy.describe(), "max_label_bytes": self.max_label_bytes},
             "counts": dict(self.counts),
             "history": {"markers": len(self.log), "bytes": self.log.nbytes, "oldest_seq": self.log.oldest_seq,
                         "limit_markers": self.log.max_markers, "limit_bytes": self.log.max_bytes},
@@ -396,8 +454,8 @@ class MarkersCore:
         """
         if session != self.session:
             raise ValueError(f"session {session!r} is not in the history (current session {self.session!r})")
-        if type(from_seq) is not int or from_seq < 0:
-            raise TypeError(f"from_seq must be a non-negative integer, not {from_seq!r}")
+        if type(from_seq) is not int or not 0 <= from_seq < 2**63:
+            raise TypeError(f"from_seq must be a non-negative 64-bit integer, not {from_seq!r:.80}")
         frames = self.log.since(from_seq)
         result = {"session": self.session, "markers": len(frames), "oldest_seq": self.log.oldest_seq,
                   "last_seq": self.log.next_seq - 1}

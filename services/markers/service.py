@@ -27,9 +27,11 @@ import zmq
 from mushu_client import process
 from mushu_client.clock import now_ns
 from mushu_client.config import setting, setting_float, setting_int
+from mushu_client.protocol import MAX_QUEUED_REQUESTS, MAX_REQUEST_BYTES
 from mushu_client.security import INGRESS_DOMAIN, Guard
 
-from .core import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_MARKERS, READ_ONLY, LineFramer, MarkersCore
+from .core import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_MARKERS, MAX_LABEL_BYTES, READ_ONLY, LineFramer, MarkersCore
+from .senders import AddressList, IPAddress, SenderPolicy, sender_address
 
 log = logging.getLogger("mushu.markers")
 
@@ -76,12 +78,13 @@ def _recv_stamped(sock: socket.socket) -> tuple[bytes, object, int]:
 
 
 class _Connection:
-    __slots__ = ("sock", "source", "framer", "last_ns")
+    __slots__ = ("sock", "sender", "source", "framer", "last_ns")
 
-    def __init__(self, sock: socket.socket, source: str, now_ns: int):
+    def __init__(self, sock: socket.socket, sender: IPAddress, source: str, now_ns: int, max_line_bytes: int):
         self.sock = sock
+        self.sender = sender
         self.source = source
-        self.framer = LineFramer()
+        self.framer = LineFramer(max_line_bytes)
         self.last_ns = now_ns
 
 
@@ -91,16 +94,15 @@ class MarkersService:
     Parameters
     ----------
     core : MarkersCore
+        Its ``policy`` holds the allowlist and the connection and rate limits.
     host : str
-        Interface of the TCP and UDP ingress; anything but loopback is logged
-        as a warning.
+        Interface of the TCP and UDP ingress; anything but loopback without
+        an allowlist is logged as a warning.
     port : int
         TCP and UDP port of the ingress (libmushu's is 12344).
     data_endpoint, control_endpoint, ingress_endpoint : str
         ZeroMQ endpoints to bind the publisher, the control socket and the
         ZeroMQ ingress (PULL) to.
-    max_connections : int
-        Open TCP connections at most; further ones are accepted and closed.
     idle_timeout : float
         Seconds after which a TCP connection that sent nothing is closed.
     sndhwm : int
@@ -108,10 +110,8 @@ class MarkersService:
     """
 
     def __init__(self, core: MarkersCore, host: str, port: int, data_endpoint: str, control_endpoint: str,
-                 ingress_endpoint: str, max_connections: int = 256, idle_timeout: float = 300.0,
-                 sndhwm: int = 100_000):
+                 ingress_endpoint: str, idle_timeout: float = 300.0, sndhwm: int = 100_000):
         self.core = core
-        self.max_connections = core.max_connections = max_connections
         self.idle_ns = int(idle_timeout * 1e9)
         self.quit = False
         self.conns: dict[int, _Connection] = {}
@@ -141,6 +141,8 @@ class MarkersService:
         self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)
         self.pub.setsockopt(zmq.SNDHWM, sndhwm)
         self.ctl = self.ctx.socket(zmq.ROUTER)
+        self.ctl.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+        self.ctl.setsockopt(zmq.RCVHWM, MAX_QUEUED_REQUESTS)
         self.pull = self.ctx.socket(zmq.PULL)
         self.pull.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
         self.guard.server(self.pub)
@@ -170,9 +172,12 @@ class MarkersService:
             _enable_kernel_stamps(sock)
         self.core.endpoints["tcp"] = "%s:%d" % self.listener.getsockname()[:2]
         self.core.endpoints["udp"] = "%s:%d" % self.udp.getsockname()[:2]
-        if not _is_loopback(host):
-            log.warning("marker ingress bound to %s, beyond loopback: any host that reaches port %d can send "
-                        "markers", host, self.listener.getsockname()[1])
+        allow = self.core.policy.allow
+        if allow:
+            log.info("marker ingress accepts TCP/UDP senders in %s only", allow)
+        elif not _is_loopback(host):
+            log.warning("marker ingress bound to %s, beyond loopback, without an allowlist: any host that reaches "
+                        "port %d can send markers (set MUSHU_MARKERS_ALLOW)", host, self.listener.getsockname()[1])
 
     def run(self):
         """Serve until :meth:`shutdown` is called (e.g. from a signal handler)."""
@@ -220,20 +225,16 @@ class MarkersService:
             except OSError as exc:  # e.g. out of file descriptors: keep serving the others
                 self.core.problem("read_errors", "accept failed: %s", exc)
                 return
-            source = _source("tcp", addr)
-            if len(self.conns) >= self.max_connections:
+            source, sender = _source("tcp", addr), sender_address(addr[0])
+            if not self.core.admit_connection(sender, source):
                 sock.close()
-                self.core.problem("connections_refused", "%s: refused, %d connections open (limit)",
-                                  source, len(self.conns))
                 continue
             sock.setblocking(False)
             _enable_kernel_stamps(sock)
-            conn = _Connection(sock, source, now_ns())
+            conn = _Connection(sock, sender, source, now_ns(), self.core.max_label_bytes + 1)
             self.conns[sock.fileno()] = conn
             self.handlers[sock.fileno()] = lambda conn=conn: self._read_conn(conn)
             self.poller.register(sock, zmq.POLLIN)
-            self.core.counts["connections_accepted"] += 1
-            self.core.connections = len(self.conns)
             log.debug("%s: connected", source)
             self._read_conn(conn)  # a sender that connects per marker has usually sent it already
 
@@ -248,9 +249,10 @@ class MarkersService:
             return
         conn.last_ns = t_ns
         if data:
-            self._publish(self.core.ingest_lines(conn.framer.feed(data, t_ns), conn.source, "tcp_markers"))
+            self._publish(self.core.ingest_lines(conn.framer.feed(data, t_ns), conn.source, "tcp_markers",
+                                                 conn.sender))
         else:  # the sender closed: its unfinished last line is its last marker
-            self._publish(self.core.ingest_lines(conn.framer.finish(), conn.source, "tcp_markers"))
+            self._publish(self.core.ingest_lines(conn.framer.finish(), conn.source, "tcp_markers", conn.sender))
             self._close(conn)
 
     def _close(self, conn: _Connection):
@@ -258,11 +260,11 @@ class MarkersService:
         self.poller.unregister(conn.sock)
         del self.conns[fd], self.handlers[fd]
         conn.sock.close()
-        self.core.counts["connections_closed"] += 1
-        self.core.connections = len(self.conns)
+        self.core.connection_closed(conn.sender)
         log.debug("%s: closed", conn.source)
 
     def _close_idle(self, now: int):
+        self.core.policy.buckets.sweep(now)
         for conn in [c for c in self.conns.values() if now - c.last_ns > self.idle_ns]:
             self.core.problem("connections_idle_closed", "%s: closed after %.0f s without data",
                               conn.source, self.idle_ns / 1e9)
@@ -282,7 +284,7 @@ class MarkersService:
             except OSError as exc:  # e.g. an ICMP error reported on the socket
                 self.core.problem("read_errors", "udp: read failed: %s", exc)
                 return
-            self._publish(self.core.ingest_datagram(data, t_ns, _source("udp", addr)))
+            self._publish(self.core.ingest_datagram(data, t_ns, _source("udp", addr), sender_address(addr[0])))
 
     def _read_pull(self):
         for _ in range(BURST):
@@ -296,13 +298,13 @@ class MarkersService:
     def _serve(self):
         reply, cmd, error = self.guard.serve(self.ctl, self.core.handle, READ_ONLY)
         if error is not None:
-            self.core.counts["bad_requests"] += 1
-            log.warning("control request %s refused: %s: %s", cmd or "(malformed)", type(error).__name__, error)
+            self.core.problem("bad_requests", "control request %s refused: %s: %.300s", cmd or "(malformed)",
+                              type(error).__name__, error)
         self.ctl.send_multipart(reply)
 
     def _subscribed(self):
-        msg = self.pub.recv()
-        if msg[:1] == b"\x01":
+        change = self.core.subscription(self.pub.recv())
+        if change is not None and change[0]:
             self.pub.send_multipart(self.core.heartbeat())
 
 
@@ -317,6 +319,11 @@ def _is_loopback(host: str) -> bool:
                    for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP))
     except (OSError, ValueError):
         return False
+
+
+def _none_is_empty(spec: str) -> str:
+    """An empty setting means its default, so "none" spells an empty address list."""
+    return "" if spec.strip().lower() == "none" else spec
 
 
 def main(argv=None):
@@ -336,6 +343,18 @@ def main(argv=None):
     p.add_argument("--stream", help="marker stream name (env MUSHU_MARKER_STREAM, default 'markers')")
     p.add_argument("--max-connections", type=int,
                    help="open TCP connections at most (env MUSHU_MARKERS_MAX_CONNECTIONS, default 256)")
+    p.add_argument("--max-connections-per-sender", type=int, help="open TCP connections from one address at "
+                   "most (env MUSHU_MARKERS_MAX_CONNECTIONS_PER_SENDER, default 64)")
+    p.add_argument("--allow", help="TCP/UDP senders allowed: comma-separated addresses or CIDR networks; empty: "
+                   "everyone (env MUSHU_MARKERS_ALLOW)")
+    p.add_argument("--max-label-bytes", type=int, help="longest label in UTF-8 bytes "
+                   f"(env MUSHU_MARKERS_MAX_LABEL_BYTES, default and most {MAX_LABEL_BYTES})")
+    p.add_argument("--rate", type=float, help="markers per second per TCP/UDP sender address, 0: no limit "
+                   "(env MUSHU_MARKERS_RATE, default 1000)")
+    p.add_argument("--burst", type=int, help="markers a sender may send at once above the rate "
+                   "(env MUSHU_MARKERS_BURST, default 1000)")
+    p.add_argument("--rate-exempt", help="senders without a rate limit, addresses or CIDR networks "
+                   "or 'none' (env MUSHU_MARKERS_RATE_EXEMPT, default this host: 127.0.0.0/8,::1)")
     p.add_argument("--idle-timeout", type=float, help="seconds before a silent TCP connection is closed "
                    "(env MUSHU_MARKERS_IDLE_TIMEOUT, default 300)")
     p.add_argument("--history-markers", type=int, help="markers kept for late consumers "
@@ -349,14 +368,21 @@ def main(argv=None):
     process.setup(p, a, "mushu-markers")
 
     try:
+        policy = SenderPolicy(
+            AddressList(setting("MUSHU_MARKERS_ALLOW", a.allow), "MUSHU_MARKERS_ALLOW"),
+            setting_int("MUSHU_MARKERS_MAX_CONNECTIONS", a.max_connections),
+            setting_int("MUSHU_MARKERS_MAX_CONNECTIONS_PER_SENDER", a.max_connections_per_sender),
+            setting_float("MUSHU_MARKERS_RATE", a.rate), setting_int("MUSHU_MARKERS_BURST", a.burst),
+            AddressList(_none_is_empty(setting("MUSHU_MARKERS_RATE_EXEMPT", a.rate_exempt)),
+                        "MUSHU_MARKERS_RATE_EXEMPT"))
         core = MarkersCore(setting("MUSHU_MARKER_STREAM", a.stream),
                            setting_int("MUSHU_MARKERS_HISTORY_MARKERS", a.history_markers),
-                           int(setting_float("MUSHU_MARKERS_HISTORY_MB", a.history_mb) * 2**20))
+                           int(setting_float("MUSHU_MARKERS_HISTORY_MB", a.history_mb) * 2**20),
+                           policy, setting_int("MUSHU_MARKERS_MAX_LABEL_BYTES", a.max_label_bytes))
         service = MarkersService(
             core, setting("MUSHU_MARKERS_HOST_BIND", a.host), setting_int("MUSHU_MARKERS_PORT", a.port),
             setting("MUSHU_MARKERS_DATA_BIND", a.data), setting("MUSHU_MARKERS_CONTROL_BIND", a.control),
             setting("MUSHU_MARKERS_INGRESS_BIND", a.ingress),
-            max_connections=setting_int("MUSHU_MARKERS_MAX_CONNECTIONS", a.max_connections),
             idle_timeout=setting_float("MUSHU_MARKERS_IDLE_TIMEOUT", a.idle_timeout),
             sndhwm=setting_int("MUSHU_MARKERS_SNDHWM", a.sndhwm))
     except Exception as exc:

@@ -92,6 +92,8 @@ class RecorderCore:
         self._markers_seen_ns = -(10**18)  # when the markers service was last heard from
         self.last_error: str | None = None
         self.finished = 0
+        self.malformed_requests = 0  # not a valid control request at all
+        self.refused_requests = 0    # valid, but refused (unknown command, bad arguments, ...)
         self.started_ns = now_ns()
         self.commands = {"ping": self.cmd_ping, "status": self.cmd_status, "time": self.cmd_time,
                          "check": self.cmd_check, "record": self.cmd_record, "finish": self.cmd_finish}
@@ -217,6 +219,7 @@ class RecorderCore:
         return {"service": "recorder", "pid": os.getpid(), "version": __version__,
                 "data_dir": self.data_dir, "state": "idle" if a is None else ("error" if a.error else "recording"),
                 "recording": rec, "last_error": self.last_error, "finished": self.finished,
+                "malformed_requests": self.malformed_requests, "refused_requests": self.refused_requests,
                 "uptime_s": (now_ns() - self.started_ns) / 1e9}
 
     def _need_active(self) -> Active:

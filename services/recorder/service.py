@@ -21,7 +21,7 @@ from mushu_client.control import ControlClient
 from mushu_client.errors import ServiceUnavailable
 from mushu_client.history import history_blocks, history_markers
 from mushu_client.bus import BusReader
-from mushu_client.protocol import Block, Marker, data_topic, marker_topic
+from mushu_client.protocol import MAX_QUEUED_REQUESTS, MAX_REQUEST_BYTES, Block, Marker, ProtocolError, data_topic, marker_topic
 from mushu_client.security import Guard
 
 from .core import READ_ONLY, RecorderCore, Services
@@ -61,6 +61,8 @@ class RecorderService:
         self.ctl = self.ctx.socket(zmq.ROUTER)
         self.ctl.setsockopt(zmq.LINGER, 0)
         self.guard.server(self.ctl)
+        self.ctl.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+        self.ctl.setsockopt(zmq.RCVHWM, MAX_QUEUED_REQUESTS)
         try:
             self.ctl.bind(control)
         except zmq.ZMQError as exc:
@@ -107,6 +109,10 @@ class RecorderService:
             if self.ctl in events:
                 reply, cmd, error = self.guard.serve(self.ctl, self.core.handle, READ_ONLY)
                 if error is not None:
+                    if isinstance(error, ProtocolError):
+                        self.core.malformed_requests += 1
+                    else:
+                        self.core.refused_requests += 1
                     log.warning("control request %s refused: %s: %s", cmd or "(malformed)",
                                 type(error).__name__, error)
                 self.ctl.send_multipart(reply, copy=False)
