@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from mushu_amp.core import MAX_BLOCK_BYTES, AmpCore, History
+from mushu_amp.core import BLOCK_OVERHEAD_BYTES, MAX_BLOCK_BYTES, AmpCore, History, block_cost
 from mushu_amp.drivers.rampamp import ramp
 from mushu_client.protocol import BlockHeader, ReplyFrames, decode_block_frames, encode_block_header
 
@@ -16,10 +16,13 @@ def make_block(first, n, ch=4, seq=None):
 
 
 def test_history_is_bounded_in_bytes_and_finds_blocks_by_sample_and_seq():
-    hist = History(limit_bytes=10 * 16 * 5)  # ten blocks of 5 samples x 4 ch x 4 bytes
-    for i in range(30):
-        hist.append(*make_block(i * 5, 5, seq=i))
-    assert len(hist) == 10 and hist.nbytes == 800 and hist.oldest_sample == 100
+    blocks = [make_block(i * 5, 5, seq=i) for i in range(30)]
+    costs = [block_cost(frame, data) for _, frame, data in blocks]
+    assert costs[0] == 5 * 4 * 4 + len(blocks[0][1]) + BLOCK_OVERHEAD_BYTES  # payload, header, objects
+    hist = History(limit_bytes=sum(costs[20:]))  # the last ten blocks, headers and all
+    for block in blocks:
+        hist.append(*block)
+    assert len(hist) == 10 and hist.nbytes == sum(costs[20:]) and hist.oldest_sample == 100
     assert [h.first_sample for h, _, _ in hist.since_sample(123)] == list(range(120, 150, 5))
     assert [h.first_sample for h, _, _ in hist.since_sample(0)][0] == 100  # older: from the oldest kept
     assert [h.seq for h, _, _ in hist.since_seq(27)] == [27, 28, 29]
@@ -27,7 +30,7 @@ def test_history_is_bounded_in_bytes_and_finds_blocks_by_sample_and_seq():
 
 
 def test_history_compacts_without_losing_order():
-    hist = History(limit_bytes=16 * 3)
+    hist = History(limit_bytes=3 * block_cost(*make_block(9999, 1, seq=9999)[1:]))
     for i in range(10_000):
         hist.append(*make_block(i, 1, seq=i))
     assert [h.seq for h, _, _ in hist.since_seq(0)] == [9997, 9998, 9999]
