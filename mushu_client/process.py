@@ -12,6 +12,7 @@ import logging
 import signal
 
 from . import clock
+from .clock import now_ns
 from .config import setting
 
 
@@ -42,3 +43,37 @@ def serve(service) -> int:
     gc.freeze()
     service.run()
     return 0
+
+
+class ThrottledLog:
+    """Log warnings by kind, at most ``burst`` lines per kind per ``window_s`` seconds.
+
+    Bad input can arrive thousands of times a second; its log lines must not
+    flood the log or cost the service its time. A window's suppressed lines
+    are reported as a count when the next window opens.
+    """
+
+    def __init__(self, logger: logging.Logger, burst: int = 20, window_s: float = 10.0):
+        self.log = logger
+        self.burst = burst
+        self.window_ns = int(window_s * 1e9)
+        self._windows: dict[str, list[int]] = {}  # kind -> [window start, logged, suppressed]
+
+    def __call__(self, kind: str, fmt: str, *args):
+        now = now_ns()
+        w = self._windows.setdefault(kind, [now, 0, 0])
+        if now - w[0] > self.window_ns:
+            if w[2]:
+                self.log.warning("%d more %s problems were not logged", w[2], kind)
+            w[:] = [now, 0, 0]
+        if w[1] < self.burst:
+            w[1] += 1
+            self.log.warning(fmt, *args)
+        else:
+            w[2] += 1
+
+
+def log_refused(throttled: ThrottledLog, cmd: str | None, error: Exception):
+    """Log a refused control request (throttled per kind of refusal)."""
+    throttled(type(error).__name__, "control request %s refused: %s: %.300s", cmd or "(malformed)",
+              type(error).__name__, error)

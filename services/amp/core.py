@@ -37,6 +37,8 @@ MAX_BLOCK_BYTES = 1 << 20
 #: Default history size: 64 ch x 1 kHz in 1 ms blocks takes 0.86 MB/s in the
 #: history (block_cost), so 64 MiB keeps 78 s of it (the requirement is at least 60 s).
 DEFAULT_HISTORY_BYTES = 64 << 20
+#: How long the list of available amplifiers is reused before they are probed again.
+AMPS_CACHE_NS = 2_000_000_000
 #: Largest reply to one history request; the consumer asks again for more.
 MAX_HISTORY_REPLY_BYTES = 16 << 20
 
@@ -161,6 +163,7 @@ class AmpCore:
         self.late_driver_markers = 0
         self._markers: list[tuple[int, str]] = []  # driver markers waiting for their sample
         self.started_ns = now_ns()
+        self._amps: tuple[int, list] | None = None  # (when, what cmd_amps found)
         self.commands = {
             "ping": self.cmd_ping, "amps": self.cmd_amps, "use": self.cmd_use,
             "configure": self.cmd_configure, "start": self.cmd_start, "stop": self.cmd_stop,
@@ -343,7 +346,11 @@ class AmpCore:
                 "stream": self.stream}
 
     def cmd_amps(self):
-        return drivers.describe_amps()
+        # Probing USB backends takes a third of a second: a flood of requests probes once per period.
+        now = now_ns()
+        if self._amps is None or now - self._amps[0] > AMPS_CACHE_NS:
+            self._amps = (now, drivers.describe_amps())
+        return self._amps[1]
 
     def cmd_use(self, amp: str):
         """Select driver ``amp``; a no-op if it is already selected."""

@@ -66,6 +66,7 @@ class AmpService:
         except Exception:
             self.ctx.destroy(linger=0)
             raise
+        self.refusals = process.ThrottledLog(log)
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.SNDHWM, sndhwm)
         self.pub.setsockopt(zmq.LINGER, 0)
@@ -127,7 +128,7 @@ class AmpService:
                     self.core.malformed_requests += 1
                 else:
                     self.core.refused_requests += 1
-            log.warning("control request %s refused: %s: %s", cmd or "(malformed)", type(error).__name__, error)
+            process.log_refused(self.refusals, cmd, error)
         elif cmd in STATE_COMMANDS:
             self.wake.set()
         self.ctl.send_multipart(reply, copy=False)

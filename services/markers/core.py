@@ -19,6 +19,7 @@ from mushu_client import clock
 from mushu_client.clock import now_ns
 from mushu_client import __version__
 from mushu_client.clock import host_clock_id
+from mushu_client.process import ThrottledLog
 from mushu_client.protocol import (
     MAX_LABEL_LENGTH,
     PROTOCOL_VERSION,
@@ -221,27 +222,15 @@ class MarkerLog:
 
 
 class _ProblemLog:
-    """Count problems by kind and log them, at most ``burst`` lines per kind per window."""
+    """Count problems by kind and log them, throttled (:class:`mushu_client.process.ThrottledLog`)."""
 
-    def __init__(self, counts: dict, burst: int = 20, window_ns: int = 10_000_000_000):
+    def __init__(self, counts: dict):
         self.counts = counts
-        self.burst = burst
-        self.window_ns = window_ns
-        self._windows: dict[str, list[int]] = {}  # kind -> [window start, logged, suppressed]
+        self._log = ThrottledLog(log)
 
     def __call__(self, kind: str, fmt: str, *args):
         self.counts[kind] += 1
-        now = now_ns()
-        w = self._windows.setdefault(kind, [now, 0, 0])
-        if now - w[0] > self.window_ns:
-            if w[2]:
-                log.warning("%d more %s problems were not logged", w[2], kind)
-            w[:] = [now, 0, 0]
-        if w[1] < self.burst:
-            w[1] += 1
-            log.warning(fmt, *args)
-        else:
-            w[2] += 1
+        self._log(kind, fmt, *args)
 
 
 #: Commands any listed client may send: all of them, the markers service has

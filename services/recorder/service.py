@@ -39,6 +39,7 @@ class RecorderService:
                  markers_data: str, markers_control: str, stream: str, marker_stream: str):
         self.ctx = zmq.Context.instance()
         self.guard = Guard(self.ctx, {"control": control})
+        self.refusals = process.ThrottledLog(log)
         self.stream, self.marker_stream = stream, marker_stream
         self.amp_ctl = ControlClient(amp_control, 2.0, "amp", self.guard.keys)
         self.markers_ctl = ControlClient(markers_control, 0.5, "markers", self.guard.keys)
@@ -113,8 +114,7 @@ class RecorderService:
                         self.core.malformed_requests += 1
                     else:
                         self.core.refused_requests += 1
-                    log.warning("control request %s refused: %s: %s", cmd or "(malformed)",
-                                type(error).__name__, error)
+                    process.log_refused(self.refusals, cmd, error)
                 self.ctl.send_multipart(reply, copy=False)
             self.core.tick()
             now = now_ns()
