@@ -35,7 +35,7 @@ Workloads:
    it: return time minus the sample's acquisition time (a block's last
    sample is acquired when the driver read returns, earlier ones one sample
    period apart before it, in both systems; mushu's come from the block
-   headers seen by a side subscriber, LSL's are its time stamps). At
+   headers, noted as the client takes them in, LSL's are its time stamps). At
    64 ch x 1 kHz in 1 ms blocks and 256 ch x 10 kHz in 1 ms blocks,
    p50/p99/max over the samples after a warm-up.
 2. **Lossless throughput**: a ladder of sampling rates at 64 channels in
@@ -90,6 +90,7 @@ import zmq
 
 from amp_bench import CHANNELS, Service, _block_times, _wait_for_info, exact, free_port, machine
 from markers_bench import percentiles, spawn
+from mushu_client.control import ControlClient, wait_for
 
 #: Seconds after go before latency samples and CPU count (start-up transient).
 WARMUP_S = 0.5
@@ -100,7 +101,7 @@ DRAIN_LIMIT_S = 0.5
 END_WAIT_S = 10.0
 #: Throughput ladder, sampling rates at 64 channels (x 64 = samples/s).
 LADDER_FS = (100_000, 200_000, 400_000, 800_000, 1_600_000, 3_200_000)
-SHORT_LADDER_FS = (50_000, 200_000)
+SHORT_LADDER_FS = (200_000,)
 SYSTEMS = ("mushu", "lsl")
 
 
@@ -138,6 +139,11 @@ def lsl_buflen(fs: float, channels: int) -> int:
     """Seconds of buffering for LSL's outlet and inlet: its default of 360 s, capped
     at 2**28 values (1 GiB of float32) so fast streams do not exhaust memory."""
     return int(max(1, min(360, 2**28 // (fs * channels))))
+
+
+def history_mb(fs: float, channels: int) -> int:
+    """The amp's history for a run: 10 s of data, at least its default 64 MiB and, like LSL's buffers, at most 1 GiB."""
+    return int(max(64, min(1024, 10 * fs * channels * 4 / 2**20)))
 
 
 def lsl_producer(spec, cmd):
@@ -232,10 +238,22 @@ def mushu_consumer(spec, cmd):
     from mushu_client import GapWarning, get_amp
     from mushu_client.protocol import DATA, data_topic, info_topic
 
+    wait_for(spec["control"], "amp", 15.0)
     amp = get_amp("rampamp", data=spec["data"], control=spec["control"], markers=spec["markers"],
                   markers_control=spec["markers_control"], timeout=0.2)
-    side = None
-    if spec["latency"]:  # block headers, for the samples' acquisition times
+    side, blocks = None, []
+    timeline = getattr(amp, "_timeline", None)
+    if spec["latency"] and callable(getattr(timeline, "add", None)):
+        # The client notes every block's (first sample, t_ns, samples) for marker
+        # placement: noting them here too costs a list append per block, where a
+        # second subscriber would double the publisher's fan-out.
+        add = timeline.add
+
+        def noting(first, t_ns, n, fs):
+            blocks.append((first, t_ns))
+            add(first, t_ns, n, fs)
+        timeline.add = noting
+    elif spec["latency"]:  # a client without that hook: block headers from a side subscriber
         side = zmq.Context.instance().socket(zmq.SUB)
         side.setsockopt(zmq.RCVHWM, 0)
         side.connect(spec["data"])
@@ -259,12 +277,15 @@ def mushu_consumer(spec, cmd):
                 if frames[0].startswith(DATA):
                     headers.append(frames[1])
     acquired = None
-    if side is not None:
-        firsts, t_ns = _block_times(headers, side, cmd.target)
+    if spec["latency"]:
+        if side is not None:
+            firsts, t_ns = _block_times(headers, side, cmd.target)
+            side.close(linger=0)
+        else:
+            firsts, t_ns = (np.array(x, np.int64) for x in zip(*blocks)) if blocks else (np.zeros(1, np.int64),) * 2
         samples = tally.k0 + np.arange(tally.k, dtype=np.int64)
         i = np.searchsorted(firsts, samples, side="right") - 1
         acquired = t_ns[i] + np.round((samples - firsts[i]) * 1e9 / amp.get_sampling_frequency()).astype(np.int64)
-        side.close(linger=0)
     say(tally.result(cmd, acquired, lost=amp.lost_samples, refetched=amp.refetched_samples,
                      gap_warnings=len(caught)))
     amp.close()
@@ -412,63 +433,110 @@ def peak_mb(pid: int) -> float:
     return float("nan")
 
 
+class MushuSide:
+    """The amp service (and, if asked, the markers service and the recorder) of one session."""
+
+    def __init__(self, stack, spec: dict, block_ms: float, markers: dict | None, recorder: bool):
+        fs, channels = spec["fs"], spec["channels"]
+        self.stack, self.fs, self.channels, self.recorder = stack, fs, channels, recorder
+        self.svc = stack.enter_context(Service(fs, channels, block_ms, ("--history-mb", str(history_mb(fs, channels)))))
+        self.producer = self.svc.ps
+        self.mk = [f"tcp://127.0.0.1:{free_port()}" for _ in range(2)]  # no markers service unless asked
+        self.rec_ctl = f"tcp://127.0.0.1:{free_port()}"
+        self.markers = {**markers, "port": free_port()} if markers else None
+        self.consumer = {"role": "mushu-consumer", "data": self.svc.data, "control": self.svc.control,
+                         "markers": self.mk[0], "markers_control": self.mk[1]}
+
+    def prepare(self):
+        """Start the other services and connect; the consumers start meanwhile."""
+        stack, mk = self.stack, self.mk
+        if self.markers:
+            stack.callback(_end, spawn(["mushu_markers", "--port", str(self.markers["port"]), "--data", mk[0],
+                                        "--control", mk[1], "--ingress", f"tcp://127.0.0.1:{free_port()}"], mk[1]))
+        if self.recorder:
+            workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="lsl-compare-"))
+            stack.callback(_end, spawn(["mushu_recorder", "--control", self.rec_ctl, "--data-dir", workdir,
+                                        "--amp-data", self.svc.data, "--amp-control", self.svc.control,
+                                        "--markers-data", mk[0], "--markers-control", mk[1]], self.rec_ctl))
+            self.rec_status = ControlClient(self.rec_ctl, 2.0, "recorder")
+            stack.callback(self.rec_status.close)
+        self.boss = self.svc.connect(markers=mk[0], markers_control=mk[1], recorder=self.rec_ctl)
+        stack.callback(self.boss.close)
+
+    def start(self):
+        self.boss.start(f"bench-{uuid.uuid4().hex[:8]}" if self.recorder else None)
+
+    def stop(self) -> tuple[int, int, dict]:
+        """Stop acquisition: (samples made, when it stopped, what else there is to say)."""
+        extra = {}
+        if self.recorder:  # its backlog when acquisition stops, as for the consumers
+            amp_next = self.boss.status()["next_sample"]
+            rec_next = self.rec_status.call("status")["recording"]["next_sample"]
+            extra["recorder_lag_s"] = (amp_next - rec_next) / self.fs
+        t_stop = time.monotonic_ns()
+        self.boss.stop()
+        extra["finish_s"] = (time.monotonic_ns() - t_stop) / 1e9  # stop(), with the recording's finish
+        total = self.boss.status()["next_sample"]
+        if self.recorder:
+            extra["recording"] = _verify_recording(self.boss.recording_result, total, self.channels)
+        return total, t_stop, extra
+
+
+class LslSide:
+    """The LSL producer process of one session."""
+
+    def __init__(self, stack, spec: dict, block_ms: float, markers: dict | None, recorder: bool):
+        if recorder:
+            raise ValueError("LSL has no recorder here")
+        sid = f"lsl-compare-{uuid.uuid4().hex[:12]}"
+        self.prod = Worker({"role": "lsl-producer", "source_id": sid, "block_ms": block_ms, **spec})
+        stack.callback(self.prod.close)
+        self.producer = self.prod.ps
+        self.consumer = {"role": "lsl-consumer", "source_id": sid}
+        self.markers = None
+        if markers:
+            self.markers = {**markers, "source_id": sid + "-markers"}
+            self.consumer["marker_source"] = self.markers["source_id"]
+
+    def prepare(self):
+        if self.prod.expect(30) != "ready":
+            raise RuntimeError("the LSL producer did not get ready")
+
+    def start(self):
+        self.prod.send("go")
+
+    def stop(self) -> tuple[int, int, dict]:
+        self.prod.send("stop")
+        pushed = self.prod.result(30)
+        return pushed["pushed"], pushed["t_stop_ns"], {}
+
+
 def session(system: str, fs: float, channels: int = CHANNELS, block_ms: float = 1.0, duration: float = 3.0,
             consumers: int = 1, latency: bool = False, stall=None, markers: dict | None = None,
             recorder: bool = False) -> dict:
     """Run one producer and its consumers for ``duration`` s (or until the marker sender is done)."""
     spec = {"fs": fs, "channels": channels, "latency": latency, "warmup": WARMUP_S}
     with contextlib.ExitStack() as stack:
-        extra = {}
-        if system == "mushu":
-            svc = stack.enter_context(Service(fs, channels, block_ms))
-            mk = [f"tcp://127.0.0.1:{free_port()}" for _ in range(2)]  # no markers service unless asked
-            if markers:
-                port = free_port()
-                proc = spawn(["mushu_markers", "--port", str(port), "--data", mk[0], "--control", mk[1],
-                              "--ingress", f"tcp://127.0.0.1:{free_port()}"], mk[1])
-                stack.callback(_end, proc)
-                markers = {**markers, "port": port}
-            rec_ctl = f"tcp://127.0.0.1:{free_port()}"
-            if recorder:
-                workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="lsl-compare-"))
-                proc = spawn(["mushu_recorder", "--control", rec_ctl, "--data-dir", workdir,
-                              "--amp-data", svc.data, "--amp-control", svc.control,
-                              "--markers-data", mk[0], "--markers-control", mk[1]], rec_ctl)
-                stack.callback(_end, proc)
-            boss = svc.connect(markers=mk[0], markers_control=mk[1], recorder=rec_ctl)
-            stack.callback(boss.close)
-            producer = svc.ps
-            cons = {"role": "mushu-consumer", "data": svc.data, "control": svc.control,
-                    "markers": mk[0], "markers_control": mk[1]}
-        else:
-            sid = f"lsl-compare-{uuid.uuid4().hex[:12]}"
-            prod = Worker({"role": "lsl-producer", "source_id": sid, "block_ms": block_ms, **spec})
-            stack.callback(prod.close)
-            prod.expect(30)
-            producer = prod.ps
-            cons = {"role": "lsl-consumer", "source_id": sid}
-            if markers:
-                cons["marker_source"] = markers["source_id"] = sid + "-markers"
+        side = (MushuSide if system == "mushu" else LslSide)(stack, spec, block_ms, markers, recorder)
         workers = []
         for i in range(consumers):
-            workers.append(Worker({**spec, **cons, "stall": stall if i == 0 else None}))
+            workers.append(Worker({**spec, **side.consumer, "stall": stall if i == 0 else None}))
             stack.callback(workers[-1].close)
+        side.prepare()
         sender = None
         if markers:
-            sender = Worker({"role": "marker-sender", "system": system, **markers})
+            sender = Worker({"role": "marker-sender", "system": system, **side.markers})
             stack.callback(sender.close)
         for w in workers + [sender] * bool(sender):
             if w.expect(30) != "ready":
                 raise RuntimeError(f"{w.role} worker did not get ready")
-        if system == "mushu":
-            boss.start(f"bench-{uuid.uuid4().hex[:8]}" if recorder else None)
-        else:
-            prod.send("go")
+        side.start()
         for w in workers + [sender] * bool(sender):
             w.send("go")
         time.sleep(WARMUP_S)
-        procs = [producer] + [w.ps for w in workers]
+        procs = [side.producer] + [w.ps for w in workers]
         c0, t0 = [cpu_s(p) for p in procs], time.monotonic()
+        extra = {}
         if sender:
             extra["sender"] = sender.result(120)
             time.sleep(0.2)
@@ -477,17 +545,7 @@ def session(system: str, fs: float, channels: int = CHANNELS, block_ms: float = 
         c1, t1 = [cpu_s(p) for p in procs], time.monotonic()
         cpu = [100 * (b - a) / (t1 - t0) for a, b in zip(c0, c1)]
         mem = [peak_mb(p.pid) for p in procs]
-        t_stop = time.monotonic_ns()
-        if system == "mushu":
-            boss.stop()
-            extra["finish_s"] = (time.monotonic_ns() - t_stop) / 1e9
-            total = boss.status()["next_sample"]
-            if recorder:
-                extra["recording"] = _verify_recording(boss.recording_result, total, channels)
-        else:
-            prod.send("stop")
-            pushed = prod.result(30)
-            total, t_stop = pushed["pushed"], pushed["t_stop_ns"]
+        total, t_stop, more = side.stop()
         for w in workers:
             w.send(f"end {total}")
         results = [w.result(END_WAIT_S + 30) for w in workers]
@@ -496,7 +554,7 @@ def session(system: str, fs: float, channels: int = CHANNELS, block_ms: float = 
         r["kept_up"] = r["complete"] and r["drain_s"] <= DRAIN_LIMIT_S
     return {"system": system, "fs": fs, "channels": channels, "block_ms": block_ms, "total": total,
             "window_s": t1 - t0, "producer_cpu_pct": cpu[0], "consumer_cpu_pct": cpu[1:],
-            "producer_peak_mb": mem[0], "consumer_peak_mb": mem[1:], "consumers": results, **extra}
+            "producer_peak_mb": mem[0], "consumer_peak_mb": mem[1:], "consumers": results, **extra, **more}
 
 
 def _end(proc):
@@ -584,10 +642,10 @@ def fanout_figures(system, duration, stall_s):
 def throughput_run(system, fs, duration, recorder=False):
     s = session(system, fs, CHANNELS, 10.0, duration, recorder=recorder)
     c = s["consumers"][0]
-    rec_ok = s["recording"]["exact"] and s["finish_s"] <= DRAIN_LIMIT_S if recorder else True
+    rec_ok = s["recording"]["exact"] and s["recorder_lag_s"] <= DRAIN_LIMIT_S if recorder else True
     return {"fs": fs, "rate": fs * CHANNELS, "passed": bool(c["lossless"] and c["kept_up"] and rec_ok),
             "lossless": c["lossless"], "kept_up": c["kept_up"], "drain_s": c["drain_s"],
-            "recording_ok": rec_ok, "finish_s": s.get("finish_s"),
+            "recording_ok": rec_ok, "recorder_lag_s": s.get("recorder_lag_s"), "stop_s": s.get("finish_s"),
             "producer_cpu_pct": s["producer_cpu_pct"], "consumer_cpu_pct": s["consumer_cpu_pct"][0]}
 
 
@@ -601,11 +659,15 @@ def ladders(variants: dict, rates, duration, bisect_steps, log) -> dict:
 
     def passes(v, fs):
         for _ in range(2):
-            r = throughput_run(variants[v]["system"], fs, duration, variants[v].get("recorder", False))
+            try:
+                r = throughput_run(variants[v]["system"], fs, duration, variants[v].get("recorder", False))
+                log(f"  throughput {v:14} {r['rate'] / 1e6:8.1f} M/s  {'PASS' if r['passed'] else 'FAIL'}  "
+                    f"lossless={r['lossless']} drain {r['drain_s'] * 1e3:.0f} ms  "
+                    f"producer {r['producer_cpu_pct']:.0f}%  consumer {r['consumer_cpu_pct']:.0f}%")
+            except Exception as exc:  # overload can make a service miss its reply deadline: a failed rung
+                r = {"fs": fs, "rate": fs * CHANNELS, "passed": False, "lossless": False, "error": repr(exc)[:500]}
+                log(f"  throughput {v:14} {r['rate'] / 1e6:8.1f} M/s  FAIL  {r['error']}")
             runs[v].append(r)
-            log(f"  throughput {v:14} {r['rate'] / 1e6:8.1f} M/s  {'PASS' if r['passed'] else 'FAIL'}  "
-                f"lossless={r['lossless']} drain {r['drain_s'] * 1e3:.0f} ms  producer {r['producer_cpu_pct']:.0f}%"
-                f"  consumer {r['consumer_cpu_pct']:.0f}%")
             if r["passed"]:
                 return True
         return False
@@ -660,8 +722,8 @@ def run(short: bool = False, runs: int | None = None, with_scaling: bool | None 
     """Run every workload and return the figures, with the printed table under ``"table"``."""
     runs = runs or (1 if short else 3)
     with_scaling = (not short) if with_scaling is None else with_scaling
-    lat_s, cpu_s_, tp_s, stall_s = (3.0, 3.0, 1.0, 1.5) if short else (10.0, 8.0, 3.0, 4.0)
-    n_markers, burst = (150, 2000) if short else (500, 20000)
+    lat_s, cpu_s_, tp_s, stall_s = (2.0, 2.0, 1.0, 1.0) if short else (10.0, 8.0, 3.0, 4.0)
+    n_markers, burst = (100, 1000) if short else (500, 20000)
     res = {"machine": lsl_machine(), "mode": "short" if short else "full", "runs": runs}
     log(f"mushu vs LSL ({res['mode']}, {runs} run(s) each) on {res['machine']['cpu']}")
     raw = res["raw"] = {
@@ -696,15 +758,15 @@ def lsl_machine() -> dict:
     m = machine()
     v = pylsl.library_version()
     return {**m, "pylsl": pylsl.__version__, "liblsl": f"{v // 100}.{v % 100}",
-            "liblsl_build": pylsl.library_info().split("/")[1].replace("branch:refs/tags/", "")}
+            "liblsl_build": pylsl.library_info().split("/build")[0].rsplit("/", 1)[-1]}
 
 
 def table(res: dict) -> str:
     m, med, tp = res["machine"], res["median"], res["throughput"]
 
     def row(metric, better, mushu, lsl, fmt="{:.0f}"):
-        ratio = mushu / lsl if lsl and lsl == lsl and mushu == mushu else float("nan")
-        return f"| {metric} | {better} | {fmt.format(mushu)} | {fmt.format(lsl)} | {ratio:.2f} |"
+        ratio = f"{mushu / lsl:.2f}" if lsl else "–"  # nan (not measured) stays nan
+        return f"| {metric} | {better} | {fmt.format(mushu)} | {fmt.format(lsl)} | {ratio} |"
 
     def pair(workload, key, metric, better, fmt="{:.0f}"):
         return row(metric, better, med[workload]["mushu"][key], med[workload]["lsl"][key], fmt)
