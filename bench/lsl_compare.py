@@ -725,12 +725,14 @@ def scaling(duration, log) -> list:
             if key not in measured:
                 s = session("mushu", duration=duration, latency=True, **cfg)
                 measured[key] = {
-                    "producer_cpu_pct": s["producer_cpu_pct"], "consumer_cpu_pct": statistics.mean(s["consumer_cpu_pct"]),
+                    "producer_cpu_pct": s["producer_cpu_pct"],
+                    "consumer_cpu_pct": statistics.mean(s["consumer_cpu_pct"]),
                     **{k: _median([c.get(k) for c in s["consumers"]]) for k in ("p50_us", "p99_us")},
                     "lossless": all(c["lossless"] for c in s["consumers"])}
             rows.append({"axis": axis, "value": value, **measured[key]})
             log(f"  scaling {axis}={value}: producer {rows[-1]['producer_cpu_pct']:.1f}%  consumer "
-                f"{rows[-1]['consumer_cpu_pct']:.1f}%  p50 {rows[-1]['p50_us']:.0f} us  p99 {rows[-1]['p99_us']:.0f} us")
+                f"{rows[-1]['consumer_cpu_pct']:.1f}%  p50 {rows[-1]['p50_us']:.0f} us  "
+                f"p99 {rows[-1]['p99_us']:.0f} us")
     return rows
 
 
@@ -754,7 +756,8 @@ def run(short: bool = False, runs: int | None = None, with_scaling: bool | None 
                                      "latency 256x10k"),
         "cpu": alternate(runs, lambda s: cpu_figures(s, cpu_s_), log, "cpu"),
         "markers": alternate(runs, lambda s: marker_figures(s, n_markers, burst), log, "markers"),
-        "fanout": alternate(1 if short else 2, lambda s: fanout_figures(s, stall_s + (1.5 if short else 2.0), stall_s), log, "fan-out"),
+        "fanout": alternate(1 if short else 2, lambda s: fanout_figures(s, stall_s + (1.5 if short else 2.0), stall_s),
+                            log, "fan-out"),
     }
     res["throughput"] = ladders({"mushu": {"system": "mushu"}, "lsl": {"system": "lsl"},
                                  "mushu+recorder": {"system": "mushu", "recorder": True}},
@@ -805,7 +808,8 @@ def table(res: dict) -> str:
         "| metric | better | mushu | LSL | mushu/LSL |",
         "| --- | --- | ---: | ---: | ---: |",
     ]
-    for wl, what in (("latency_64x1k", "64 ch x 1 kHz, 1 ms blocks"), ("latency_256x10k", "256 ch x 10 kHz, 1 ms blocks")):
+    for wl, what in (("latency_64x1k", "64 ch x 1 kHz, 1 ms blocks"),
+                     ("latency_256x10k", "256 ch x 10 kHz, 1 ms blocks")):
         for k in ("p50", "p99", "max"):
             lines.append(pair(wl, f"{k}_us", f"latency {k} (µs), {what}", "lower"))
     best = lambda v: tp[v]["best_rate"] / 1e6  # noqa: E731
@@ -829,7 +833,8 @@ def table(res: dict) -> str:
             float(fo["mushu"]["stalled_lossless"]), float(fo["lsl"]["stalled_lossless"]), "{:.0f}"),
         "",
         f"every run lossless: {res['all_lossless']}" + (f" (lossy: {', '.join(res['lossy'])})" if res["lossy"] else ""),
-        f"throughput: rates (64 ch, 10 ms blocks) of the ladder {', '.join(str(r) for r in sorted({r['fs'] for t in tp.values() for r in t['runs']}))} Hz; "
+        "throughput: rates (64 ch, 10 ms blocks) of the ladder "
+        f"{', '.join(str(r) for r in sorted({r['fs'] for t in tp.values() for r in t['runs']}))} Hz; "
         f"pass = every value exact and the consumer (and recording) complete within {DRAIN_LIMIT_S:g} s "
         "of the producer stopping; '≥' = the ladder's top passed",
     ]
