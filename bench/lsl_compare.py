@@ -250,7 +250,8 @@ def mushu_consumer(spec, cmd):
 
     wait_for(spec["control"], "amp", 15.0)
     amp = get_amp("rampamp", data=spec["data"], control=spec["control"], markers=spec["markers"],
-                  markers_control=spec["markers_control"], timeout=0.2)
+                  markers_control=spec["markers_control"], timeout=10.0)  # control replies, under load too
+    amp.timeout = 0.2  # get_data's wait: the loop looks at its commands this often
     side, blocks = None, []
     timeline = getattr(amp, "_timeline", None)
     if spec["latency"] and callable(getattr(timeline, "add", None)):
@@ -398,8 +399,16 @@ class Worker:
             self.lines.put(line.strip())
 
     def send(self, line: str):
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            raise self._failure("has exited") from None
+
+    def _failure(self, what: str) -> RuntimeError:
+        self.log.seek(0)
+        tail = self.log.read().decode(errors="replace")[-1500:]
+        return RuntimeError(f"{self.role} worker {what} (exit status {self.proc.poll()}): {tail}")
 
     def expect(self, timeout: float, required: bool = True) -> str | None:
         """The worker's next line; raises with its stderr if it exits or stays silent ``timeout`` s
@@ -413,10 +422,7 @@ class Worker:
                 if not required and time.monotonic() > deadline:
                     return None
                 if exited or time.monotonic() > deadline:
-                    self.log.seek(0)
-                    tail = self.log.read().decode(errors="replace")[-1500:]
-                    raise RuntimeError(f"{self.role} worker said nothing within {timeout:g} s "
-                                       f"(exit status {self.proc.poll()}): {tail}") from None
+                    raise self._failure(f"said nothing within {timeout:g} s") from None
 
     def result(self, timeout: float) -> dict:
         """The worker's JSON result (a late ``markers-seen`` before it is passed over)."""
