@@ -55,8 +55,8 @@ def test_short_comparison_prints_a_full_table_and_every_run_was_lossless(tmp_pat
     assert res["all_lossless"] and not res["lossy"]
     runs = [r for by in res["raw"].values() for rs in by.values() for r in rs]
     assert len(runs) == 10 and all(r["lossless"] for r in runs)
-    for variant in ("mushu", "lsl", "mushu+recorder"):
-        ladder = res["throughput"][variant]
-        assert ladder["best_rate"] > 0 and all(r["lossless"] for r in ladder["runs"])
+    for variant in ("mushu", "lsl", "mushu+recorder"):  # whether a rung kept up is speed: not asserted
+        runs = res["throughput"][variant]["runs"]
+        assert runs and all(r["lossless"] is True for r in runs), runs
     fanout = res["raw"]["fanout"]
     assert all(r["others_lost"] == 0 and r["stalled_lossless"] for rs in fanout.values() for r in rs)
