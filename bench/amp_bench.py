@@ -123,13 +123,13 @@ class Service:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log)
         self.ps = psutil.Process(self.proc.pid)
 
-    def connect(self, timeout: float = 15.0):
-        """An :class:`Amp` client for the service, once it answers."""
+    def connect(self, timeout: float = 15.0, **kwargs):
+        """An :class:`Amp` client for the service, once it answers (``kwargs`` go to ``get_amp``)."""
         try:
             wait_for(self.control, "amp", timeout, self.proc)
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}: {self.stderr()}") from None
-        return get_amp("rampamp", data=self.data, control=self.control, timeout=10.0)
+        return get_amp("rampamp", data=self.data, control=self.control, **{"timeout": 10.0, **kwargs})
 
     def cpu_s(self) -> float:
         t = self.ps.cpu_times()
@@ -191,11 +191,11 @@ def _wait_for_info(sub, timeout: float = 3.0) -> bool:
 CHECK_ROWS = 4096
 
 
-def exact(data: np.ndarray, k0: int) -> bool:
-    """True if ``data`` is exactly samples ``k0 ..`` of the 64-channel ramp."""
-    if data.ndim != 2 or data.shape[1] != CHANNELS:
+def exact(data: np.ndarray, k0: int, channels: int = CHANNELS) -> bool:
+    """True if ``data`` is exactly samples ``k0 ..`` of the ``channels``-channel ramp."""
+    if data.ndim != 2 or data.shape[1] != channels:
         return False
-    return all(np.array_equal(data[i:i + CHECK_ROWS], ramp(k0 + i, len(data[i:i + CHECK_ROWS]), CHANNELS))
+    return all(np.array_equal(data[i:i + CHECK_ROWS], ramp(k0 + i, len(data[i:i + CHECK_ROWS]), channels))
                for i in range(0, len(data), CHECK_ROWS))
 
 

@@ -1,7 +1,12 @@
-"""The amp benchmark runs end to end in a reduced form; only correctness is asserted, never speed."""
+"""The benchmarks run end to end in a reduced form; only correctness is asserted, never speed."""
 
 import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "amp_bench.py"
 
@@ -28,3 +33,30 @@ def test_bench_short_run_produces_a_table_and_lossless_runs():
         assert r["lossless"], r
         assert r["lost_samples"] == 0 and r["gap_warnings"] == 0
         assert r["samples"] == r["expected_samples"] > 0
+
+
+LSL_COMPARE = BENCH.parent / "lsl_compare.py"
+HEADER = "| metric | better | mushu | LSL | mushu/LSL |"
+
+
+@pytest.mark.timeout(240)
+def test_short_comparison_prints_a_full_table_and_every_run_was_lossless(tmp_path):
+    out = tmp_path / "compare.json"
+    proc = subprocess.run([sys.executable, str(LSL_COMPARE), "--short", "--json", str(out)],
+                          capture_output=True, text=True, timeout=200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    rows = [line for line in lines[lines.index(HEADER) + 2:] if line.startswith("|")]
+    assert len(rows) == 18
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert len(cells) == 5 and all(cells) and "nan" not in cells, row
+    res = json.loads(out.read_text())
+    assert res["all_lossless"] and not res["lossy"]
+    runs = [r for by in res["raw"].values() for rs in by.values() for r in rs]
+    assert len(runs) == 10 and all(r["lossless"] for r in runs)
+    for variant in ("mushu", "lsl", "mushu+recorder"):  # whether a rung kept up is speed: not asserted
+        runs = res["throughput"][variant]["runs"]
+        assert runs and all(r["lossless"] is True for r in runs), runs
+    fanout = res["raw"]["fanout"]
+    assert all(r["others_lost"] == 0 and r["stalled_lossless"] for rs in fanout.values() for r in rs)
