@@ -7,8 +7,9 @@ when nothing is waiting. :class:`BusReader` is that loop's one step.
 
 It runs once per block (a thousand times a second at 1 ms blocks), so it
 avoids what costs there: a ``zmq.Again`` exception per empty read (a poll
-with timeout 0 is four times cheaper), a new ``zmq.Poller`` per wait, and a
-``zmq.Frame`` per message. A block's payload is received straight into the
+with timeout 0 is four times cheaper), a new ``zmq.Poller`` per wait, and
+``getsockopt(RCVMORE)`` where a frame can say it (pyzmq converts the option
+to an enum on every call). A block's payload is received straight into the
 array that the consumer gets (``recv_into``), sized by its header, which is
 decoded first; payloads over ``RECV_INTO_MAX`` arrive as a frame without a
 copy instead, so that a header cannot make the reader allocate more than
@@ -65,13 +66,16 @@ class BusReader:
         """
         sock, items, poll = self.sock, self._items, zmq.zmq_poll
         while poll(items, 0):
-            topic = sock.recv()
+            first = sock.recv(copy=False)
             try:
+                topic = first.bytes
                 if topic.startswith(DATA):
-                    return self._block(topic)
+                    return self._block(topic, first.more)
                 frames = [topic]
-                while self._more(_RCVMORE):
+                if first.more:
                     frames.append(sock.recv())
+                    while self._more(_RCVMORE):
+                        frames.append(sock.recv())
                 return decode_message(frames)
             except ProtocolError as exc:
                 while self._more(_RCVMORE):  # the rest of a malformed message
@@ -84,15 +88,16 @@ class BusReader:
         """Wait up to ``timeout`` seconds for a message; True if one is waiting."""
         return bool(zmq.zmq_poll(self._items, max(0, math.ceil(timeout * 1000))))
 
-    def _block(self, topic: bytes) -> Block:
+    def _block(self, topic: bytes, more: bool) -> Block:
         """The rest of a data message: ``[header, payload]``."""
-        sock, more = self.sock, self._more
+        sock = self.sock
         _prefix, stream = split_topic(topic)
-        if not more(_RCVMORE):
+        if not more:
             raise ProtocolError("data message has 1 frame, expected 3")
-        header_frame = sock.recv()
-        if not more(_RCVMORE):
+        frame = sock.recv(copy=False)
+        if not frame.more:
             raise ProtocolError("data message has 2 frames, expected 3")
+        header_frame = frame.bytes
         h = decode_block_header(header_frame, stream)
         if h.payload_bytes > RECV_INTO_MAX:
             block = decode_block_frames(header_frame, sock.recv(copy=False), stream)
@@ -103,6 +108,6 @@ class BusReader:
                 raise ProtocolError(f"block payload is {received} bytes, header declares "
                                     f"{h.n_samples} x {h.n_channels} x {h.dtype} = {h.payload_bytes}")
             block = Block(h, data)
-        if more(_RCVMORE):
+        if self._more(_RCVMORE):
             raise ProtocolError("data message has more than 3 frames")
         return block
