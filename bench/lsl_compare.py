@@ -94,6 +94,7 @@ import zmq
 from amp_bench import CHANNELS, Service, _block_times, _wait_for_info, exact, free_port, machine
 from markers_bench import percentiles, spawn
 from mushu_client.control import ControlClient, wait_for
+from mushu_client.protocol import data_topic
 
 #: Seconds after go before latency samples and CPU count (start-up transient).
 WARMUP_S = 0.5
@@ -246,7 +247,7 @@ class Tally:
 
 def mushu_consumer(spec, cmd):
     from mushu_client import GapWarning, get_amp
-    from mushu_client.protocol import DATA, data_topic, info_topic
+    from mushu_client.protocol import DATA, info_topic
 
     wait_for(spec["control"], "amp", 15.0)
     amp = get_amp("rampamp", data=spec["data"], control=spec["control"], markers=spec["markers"],
@@ -484,6 +485,9 @@ class MushuSide:
             stack.callback(self.rec_status.close)
         self.boss = self.svc.connect(markers=mk[0], markers_control=mk[1], recorder=self.rec_ctl)
         stack.callback(self.boss.close)
+        # The boss only starts and stops: off the data topic, so that the amp publishes to the
+        # measured consumers alone, as the LSL outlet does (it would double the amp's sends).
+        self.boss._sub.setsockopt(zmq.UNSUBSCRIBE, data_topic(self.boss.stream))
 
     def start(self):
         self.boss.start(f"bench-{uuid.uuid4().hex[:8]}" if self.recorder else None)
