@@ -28,8 +28,10 @@ from .protocol import DATA, Block, ProtocolError, decode_block_frames, decode_bl
 
 log = logging.getLogger("mushu.bus")
 
-#: Largest payload received into a freshly allocated array.
-RECV_INTO_MAX = 1 << 20
+#: Largest payload received into a freshly allocated array. Larger ones stay
+#: in their zmq frame (no copy): the client copies a chunk once as it hands it
+#: out, and a second copy would cost throughput at hundreds of MB/s.
+RECV_INTO_MAX = 64 << 10
 
 # Plain ints: pyzmq's enum constants cost an enum lookup on every use.
 _POLLIN, _RCVMORE = int(zmq.POLLIN), int(zmq.RCVMORE)
