@@ -30,6 +30,8 @@ log = logging.getLogger("mushu.recorder")
 
 FLUSH_NS = 100_000_000
 SYNC_NS = 1_000_000_000
+#: Longest the recorder takes bus messages before it answers control requests.
+DRAIN_NS = 20_000_000
 
 
 class RecorderService:
@@ -132,7 +134,10 @@ class RecorderService:
         self.guard.close()
 
     def _drain(self):
-        for _ in range(1000):  # then let the control socket have a turn
+        # Then the control socket has its turn: a thousand 1 MiB blocks would
+        # keep it waiting for seconds, so the turn comes after DRAIN_NS too.
+        deadline = now_ns() + DRAIN_NS
+        for _ in range(1000):
             msg = self.bus.receive()
             if msg is None:
                 return
@@ -140,6 +145,8 @@ class RecorderService:
                 self.core.on_block(msg)
             elif isinstance(msg, Marker):
                 self.core.on_marker(msg)
+            if now_ns() > deadline:
+                return
 
     def shutdown(self):
         self.quit = True
