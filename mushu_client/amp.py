@@ -6,11 +6,9 @@ import logging
 import time
 import warnings
 
-import zmq
-
 from . import security
 from .arrays import to_plain
-from .bus import BusReader
+from .bus import RCVHWM, subscribe
 from .clock import ClockOffset, now_ns
 from .config import setting
 from .control import ControlClient
@@ -24,9 +22,6 @@ from .stream import Assembler
 
 log = logging.getLogger("mushu.client")
 
-#: Messages a subscriber queues before the bus drops for it (then the
-#: client refetches from the amp's history).
-RCVHWM = 100_000
 #: Without any message (blocks, or the stream info sent every 0.25 s) for this
 #: long, the client checks that the amp service is still there.
 SILENCE_S = 0.7
@@ -154,15 +149,9 @@ class Amp:
         self.stream = described["stream"]
         self._channels = described["channels"]
         self._fs = described["fs"]
-        self._sub = zmq.Context.instance().socket(zmq.SUB)
-        self._sub.setsockopt(zmq.LINGER, 0)
-        self._sub.setsockopt(zmq.RCVHWM, hwm)
-        security.curve_client(self._sub, self.keys)
-        self._data_watch = security.HandshakeWatch(self._sub, self.data_endpoint, self.keys)
-        self._sub.connect(self.data_endpoint)
-        self._sub.setsockopt(zmq.SUBSCRIBE, data_topic(self.stream))
-        self._sub.setsockopt(zmq.SUBSCRIBE, info_topic(self.stream))
-        self._bus = BusReader(self._sub, self.data_endpoint)
+        self._bus = subscribe(self.data_endpoint, [data_topic(self.stream), info_topic(self.stream)],
+                              self.keys, hwm, watch=True)
+        self._sub = self._bus.sock
         self._asm = Assembler()
         self._timeline = Timeline()
         self._markers = MarkerFeed(setting("MUSHU_MARKERS_DATA", markers),
@@ -405,7 +394,7 @@ class Amp:
                     continue
                 remaining = deadline - time.monotonic()
                 silent = time.monotonic() - self._last_message
-                if silent > HANDSHAKE_CHECK_S and (failure := self._data_watch.failure()) is not None:
+                if silent > HANDSHAKE_CHECK_S and (failure := self._bus.watch.failure()) is not None:
                     raise failure  # no data because the service refused this client: say why
                 if silent > SILENCE_S:
                     self._check_alive()
@@ -607,8 +596,7 @@ class Amp:
 
     def close(self):
         """Close this client's sockets (the services keep running)."""
-        self._data_watch.close()
-        self._sub.close(linger=0)
+        self._bus.close()
         self._markers.close()
         self._ctl.close()
         self._rec_ctl.close()

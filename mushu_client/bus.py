@@ -24,10 +24,14 @@ import math
 import numpy as np
 import zmq
 
+from . import security
 from .protocol import DATA, Block, ProtocolError, decode_block_frames, decode_block_header, decode_message, split_topic
 
 log = logging.getLogger("mushu.bus")
 
+#: Messages a subscriber queues before the bus drops for it (then its owner
+#: refetches from the publisher's history).
+RCVHWM = 100_000
 #: Largest payload received into a freshly allocated array. Larger ones stay
 #: in their zmq frame (no copy): the client copies a chunk once as it hands it
 #: out, and a second copy would cost throughput at hundreds of MB/s.
@@ -57,6 +61,8 @@ class BusReader:
         self.sock = sock
         self.source = source
         self.bad_messages = 0
+        #: The socket's handshake watch (:func:`subscribe` with ``watch=True``), or None.
+        self.watch: security.HandshakeWatch | None = None
         self._items = [(sock, _POLLIN)]
         self._more = sock.get
 
@@ -86,6 +92,11 @@ class BusReader:
                 log.warning("dropped a malformed message from %s: %s", self.source, exc)
         return None
 
+    def close(self):
+        if self.watch is not None:
+            self.watch.close()
+        self.sock.close(linger=0)
+
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for a message; True if one is waiting."""
         return bool(zmq.zmq_poll(self._items, max(0, math.ceil(timeout * 1000))))
@@ -113,3 +124,36 @@ class BusReader:
         if self._more(_RCVMORE):
             raise ProtocolError("data message has more than 3 frames")
         return block
+
+
+def subscribe(endpoints: str | list[str], topics: list[bytes], keys: security.Keys | None = None,
+              rcvhwm: int = RCVHWM, watch: bool = False) -> BusReader:
+    """A :class:`BusReader` on a new SUB socket, connected and subscribed.
+
+    Parameters
+    ----------
+    endpoints : str or list of str
+        Publishers to connect to.
+    topics : list of bytes
+        Topic prefixes to subscribe to (:func:`mushu_client.protocol.data_topic` and the like).
+    keys : mushu_client.security.Keys, optional
+        This process's CURVE certificate (None: no encryption).
+    rcvhwm : int
+        Messages queued before the bus drops for this subscriber.
+    watch : bool
+        Also watch the socket's handshakes (``reader.watch``), from before it
+        connects, so that a refused one can be told apart from silence.
+    """
+    endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, rcvhwm)
+    security.curve_client(sock, keys)
+    handshakes = security.HandshakeWatch(sock, " and ".join(endpoints), keys) if watch else None
+    for endpoint in endpoints:
+        sock.connect(endpoint)
+    for topic in topics:
+        sock.setsockopt(zmq.SUBSCRIBE, topic)
+    reader = BusReader(sock, " and ".join(endpoints))
+    reader.watch = handshakes
+    return reader

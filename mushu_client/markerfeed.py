@@ -13,10 +13,7 @@ from __future__ import annotations
 import time
 import warnings
 
-import zmq
-
-from . import security
-from .bus import BusReader
+from .bus import subscribe
 from .clock import ClockOffset
 from .control import ControlClient
 from .errors import GapWarning, ServiceUnavailable
@@ -53,14 +50,7 @@ class MarkerFeed:
 
     def __init__(self, endpoint: str, control: str, stream: str, keys: str | None, rcvhwm: int):
         self.endpoint, self.stream = endpoint, stream
-        self._sub = zmq.Context.instance().socket(zmq.SUB)
-        self._sub.setsockopt(zmq.LINGER, 0)
-        self._sub.setsockopt(zmq.RCVHWM, rcvhwm)
-        security.curve_client(self._sub, keys)
-        self._sub.connect(endpoint)
-        self._sub.setsockopt(zmq.SUBSCRIBE, marker_topic(stream))
-        self._sub.setsockopt(zmq.SUBSCRIBE, info_topic(stream))
-        self.bus = BusReader(self._sub, endpoint)
+        self.bus = subscribe(endpoint, [marker_topic(stream), info_topic(stream)], keys, rcvhwm)
         self.ctl = ControlClient(control, 0.5, "markers", keys)
         self.merger = MarkerMerger()
         self.clock = ClockOffset(lambda: self.ctl.request("time", timeout=0.2)[0])
@@ -126,5 +116,5 @@ class MarkerFeed:
                           stacklevel=5)
 
     def close(self):
-        self._sub.close(linger=0)
+        self.bus.close()
         self.ctl.close()

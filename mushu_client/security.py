@@ -444,10 +444,6 @@ class Guard:
         if self.keys is not None:
             curve_server(sock, self.keys, domain)
 
-    def client(self, sock: zmq.Socket):
-        """Give ``sock`` the service's own certificate (before it connects)."""
-        curve_client(sock, self.keys)
-
     def serve(self, sock: zmq.Socket, handle, read_only: frozenset) -> tuple[list, str | None, Exception | None]:
         """Receive one control request on ROUTER ``sock`` and answer it as :func:`serve_request` does.
 

@@ -56,12 +56,11 @@ from mushu_client.control import ControlClient
 from mushu_client.errors import ServiceUnavailable
 from mushu_client.history import history_blocks, history_markers
 from mushu_client.markers import Timeline
-from mushu_client.bus import BusReader
+from mushu_client.bus import RCVHWM, BusReader, subscribe
 from mushu_client.protocol import Block, Marker, MarkerStreamInfo, StreamInfo, data_topic, info_topic, marker_topic
 
 log = logging.getLogger("mushu.lslbridge")
 
-RCVHWM = 100_000
 LSL_OFFSET_PERIOD_NS = 60_000_000_000
 #: Largest number of messages handled from one socket before looking at the other.
 BATCH = 1000
@@ -110,28 +109,13 @@ class LSLBridge:
         self.name = name or f"mushu-{stream}"
         self.lsl_type = lsl_type
         self.source_id = f"mushu:{socket.gethostname()}:{stream}"
-        ctx = zmq.Context.instance()
         keys = security.configured()  # the bridge is a client like any other: a viewer's keys will do
-        self.sub = ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.setsockopt(zmq.RCVHWM, RCVHWM)
-        security.curve_client(self.sub, keys)
-        self.sub.connect(amp_data)
-        self.sub.setsockopt(zmq.SUBSCRIBE, data_topic(stream))
-        self.sub.setsockopt(zmq.SUBSCRIBE, info_topic(stream))
-        self.bus = BusReader(self.sub, amp_data)
+        self.bus = subscribe(amp_data, [data_topic(stream), info_topic(stream)], keys, RCVHWM)
         self.ctl = ControlClient(amp_control, 2.0, "amp", keys)
         self.amp_clock = ClockOffset(lambda: self.ctl.call("time"))
-        self.msub = self.mctl = self.mbus = None
+        self.mctl = self.mbus = None
         if markers_data and markers_control:
-            self.msub = ctx.socket(zmq.SUB)
-            self.msub.setsockopt(zmq.LINGER, 0)
-            self.msub.setsockopt(zmq.RCVHWM, RCVHWM)
-            security.curve_client(self.msub, keys)
-            self.msub.connect(markers_data)
-            self.msub.setsockopt(zmq.SUBSCRIBE, marker_topic(marker_stream))
-            self.msub.setsockopt(zmq.SUBSCRIBE, info_topic(marker_stream))
-            self.mbus = BusReader(self.msub, markers_data)
+            self.mbus = subscribe(markers_data, [marker_topic(marker_stream), info_topic(marker_stream)], keys, RCVHWM)
             self.mctl = ControlClient(markers_control, 0.5, "markers", keys)
         self.markers_clock = ClockOffset(lambda: self.mctl.request("time", timeout=0.2)[0])
         self.lsl_offset = lsl_clock_offset()
@@ -250,15 +234,14 @@ class LSLBridge:
             while not stop.is_set() and not self.sync():
                 stop.wait(1.0)
             poller = zmq.Poller()
-            poller.register(self.sub, zmq.POLLIN)
-            if self.msub is not None:
-                poller.register(self.msub, zmq.POLLIN)
+            buses = [bus for bus in (self.bus, self.mbus) if bus is not None]
+            for bus in buses:
+                poller.register(bus.sock, zmq.POLLIN)
             while not stop.is_set():
                 events = dict(poller.poll(100))
-                if self.sub in events:
-                    self._drain(self.bus)
-                if self.msub is not None and self.msub in events:
-                    self._drain(self.mbus)
+                for bus in buses:
+                    if bus.sock in events:
+                        self._drain(bus)
                 self.tick()
         finally:
             log.info("pushed %d samples and %d markers; lost %d samples and %d markers",
@@ -429,9 +412,9 @@ class LSLBridge:
             self.next_seq = until
 
     def close(self):
-        for sock in (self.sub, self.msub):
-            if sock is not None:
-                sock.close(linger=0)
+        for bus in (self.bus, self.mbus):
+            if bus is not None:
+                bus.close()
         self.ctl.close()
         if self.mctl is not None:
             self.mctl.close()

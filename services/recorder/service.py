@@ -20,7 +20,7 @@ from mushu_client.config import setting
 from mushu_client.control import ControlClient
 from mushu_client.errors import ServiceUnavailable
 from mushu_client.history import history_blocks, history_markers
-from mushu_client.bus import BusReader
+from mushu_client.bus import subscribe
 from mushu_client.protocol import MAX_QUEUED_REQUESTS, MAX_REQUEST_BYTES, Block, Marker, ProtocolError, data_topic, marker_topic
 from mushu_client.security import Guard
 
@@ -52,15 +52,8 @@ class RecorderService:
             markers_history=self._markers_history,
             amp_time=lambda: self.amp_ctl.call("time"),
             markers_time=lambda: self.markers_ctl.request("time", timeout=0.2)[0]))
-        self.sub = self.ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.RCVHWM, 100_000)
-        self.sub.setsockopt(zmq.LINGER, 0)
-        self.guard.client(self.sub)
-        self.sub.connect(amp_data)
-        self.sub.connect(markers_data)
-        self.sub.setsockopt(zmq.SUBSCRIBE, data_topic(stream))
-        self.sub.setsockopt(zmq.SUBSCRIBE, marker_topic(marker_stream))
-        self.bus = BusReader(self.sub, f"{amp_data} and {markers_data}")
+        self.bus = subscribe([amp_data, markers_data], [data_topic(stream), marker_topic(marker_stream)],
+                             self.guard.keys)
         self.ctl = self.ctx.socket(zmq.ROUTER)
         self.ctl.setsockopt(zmq.LINGER, 0)
         self.guard.server(self.ctl)
@@ -101,13 +94,13 @@ class RecorderService:
             log.warning("resumed recording %s after a restart", resumed)
         log.info("recorder: control on %s, data directory %s", self.control, self.core.data_dir)
         poller = zmq.Poller()
-        poller.register(self.sub, zmq.POLLIN)
+        poller.register(self.bus.sock, zmq.POLLIN)
         poller.register(self.ctl, zmq.POLLIN)
         next_flush = now_ns() + FLUSH_NS
         next_sync = now_ns() + SYNC_NS
         while not self.quit:
             events = dict(poller.poll(100))
-            if self.sub in events:
+            if self.bus.sock in events:
                 self._drain()
             if self.ctl in events:
                 reply, cmd, error = self.guard.serve(self.ctl, self.core.handle, READ_ONLY)
@@ -127,7 +120,7 @@ class RecorderService:
                 self.core.sync()
                 next_sync = now + SYNC_NS
         self.core.sync()
-        self.sub.close(linger=0)
+        self.bus.close()
         self.ctl.close(linger=0)
         self.amp_ctl.close()
         self.markers_ctl.close()
