@@ -291,7 +291,8 @@ class Amp:
     def stop(self):
         """Stop acquisition, and the recording if :meth:`start` began one.
 
-        Samples acquired before it stay readable with :meth:`get_data`.
+        Samples acquired before it stay readable: the next :meth:`get_data`
+        returns all of them, up to the last sample the amp acquired.
 
         Raises
         ------
@@ -385,8 +386,10 @@ class Amp:
         while self._deferred is None:
             msg = bus.receive()
             if msg is None:
-                if asm.pending_samples or self._error or self._at_end():
+                if self._error or self._at_end():
                     return
+                if asm.pending_samples and self._end_sample is None:
+                    return  # running: return what is here; after stop(), everything up to its end
                 if self._end_sample is not None and time.monotonic() - self._last_message > END_QUIET_S:
                     # stopped, the bus quiet and samples still missing (the stream info
                     # after the last block would have fetched them): from the history

@@ -263,6 +263,21 @@ def test_service_reads_every_value_from_an_emulated_gusbamp(spawn_amp):
         np.testing.assert_array_equal(data, expected(len(data)))
 
 
+def test_one_get_data_after_stop_returns_every_sample_up_to_the_stop(spawn_amp):
+    # The driver's read blocks until the device sends, so a stop request waits for it and
+    # its reply can overtake that read's block on the bus: the get_data after stop() must
+    # wait for the block (or fetch it) rather than return the part that was already there.
+    with amp_through_service(spawn_amp, "gusbamp_backend", "gusbamp", absent="epoc") as amp:
+        amp.configure(fs=1200)
+        for _ in range(20):
+            amp.start()
+            data = [amp.get_data()[0]]
+            amp.stop()
+            data.append(amp.get_data()[0])
+            assert sum(map(len, data)) == amp.status()["next_sample"]
+            np.testing.assert_array_equal(np.concatenate(data), expected(sum(map(len, data))))
+
+
 def test_service_reports_a_vanished_gusbamp_to_the_client(spawn_amp):
     vanishing_device_reaches_client_and_status(spawn_amp, "gusbamp_vanishing_backend", "gusbamp",
                                                "g.USBamp disconnected")
