@@ -8,7 +8,7 @@ import warnings
 
 from . import security
 from .arrays import to_plain
-from .bus import RCVHWM, subscribe
+from .bus import RCVHWM, Readers, subscribe
 from .clock import ClockOffset, now_ns
 from .config import setting
 from .control import ControlClient
@@ -158,6 +158,7 @@ class Amp:
                                    setting("MUSHU_MARKERS_CONTROL", markers_control),
                                    setting("MUSHU_MARKER_STREAM"), self.keys, RCVHWM)
         self._merger = self._markers.merger
+        self._readers = Readers(self._bus, self._markers.bus)  # one poll for data and markers
         self.markers_endpoint, self.marker_stream = self._markers.endpoint, self._markers.stream
         #: Offsets of the amp's and the markers service's clocks from this host's.
         self.amp_clock = ClockOffset(lambda: self._ctl.call("time"))
@@ -382,8 +383,12 @@ class Amp:
         if self._deferred is not None and not asm.pending_samples:
             block, self._deferred = self._deferred, None
             self._on_block(block)
-        bus = self._bus
+        bus, readers = self._bus, self._readers
+        for reader in readers.readers:  # what an earlier call's poll found is stale by now
+            reader.ready = None
         while self._deferred is None:
+            if bus.ready is None:  # after a message: is there more, data or markers?
+                readers.poll(0)
             msg = bus.receive()
             if msg is None:
                 if self._error or self._at_end():
@@ -409,7 +414,7 @@ class Amp:
                 markers_here = self._markers.heard_within(SILENCE_S)
                 if self.amp_clock.update() or (markers_here and self.markers_clock.update()):
                     continue
-                bus.wait(min(remaining, 0.1))
+                readers.poll(min(remaining, 0.1))
                 continue
             self._last_message = time.monotonic()
             if self._away_since is not None:  # it is back

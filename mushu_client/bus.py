@@ -8,12 +8,13 @@ when nothing is waiting. :class:`BusReader` is that loop's one step.
 It runs once per block (a thousand times a second at 1 ms blocks), so it
 avoids what costs there: a ``zmq.Again`` exception per empty read (a poll
 with timeout 0 is four times cheaper), a new ``zmq.Poller`` per wait, and
-``getsockopt(RCVMORE)`` where a frame can say it (pyzmq converts the option
-to an enum on every call). A block's payload is received straight into the
-array that the consumer gets (``recv_into``), sized by its header, which is
-decoded first; payloads over ``RECV_INTO_MAX`` arrive as a frame without a
-copy instead, so that a header cannot make the reader allocate more than
-what actually arrived.
+``getsockopt(RCVMORE)`` (pyzmq converts the option to an enum on every
+call; a frame says it for itself). A block's payload stays in its zmq frame,
+without a copy: the consumer copies it once, as it hands samples out.
+
+A consumer that follows several streams waits for all of them with one
+:class:`Readers` poll, which also tells each reader whether a message is
+waiting, so that :meth:`BusReader.receive` need not ask again.
 """
 
 from __future__ import annotations
@@ -21,22 +22,16 @@ from __future__ import annotations
 import logging
 import math
 
-import numpy as np
 import zmq
 
 from . import security
-from .protocol import DATA, Block, ProtocolError, decode_block_frames, decode_block_header, decode_message, split_topic
+from .protocol import DATA, Block, ProtocolError, decode_block_frames, decode_message, split_topic
 
 log = logging.getLogger("mushu.bus")
 
 #: Messages a subscriber queues before the bus drops for it (then its owner
 #: refetches from the publisher's history).
 RCVHWM = 100_000
-#: Largest payload received into a freshly allocated array. Larger ones stay
-#: in their zmq frame (no copy): the client copies a chunk once as it hands it
-#: out, and a second copy would cost throughput at hundreds of MB/s.
-RECV_INTO_MAX = 64 << 10
-
 # Plain ints: pyzmq's enum constants cost an enum lookup on every use.
 _POLLIN, _RCVMORE = int(zmq.POLLIN), int(zmq.RCVMORE)
 
@@ -63,6 +58,9 @@ class BusReader:
         self.bad_messages = 0
         #: The socket's handshake watch (:func:`subscribe` with ``watch=True``), or None.
         self.watch: security.HandshakeWatch | None = None
+        #: What the last :class:`Readers` poll found: True (a message is
+        #: waiting), False (none was), None (not known: :meth:`receive` polls).
+        self.ready: bool | None = None
         self._items = [(sock, _POLLIN)]
         self._more = sock.get
 
@@ -73,7 +71,11 @@ class BusReader:
         skipped; the message after it is returned.
         """
         sock, items, poll = self.sock, self._items, zmq.zmq_poll
-        while poll(items, 0):
+        known, self.ready = self.ready, (False if self.ready is False else None)
+        if known is False:  # the last poll found nothing; only a new poll or wait can tell more
+            return None
+        while known or poll(items, 0):
+            known = False
             first = sock.recv(copy=False)
             try:
                 topic = first.bytes
@@ -107,23 +109,44 @@ class BusReader:
         _prefix, stream = split_topic(topic)
         if not more:
             raise ProtocolError("data message has 1 frame, expected 3")
-        frame = sock.recv(copy=False)
-        if not frame.more:
+        header = sock.recv(copy=False)
+        if not header.more:
             raise ProtocolError("data message has 2 frames, expected 3")
-        header_frame = frame.bytes
-        h = decode_block_header(header_frame, stream)
-        if h.payload_bytes > RECV_INTO_MAX:
-            block = decode_block_frames(header_frame, sock.recv(copy=False), stream)
-        else:
-            data = np.empty((h.n_samples, h.n_channels), h.dtype)
-            received = sock.recv_into(data)
-            if received != h.payload_bytes:
-                raise ProtocolError(f"block payload is {received} bytes, header declares "
-                                    f"{h.n_samples} x {h.n_channels} x {h.dtype} = {h.payload_bytes}")
-            block = Block(h, data)
-        if self._more(_RCVMORE):
+        payload = sock.recv(copy=False)
+        block = decode_block_frames(header.bytes, payload, stream)
+        if payload.more:
             raise ProtocolError("data message has more than 3 frames")
         return block
+
+
+class Readers:
+    """Several bus readers waited on with one poll.
+
+    Parameters
+    ----------
+    readers : BusReader
+        The readers, e.g. a client's data and markers subscriptions.
+    """
+
+    def __init__(self, *readers: BusReader):
+        self.readers = readers
+        self._items = [(r.sock, _POLLIN) for r in readers]
+
+    def poll(self, timeout: float = 0.0) -> bool:
+        """Wait up to ``timeout`` s for a message on any reader; True if one is waiting.
+
+        Sets every reader's :attr:`BusReader.ready`.
+        """
+        ready = zmq.zmq_poll(self._items, max(0, math.ceil(timeout * 1000)))
+        if len(ready) == 1 and len(self.readers) > 1:  # the usual case: one socket, find it
+            sock = ready[0][0]
+            for r in self.readers:
+                r.ready = r.sock is sock
+        else:
+            socks = {id(sock) for sock, _ in ready}
+            for r in self.readers:
+                r.ready = id(r.sock) in socks
+        return bool(ready)
 
 
 def subscribe(endpoints: str | list[str], topics: list[bytes], keys: security.Keys | None = None,

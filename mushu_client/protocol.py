@@ -360,12 +360,74 @@ def _fast_block_header(m: dict) -> BlockHeader | None:
 _last_names = [(None, None, None)]
 
 
+class _HeaderLayout:
+    """Where a block header frame's changing numbers are, to read the next ones without msgpack.
+
+    A publisher encodes every header of a session the same way, so the next
+    frames differ from a decoded one only in the bytes of ``seq``,
+    ``first_sample``, ``n_samples`` and ``t_ns``. A frame of the same length
+    whose other bytes are all equal (the type bytes of those numbers
+    included) is that header with new numbers, which are then read straight
+    from their bytes and range-checked as msgpack would have them checked.
+    Any other frame is decoded in full, and its layout replaces this one.
+    """
+
+    __slots__ = ("length", "same", "numbers", "header", "values")
+
+    def __init__(self, frame: bytes, m: dict, header: BlockHeader):
+        self.length, self.header = len(frame), header
+        self.values = [header.seq, header.first_sample, header.n_samples, header.t_ns]
+        self.same: list[tuple[int, bytes]] = []       # (offset, bytes that must be there)
+        self.numbers: list[tuple[int, int, int, bool]] = []  # (index in values, start, end, signed)
+        pos, start = 1, 0  # after the map's first byte (checked below: a fixmap)
+        for key, value in m.items():
+            pos += len(msgpack.packb(key))
+            size = len(msgpack.packb(value))
+            if key in _CHANGING and type(value) is int and size > 1:  # not a fixint: a type byte, then the number
+                self.same.append((start, frame[start:pos + 1]))
+                self.numbers.append((_CHANGING.index(key), pos + 1, pos + size, frame[pos] in _SIGNED_INTS))
+                start = pos + size
+            pos += size
+        self.same.append((start, frame[start:]))
+        if pos != len(frame) or frame[0] != 0x80 | len(m) or len(m) > 15:
+            self.numbers = []  # not the plain encoding this reads: never matches
+
+    def decode(self, frame) -> BlockHeader | None:
+        """``frame`` as a header of this layout, or None if it is not one."""
+        if type(frame) is not bytes or len(frame) != self.length or not self.numbers:
+            return None
+        for offset, expected in self.same:
+            if not frame.startswith(expected, offset):
+                return None
+        values = self.values[:]
+        for i, start, end, signed in self.numbers:
+            values[i] = int.from_bytes(frame[start:end], "big", signed=signed)
+        seq, first, n, t_ns = values
+        if not (0 <= seq <= _I64[1] and 0 <= first <= _I64[1] and 1 <= n <= MAX_BLOCK_SAMPLES
+                and _I64[0] <= t_ns <= _I64[1]):
+            return None
+        h = self.header
+        return BlockHeader(h.stream, h.session, seq, first, n, h.n_channels, h.fs, h.dtype, t_ns)
+
+
+_CHANGING = ("seq", "first_sample", "n_samples", "t_ns")
+_SIGNED_INTS = frozenset({0xD0, 0xD1, 0xD2, 0xD3})
+#: The last header layout of each stream (a consumer follows a few streams at most).
+_layouts: dict[str, _HeaderLayout] = {}
+
+
 def decode_block_header(frame, stream: str | None = None) -> BlockHeader:
+    if stream is not None and (layout := _layouts.get(stream)) is not None:
+        h = layout.decode(frame)
+        if h is not None:
+            return h
     m = unpack_map(frame, "block header")
     h = _fast_block_header(m)
     if h is not None:
         if stream is not None and h.stream != stream:
             raise ProtocolError(f"block header: stream {h.stream!r} does not match topic stream {stream!r}")
+        if stream is not None and type(frame) is bytes and (stream in _layouts or len(_layouts) < 64):
+            _layouts[stream] = _HeaderLayout(frame, m, h)
         return h
     f = _Fields(m, "block header")
     f.version()
@@ -404,13 +466,13 @@ def _block_markers(value, n_samples: int) -> tuple:
 
 
 def decode_block_frames(header_frame, payload, stream: str | None = None) -> Block:
-    """Decode a header frame and its payload (bytes, memoryview or zmq.Frame)."""
+    """Decode a header frame and its payload (bytes, memoryview or zmq.Frame: no copy)."""
     h = decode_block_header(header_frame, stream)
-    buf = memoryview(payload.buffer if hasattr(payload, "buffer") else payload)
-    if buf.nbytes != h.payload_bytes:
-        raise ProtocolError(f"block payload is {buf.nbytes} bytes, header declares "
+    nbytes = payload.nbytes if type(payload) is memoryview else len(payload)
+    if nbytes != h.payload_bytes:
+        raise ProtocolError(f"block payload is {nbytes} bytes, header declares "
                             f"{h.n_samples} x {h.n_channels} x {h.dtype} = {h.payload_bytes}")
-    data = np.frombuffer(buf, dtype=h.dtype).reshape(h.n_samples, h.n_channels)
+    data = np.frombuffer(payload, dtype=h.dtype).reshape(h.n_samples, h.n_channels)
     return Block(h, data)
 
 

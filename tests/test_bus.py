@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import zmq
 
-from mushu_client.bus import RECV_INTO_MAX, BusReader
+from mushu_client.bus import BusReader, Readers
 from mushu_client.protocol import Block, BlockHeader, StreamInfo, encode_block, encode_block_header, encode_info
 
 SESSION = "0123456789abcdef0123456789abcdef"
@@ -56,19 +56,46 @@ def test_blocks_and_info_decode(pub_reader):
     block = _next(reader)
     assert isinstance(block, Block) and block.header == h
     np.testing.assert_array_equal(block.data, data)
-    assert block.data.flags.writeable  # received into its own array: no copy needed by the consumer
+    assert not block.data.flags.owndata  # a view of the received frame, not a copy
     assert isinstance(_next(reader), StreamInfo)
     assert reader.receive() is None and reader.bad_messages == 0
 
 
-def test_large_payload_arrives_without_recv_into(pub_reader):
+def test_a_large_payload_arrives_whole(pub_reader):
     pub, reader = pub_reader
-    n = RECV_INTO_MAX // (4 * 64) + 1
-    h = BlockHeader("eeg", SESSION, 0, 0, n, 64, 1000.0, "<f4", 0)
-    data = np.random.default_rng(1).random((n, 64), dtype=np.float32)
+    h = BlockHeader("eeg", SESSION, 0, 0, 5000, 64, 1000.0, "<f4", 0)
+    data = np.random.default_rng(1).random((5000, 64), dtype=np.float32)
     pub.send_multipart(encode_block(h, data))
     block = _next(reader)
     np.testing.assert_array_equal(block.data, data)
+
+
+def test_one_poll_tells_each_reader_whether_a_message_waits(pub_reader):
+    pub, reader = pub_reader
+    ctx = zmq.Context.instance()
+    other_pub, other_sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+    try:
+        other_sub.connect(f"tcp://127.0.0.1:{other_pub.bind_to_random_port('tcp://127.0.0.1')}")
+        other_sub.setsockopt(zmq.SUBSCRIBE, b"")
+        other = BusReader(other_sub, "other")
+        readers = Readers(reader, other)
+        assert not readers.poll(0) and reader.ready is False and other.ready is False
+        pub.send_multipart(encode_block(*_block(1)))
+        assert readers.poll(5.0) and reader.ready is True and other.ready is False
+        assert other.receive() is None  # told nothing waits: no poll of its own
+        assert isinstance(reader.receive(), Block) and reader.ready is None
+        # after a message nothing is known, so the reader polls again itself
+        pub.send_multipart(encode_block(*_block(2)))
+        assert isinstance(_next(reader), Block) and reader.receive() is None
+        # a reader told "nothing" answers None until a poll says otherwise, even if a message came since
+        assert not readers.poll(0)
+        pub.send_multipart(encode_block(*_block(3)))
+        assert reader.sock.poll(5000)  # it is there
+        assert reader.receive() is None
+        assert readers.poll(0) and reader.receive().header.seq == 3
+    finally:
+        other_pub.close(linger=0)
+        other_sub.close(linger=0)
 
 
 def test_malformed_messages_are_counted_and_skipped(pub_reader):
@@ -80,7 +107,7 @@ def test_malformed_messages_are_counted_and_skipped(pub_reader):
         [topic, header],                           # 2 frames
         [topic, header, data.tobytes(), b"x"],     # 4 frames
         [topic, header, data.tobytes()[:-4]],      # short payload
-        [topic, header, data.tobytes() + b"1234"],  # long payload (truncated by recv_into)
+        [topic, header, data.tobytes() + b"1234"],  # long payload
         [topic, b"\xc1garbage", data.tobytes()],   # header not msgpack
         [b"data/e e g/", header, data.tobytes()],  # invalid topic
         [b"info/eeg/", b"\x80"],                   # empty map as stream info

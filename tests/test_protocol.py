@@ -275,3 +275,44 @@ def test_a_refused_request_keeps_no_reference_to_its_frames():
     # no traceback, so no cycle through the caller's frame keeps the request alive until a GC
     assert isinstance(error, p.ProtocolError) and error.__traceback__ is None
     assert sys.getrefcount(big) == 2  # ``big`` and the call's argument
+
+
+def _decoded(frame, stream):
+    try:
+        return p.decode_block_header(frame, stream)
+    except p.ProtocolError:
+        return "ProtocolError"
+
+
+def _near(*bounds):
+    """Integers in, at and around the given size classes of msgpack's encoding."""
+    return st.one_of(*(st.integers(lo, hi) for lo, hi in bounds), st.sampled_from([lo for lo, _ in bounds]))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_near((256, 65535), (0, 2**64 - 1)), _near((65536, 2**32 - 1), (0, 2**64 - 1)),
+       _near((2**32, 2**63 - 1), (-(2**63), 2**64 - 1)), _near((0, 127), (128, 70000)),
+       st.lists(st.tuples(st.one_of(st.integers(0, 200), st.just(0)), st.integers(0, 255)), max_size=3))
+def test_a_header_read_by_its_layout_decodes_exactly_as_msgpack_would(seq, first, t_ns, n, flips):
+    # The layout of the last header decoded (p._HeaderLayout) reads the next ones
+    # without msgpack: for any next frame, valid or corrupted, the result must be the
+    # full decoder's (the same header, or a ProtocolError).
+    template = raw_header(seq=300, first_sample=70000, t_ns=2**40)[1]
+    assert _decoded(template, "eeg") != "ProtocolError" and "eeg" in p._layouts
+    frame = bytearray(raw_header(seq=seq, first_sample=first, t_ns=t_ns, n_samples=n)[1])
+    for at, value in flips:
+        if at < len(frame):
+            frame[at] = value
+    frame = bytes(frame)
+    layout = p._layouts["eeg"]
+    expected = _decoded(frame, None)  # msgpack and the field checks, no layout
+    assert _decoded(frame, "eeg") == expected
+    if expected != "ProtocolError" and len(frame) == layout.length:
+        assert layout.decode(frame) in (None, expected)
+
+
+def test_consecutive_headers_are_read_by_their_layout():
+    p.decode_block_header(raw_header(seq=1000, first_sample=3000)[1], "eeg")
+    frame = raw_header(seq=1001, first_sample=3003, t_ns=987654321)[1]
+    assert p._layouts["eeg"].decode(frame) == header(seq=1001, first_sample=3003, t_ns=987654321)
+
