@@ -349,6 +349,8 @@ class Amp:
         while True:
             self._receive(deadline)
             until = self._release_until()  # before draining: a marker drained after it is covered
+            if until is not None:  # so look now, not at what the poll in _receive found
+                self._markers.bus.ready = None
             self._markers.drain()
             first = asm.first_pending
             if until is None or first is None or until > first:

@@ -466,9 +466,9 @@ def _block_markers(value, n_samples: int) -> tuple:
 
 
 def decode_block_frames(header_frame, payload, stream: str | None = None) -> Block:
-    """Decode a header frame and its payload (bytes, memoryview or zmq.Frame: no copy)."""
+    """Decode a header frame and its payload (bytes, memoryview, array or zmq.Frame: no copy)."""
     h = decode_block_header(header_frame, stream)
-    nbytes = payload.nbytes if type(payload) is memoryview else len(payload)
+    nbytes = payload.nbytes if isinstance(payload, (memoryview, np.ndarray)) else len(payload)  # bytes, zmq.Frame
     if nbytes != h.payload_bytes:
         raise ProtocolError(f"block payload is {nbytes} bytes, header declares "
                             f"{h.n_samples} x {h.n_channels} x {h.dtype} = {h.payload_bytes}")
