@@ -5,6 +5,7 @@ Usage::
     python bench/lsl_compare.py                  # full: 3 runs of each workload, 8-10 minutes
     python bench/lsl_compare.py --short          # one run each, no scaling table: under a minute
     python bench/lsl_compare.py --runs 5 --json out.json
+    python bench/lsl_compare.py --tcp            # mushu's consumers over TCP, as a remote host's would be
 
 Every workload runs mushu and LSL alternately (run 1 mushu first, run 2 LSL
 first, ...) and the table reports the median of the per-run figures. Each
@@ -13,7 +14,9 @@ process (this script, re-run with ``--worker``), so CPU time and peak memory
 are per process and the two sides do the same work:
 
 - mushu: the amp service (``python -m mushu_amp``, driver ``rampamp``) and
-  consumers calling ``Amp.get_data()``;
+  consumers calling ``Amp.get_data()``, which on one host read the amp's
+  local IPC endpoint (``--tcp``: over loopback TCP, as LSL does; the
+  recorder always reads over TCP);
 - LSL: a producer process that runs the very same ``RampAmp`` driver in the
   amp service's paced loop (same data generation, same cadence) and pushes
   each block with ``StreamOutlet.push_chunk(block, local_clock())`` at the
@@ -93,6 +96,7 @@ import zmq
 
 from amp_bench import CHANNELS, Service, _block_times, _wait_for_info, exact, free_port, machine
 from markers_bench import percentiles, spawn
+from mushu_client.config import setting_flag
 from mushu_client.control import ControlClient, wait_for
 from mushu_client.protocol import data_topic
 
@@ -762,7 +766,8 @@ def run(short: bool = False, runs: int | None = None, with_scaling: bool | None 
     with_scaling = (not short) if with_scaling is None else with_scaling
     lat_s, cpu_s_, tp_s, stall_s = (2.0, 2.0, 1.0, 1.0) if short else (8.0, 5.0, 2.0, 4.0)
     n_markers, burst = (100, 1000) if short else (500, 20000)
-    res = {"machine": lsl_machine(), "mode": "short" if short else "full", "runs": runs}
+    res = {"machine": lsl_machine(), "mode": "short" if short else "full", "runs": runs,
+           "mushu_transport": "IPC" if setting_flag("MUSHU_AMP_LOCAL_IPC") else "TCP"}
     log(f"mushu vs LSL ({res['mode']}, {runs} run(s) each) on {res['machine']['cpu']}")
     raw = res["raw"] = {
         "latency_64x1k": alternate(runs, lambda s: latency_figures(s, 1000, 64, lat_s), log, "latency 64x1k"),
@@ -816,7 +821,7 @@ def table(res: dict) -> str:
         f"software: Python {m['python']}, numpy {m['numpy']}, pyzmq {m['pyzmq']} (libzmq {m['libzmq']}), "
         f"pylsl {m['pylsl']} (liblsl {m['liblsl']}, {m['liblsl_build']})",
         f"date: {m['date']}; mode {res['mode']}: medians over {res['runs']} run(s) of each workload, "
-        "mushu and LSL alternating",
+        f"mushu and LSL alternating; mushu's consumers read over {res.get('mushu_transport', 'IPC')}",
         "",
         "| metric | better | mushu | LSL | mushu/LSL |",
         "| --- | --- | ---: | ---: | ---: |",
@@ -867,12 +872,15 @@ def main(argv=None) -> int:
     p.add_argument("--scaling", action=argparse.BooleanOptionalAction, default=None,
                    help="measure mushu's scaling table (default: in full mode only)")
     p.add_argument("--json", help="also write every figure to this file")
+    p.add_argument("--tcp", action="store_true", help="mushu's consumers read over TCP, not the local IPC endpoint")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
         spec = json.loads(a.worker)
         WORKERS[spec["role"]](spec, Commands())
         return 0
+    if a.tcp:  # inherited by the amp service and the workers
+        os.environ["MUSHU_AMP_LOCAL_IPC"] = "0"
     res = run(short=a.short, runs=a.runs, with_scaling=a.scaling)
     print()
     print(res["table"])

@@ -8,9 +8,9 @@ import warnings
 
 from . import security
 from .arrays import to_plain
-from .bus import RCVHWM, Readers, subscribe
+from .bus import RCVHWM, Readers, choose_endpoint, subscribe
 from .clock import ClockOffset, now_ns
-from .config import setting
+from .config import setting, setting_flag
 from .control import ControlClient
 from .errors import (AmpError, EndOfData, Forbidden, GapWarning, RecordingError, RecordingWarning,
                      ServiceUnavailable, ServiceWarning)
@@ -149,7 +149,10 @@ class Amp:
         self.stream = described["stream"]
         self._channels = described["channels"]
         self._fs = described["fs"]
-        self._bus = subscribe(self.data_endpoint, [data_topic(self.stream), info_topic(self.stream)],
+        #: Where this client reads the data: the amp's local IPC endpoint on its host, else ``data``.
+        self.bus_endpoint = choose_endpoint(self.data_endpoint, described.get("local_data"),
+                                            setting_flag("MUSHU_AMP_LOCAL_IPC"))
+        self._bus = subscribe(self.bus_endpoint, [data_topic(self.stream), info_topic(self.stream)],
                               self.keys, hwm, watch=True)
         self._sub = self._bus.sock
         self._asm = Assembler()
@@ -200,7 +203,7 @@ class Amp:
         if self.role != "controller":
             raise Forbidden(f"amp {name!r} is not selected ({described['amp']!r} is) and role {self.role} "
                             "may not select it")
-        return self._ctl.call("use", amp=name)
+        return {**self._ctl.call("use", amp=name), "local_data": described.get("local_data")}
 
     def _start(self) -> dict:
         """Start the amp; a client that may not (a viewer) joins it if a controller started it."""

@@ -41,6 +41,9 @@ DEFAULTS = {
     "MUSHU_AMP_HISTORY_MB": "64",
     "MUSHU_AMP_SNDHWM": "10000",
     "MUSHU_AMP_BLOCK_MS": "1",
+    # the amp also publishes on a local IPC endpoint, which clients on its
+    # host and network namespace use instead of TCP (0: TCP only)
+    "MUSHU_AMP_LOCAL_IPC": "1",
     # where the amp keeps its driver, configuration and running state, to
     # restore them after a restart (empty: not kept; `mushu up` sets one)
     "MUSHU_AMP_STATE": "",
@@ -166,6 +169,22 @@ def setting_int(name: str, value: int | str | None = None) -> int:
 def setting_float(name: str, value: float | str | None = None) -> float:
     """:func:`setting` as a number; a value that is none raises ValueError naming its source."""
     return _convert(name, value, float, "a number")
+
+
+def setting_flag(name: str, value: bool | str | None = None) -> bool:
+    """:func:`setting` as a yes/no (1/0, true/false, yes/no, on/off); anything else raises ValueError."""
+    if isinstance(value, bool):
+        return value
+    return _convert(name, value, _flag, "1/0, true/false, yes/no or on/off")
+
+
+def _flag(raw: str) -> bool:
+    word = str(raw).strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(word)
 
 
 def _convert(name, value, kind, what):

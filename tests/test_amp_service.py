@@ -346,3 +346,41 @@ def test_mushu_amps_cli_without_a_service_lists_local_drivers():
     assert simulated <= {name for name, ok in available.items() if ok}
     assert not available["gusbamp"] and not available["epoc"]  # no hardware here
     assert simulated < set(available)
+
+
+def test_a_client_on_the_amps_host_reads_its_local_ipc_endpoint_and_follows_a_restart(spawn_amp):
+    svc = spawn_amp()
+    with get_amp(svc) as amp:
+        offer = amp.status()["local_data"]
+        assert amp.bus_endpoint == offer["endpoint"] and amp.bus_endpoint.startswith("ipc://")
+        amp.configure(fs=2000, channels=4)
+        amp.start()
+        data = collect(amp, 1000)
+        # killed and restarted on the same endpoints: the same local endpoint, so the client's
+        # subscription reconnects by itself and follows the new session
+        svc.proc.kill()
+        svc.proc.wait()
+        again = spawn_amp("--amp", "rampamp", "--configure", json.dumps({"fs": 2000, "channels": 4}), "--start",
+                          like=svc)
+        assert amp.status()["local_data"] == offer
+        with pytest.warns(GapWarning, match="the amp restarted"):
+            deadline = time.monotonic() + 20
+            while not amp.gaps:
+                assert time.monotonic() < deadline, "the client did not follow the restarted amp"
+                amp.get_data()
+        new = collect(amp, 1000)
+        assert again.proc.poll() is None
+        np.testing.assert_array_equal(data, ramp(0, len(data), 4))
+        np.testing.assert_array_equal(new, ramp(int(new[0, 0]) // 4, len(new), 4))  # none lost since
+
+
+def test_the_local_endpoint_is_used_only_where_offered_and_wanted(spawn_amp, monkeypatch):
+    tcp_only = spawn_amp(env={"MUSHU_AMP_LOCAL_IPC": "0"})
+    with get_amp(tcp_only) as amp:
+        assert amp.status()["local_data"] is None and amp.bus_endpoint == tcp_only.data
+    svc = spawn_amp()
+    monkeypatch.setenv("MUSHU_AMP_LOCAL_IPC", "0")  # a client that wants TCP
+    with get_amp(svc) as amp:
+        assert amp.status()["local_data"] is not None and amp.bus_endpoint == svc.data
+        amp.start()
+        assert len(collect(amp, 100)) >= 100

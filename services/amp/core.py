@@ -164,6 +164,8 @@ class AmpCore:
         self._markers: list[tuple[int, str]] = []  # driver markers waiting for their sample
         self.started_ns = now_ns()
         self._amps: tuple[int, list] | None = None  # (when, what cmd_amps found)
+        #: The local endpoint offered to clients on this host (set by the service), or None.
+        self.local_data: dict | None = None
         self.commands = {
             "ping": self.cmd_ping, "amps": self.cmd_amps, "use": self.cmd_use,
             "configure": self.cmd_configure, "start": self.cmd_start, "stop": self.cmd_stop,
@@ -441,6 +443,7 @@ class AmpCore:
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
             "uptime_s": (now_ns() - self.started_ns) / 1e9,
+            "local_data": self.local_data,
             "config": {k: _summary(v) for k, v in self.config.items()},
             "blocks_published": self.blocks_published,
             "samples_published": self.samples_published,

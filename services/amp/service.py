@@ -14,6 +14,7 @@ read, so control requests wait at most one device read.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -24,8 +25,9 @@ import time
 import zmq
 
 from mushu_client import process
+from mushu_client.bus import host_key, local_endpoint
 from mushu_client.clock import now_ns
-from mushu_client.config import setting, setting_float, setting_int
+from mushu_client.config import setting, setting_flag, setting_float, setting_int
 from mushu_client.protocol import MAX_QUEUED_REQUESTS, MAX_REQUEST_BYTES, ProtocolError, data_topic, encode_info
 from mushu_client.security import Guard
 
@@ -51,10 +53,13 @@ class AmpService:
         PUB high-water mark per subscriber, in messages. A consumer that falls
         further behind loses blocks on the bus and refetches them from the
         history.
+    local_ipc : bool
+        Also publish on a local IPC endpoint, offered in ``status`` to the
+        clients on this host (:func:`mushu_client.bus.choose_endpoint`).
     """
 
     def __init__(self, core: AmpCore, data_endpoint: str, control_endpoint: str,
-                 block_ms: float = 1.0, sndhwm: int = 10000):
+                 block_ms: float = 1.0, sndhwm: int = 10000, local_ipc: bool = True):
         self.core = core
         self.period_ns = max(1, int(block_ms * 1e6))
         self.lock = threading.Lock()
@@ -85,6 +90,21 @@ class AmpService:
             raise OSError(f"cannot bind amp service to {data_endpoint} / {control_endpoint}: {exc}") from None
         self.data_endpoint = data_endpoint
         self.control_endpoint = control_endpoint
+        self.local_path = self._bind_local(data_endpoint) if local_ipc else None
+
+    def _bind_local(self, data_endpoint: str) -> str | None:
+        """Bind the PUB to this host's IPC endpoint too and offer it in status; its path, or None."""
+        key = host_key()
+        if key is None:
+            return None
+        try:
+            endpoint = local_endpoint(data_endpoint, self.core.stream, key)
+            self.pub.bind(endpoint)
+        except (OSError, zmq.ZMQError) as exc:
+            log.warning("no local IPC endpoint (%s): clients on this host use %s", exc, data_endpoint)
+            return None
+        self.core.local_data = {"endpoint": endpoint, "host": key}
+        return endpoint[len("ipc://"):]
 
     def run(self):
         """Serve until :meth:`shutdown` is called (e.g. from a signal handler)."""
@@ -102,6 +122,9 @@ class AmpService:
                     self.core.cmd_stop()
             self.guard.close()
             self.ctx.destroy(linger=0)
+            if self.local_path is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.local_path)
 
     def shutdown(self):
         self.quit.set()
@@ -221,7 +244,8 @@ def main(argv=None):
         service = AmpService(core, setting("MUSHU_AMP_DATA_BIND", a.data),
                              setting("MUSHU_AMP_CONTROL_BIND", a.control),
                              block_ms=setting_float("MUSHU_AMP_BLOCK_MS", a.block_ms),
-                             sndhwm=setting_int("MUSHU_AMP_SNDHWM", a.sndhwm))
+                             sndhwm=setting_int("MUSHU_AMP_SNDHWM", a.sndhwm),
+                             local_ipc=setting_flag("MUSHU_AMP_LOCAL_IPC"))
     except Exception as exc:
         log.error("%s", exc)
         return 2
