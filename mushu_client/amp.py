@@ -30,6 +30,9 @@ DEAD_AFTER_S = 30.0
 #: After stop(), how long the bus must be quiet before missing samples are fetched from the history
 #: (normally the stream info that follows the last block fetches them at once).
 END_QUIET_S = 0.2
+#: A poll this recent still tells what is waiting (a caller that calls get_data in a loop
+#: comes back within microseconds; then the poll that ended the last call is not repeated).
+FRESH_POLL_NS = 200_000
 #: How long samples wait for a silent markers service (a restart) before it counts as gone.
 MARKERS_WAIT_S = 3.0
 #: The markers service's heartbeat period (0.25 s) and some slack.
@@ -389,8 +392,9 @@ class Amp:
             block, self._deferred = self._deferred, None
             self._on_block(block)
         bus, readers = self._bus, self._readers
-        for reader in readers.readers:  # what an earlier call's poll found is stale by now
-            reader.ready = None
+        if time.monotonic_ns() - readers.polled_ns > FRESH_POLL_NS:  # what an earlier call's poll found is stale
+            for reader in readers.readers:
+                reader.ready = None
         while self._deferred is None:
             if bus.ready is None:  # after a message: is there more, data or markers?
                 readers.poll(0)
@@ -420,6 +424,8 @@ class Amp:
                 if self.amp_clock.update() or (markers_here and self.markers_clock.update()):
                     continue
                 readers.poll(min(remaining, 0.1))
+                if self._markers.bus.ready:  # markers before the data: take them now, or the poll spins
+                    self._markers.drain()
                 continue
             self._last_message = time.monotonic()
             if self._away_since is not None:  # it is back

@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 
 import zmq
 
@@ -141,6 +142,8 @@ class Readers:
     def __init__(self, *readers: BusReader):
         self.readers = readers
         self._items = [(r.sock, _POLLIN) for r in readers]
+        #: ``time.monotonic_ns()`` when :meth:`poll` last returned.
+        self.polled_ns = 0
 
     def poll(self, timeout: float = 0.0) -> bool:
         """Wait up to ``timeout`` s for a message on any reader; True if one is waiting.
@@ -148,6 +151,7 @@ class Readers:
         Sets every reader's :attr:`BusReader.ready`.
         """
         ready = zmq.zmq_poll(self._items, max(0, math.ceil(timeout * 1000)))
+        self.polled_ns = time.monotonic_ns()
         if len(ready) == 1 and len(self.readers) > 1:  # the usual case: one socket, find it
             sock = ready[0][0]
             for r in self.readers:

@@ -81,11 +81,10 @@ class Timeline:
 
     def forget_before(self, sample: int):
         """Drop blocks that end at or before ``sample``, keeping the last one."""
-        if len(self._first) < 256:  # amortised: a few blocks more cost nothing to keep
+        if len(self._first) < 256 or self._first[255] > sample:  # amortised: in batches of 256 or more
             return
         k = bisect.bisect_right(self._first, sample) - 1
-        if k > 0:
-            del self._first[:k], self._t[:k], self._n[:k]
+        del self._first[:k], self._t[:k], self._n[:k]
 
 
 class MarkerMerger:

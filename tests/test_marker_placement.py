@@ -100,3 +100,12 @@ def test_sequence_tracking_across_sessions():
     other = "6" * 32
     assert mm.missing_before(marker(2, 0, session=other)) == 2  # a restarted service: from its seq 0
     assert mm.add(marker(0, 0, session=other)) and mm.session == other and mm.next_seq == 1
+
+
+def test_the_timeline_forgets_old_blocks_in_batches_and_keeps_the_times_it_needs():
+    tl = timeline([(i, i * MS, 1) for i in range(1000)])
+    tl.forget_before(100)  # fewer than 256 blocks to drop: kept (amortised)
+    assert tl.time_of(0) == 0 and tl.sample_at(0) == 0
+    tl.forget_before(600)
+    assert tl.sample_at(0) == 600  # earlier times map to the first sample kept
+    assert tl.time_of(600) == 600 * MS and tl.time_of(999) == 999 * MS and tl.end_sample == 1000
