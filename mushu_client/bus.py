@@ -110,10 +110,6 @@ class BusReader:
             self.watch.close()
         self.sock.close(linger=0)
 
-    def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for a message; True if one is waiting."""
-        return bool(zmq.zmq_poll(self._items, max(0, math.ceil(timeout * 1000))))
-
     def _block(self, topic: bytes, more: bool) -> Block:
         """The rest of a data message: ``[header, payload]``."""
         sock = self.sock

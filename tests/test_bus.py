@@ -44,7 +44,7 @@ def _next(reader, timeout=5.0):
     """The next message that decodes (receive() returns None once the malformed ones waiting are skipped)."""
     deadline = time.monotonic() + timeout
     while (msg := reader.receive()) is None:
-        assert reader.wait(deadline - time.monotonic()), "nothing arrived"
+        assert Readers(reader).poll(deadline - time.monotonic()), "nothing arrived"
     return msg
 
 
