@@ -356,7 +356,7 @@ class Amp:
             self._receive(deadline)
             until = self._release_until()  # before draining: a marker drained after it is covered
             if until is not None:  # so look now, not at what the poll in _receive found
-                self._markers.bus.ready = None
+                self._markers.bus.forget()
             self._markers.drain()
             first = asm.first_pending
             if until is None or first is None or until > first:
@@ -392,9 +392,7 @@ class Amp:
             block, self._deferred = self._deferred, None
             self._on_block(block)
         bus, readers = self._bus, self._readers
-        if time.monotonic_ns() - readers.polled_ns > FRESH_POLL_NS:  # what an earlier call's poll found is stale
-            for reader in readers.readers:
-                reader.ready = None
+        readers.forget_older_than(FRESH_POLL_NS)  # what an earlier call's poll found may be stale
         while self._deferred is None:
             if bus.ready is None:  # after a message: is there more, data or markers?
                 readers.poll(0)

@@ -105,6 +105,10 @@ class BusReader:
                 log.warning("dropped a malformed message from %s: %s", self.source, exc)
         return None
 
+    def forget(self):
+        """Forget what a poll found: the next :meth:`receive` asks the socket itself."""
+        self.ready = None
+
     def close(self):
         if self.watch is not None:
             self.watch.close()
@@ -157,6 +161,12 @@ class Readers:
             for r in self.readers:
                 r.ready = id(r.sock) in socks
         return bool(ready)
+
+    def forget_older_than(self, age_ns: int):
+        """Forget what the last poll found if it is more than ``age_ns`` old."""
+        if time.monotonic_ns() - self.polled_ns > age_ns:
+            for r in self.readers:
+                r.ready = None
 
 
 def subscribe(endpoints: str | list[str], topics: list[bytes], keys: security.Keys | None = None,

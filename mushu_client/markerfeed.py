@@ -63,7 +63,7 @@ class MarkerFeed:
 
     def join(self):
         """Skip the markers published so far (they precede a start) and follow the service from now on."""
-        self.bus.ready = None  # not what an earlier poll found: what is there now
+        self.bus.forget()  # not what an earlier poll found: what is there now
         self.drain()
         self.merger.drop_pending()
         # A service this client has heard from answers in milliseconds; one it
