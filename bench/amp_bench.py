@@ -110,6 +110,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def end_process(proc: subprocess.Popen, timeout: float = 10.0, terminate: bool = True):
+    """End ``proc``: SIGTERM (unless ``terminate`` is False: it is ending by itself), then SIGKILL after ``timeout`` s."""
+    if proc.poll() is not None:
+        return
+    if terminate:
+        proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class Service:
     """One amp service process (rampamp, not started) on free loopback ports."""
 
@@ -140,13 +153,7 @@ class Service:
         return self.log.read().decode(errors="replace")[-2000:]
 
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end_process(self.proc, 5)
         self.log.close()
 
     def __enter__(self):
@@ -404,8 +411,7 @@ def floor_run(duration: float, mode: str = "send", period_ns: int = 1_000_000) -
         c1, t1 = cpu(), time.monotonic()
     finally:
         sub.close(linger=0)
-        proc.terminate()
-        proc.wait()
+        end_process(proc)
     return {"mode": mode, "messages": n, "cpu_pct": 100 * (c1 - c0) / (t1 - t0)}
 
 

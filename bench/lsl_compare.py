@@ -94,7 +94,7 @@ import numpy as np
 import psutil
 import zmq
 
-from amp_bench import CHANNELS, Service, _block_times, _wait_for_info, exact, free_port, machine
+from amp_bench import CHANNELS, Service, _block_times, _wait_for_info, end_process, exact, free_port, machine
 from markers_bench import percentiles, spawn
 from mushu_client.config import setting_flag
 from mushu_client.control import ControlClient, wait_for
@@ -438,11 +438,7 @@ class Worker:
     def close(self):
         with contextlib.suppress(OSError):
             self.proc.stdin.close()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        end_process(self.proc, 5, terminate=False)  # a closed stdin ends it
         self.log.close()
 
 
@@ -478,11 +474,11 @@ class MushuSide:
         """Start the other services and connect; the consumers start meanwhile."""
         stack, mk = self.stack, self.mk
         if self.markers:
-            stack.callback(_end, spawn(["mushu_markers", "--port", str(self.markers["port"]), "--data", mk[0],
+            stack.callback(end_process, spawn(["mushu_markers", "--port", str(self.markers["port"]), "--data", mk[0],
                                         "--control", mk[1], "--ingress", f"tcp://127.0.0.1:{free_port()}"], mk[1]))
         if self.recorder:
             workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="lsl-compare-"))
-            stack.callback(_end, spawn(["mushu_recorder", "--control", self.rec_ctl, "--data-dir", workdir,
+            stack.callback(end_process, spawn(["mushu_recorder", "--control", self.rec_ctl, "--data-dir", workdir,
                                         "--amp-data", self.svc.data, "--amp-control", self.svc.control,
                                         "--markers-data", mk[0], "--markers-control", mk[1]], self.rec_ctl))
             self.rec_status = ControlClient(self.rec_ctl, 2.0, "recorder")
@@ -588,15 +584,6 @@ def session(system: str, fs: float, channels: int = CHANNELS, block_ms: float = 
     return {"system": system, "fs": fs, "channels": channels, "block_ms": block_ms, "total": total,
             "window_s": t1 - t0, "producer_cpu_pct": cpu[0], "consumer_cpu_pct": cpu[1:],
             "producer_peak_mb": mem[0], "consumer_peak_mb": mem[1:], "consumers": results, **extra, **more}
-
-
-def _end(proc):
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _verify_recording(result: dict, total: int, channels: int) -> dict:

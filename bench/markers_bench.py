@@ -32,7 +32,7 @@ import numpy as np
 import zmq
 
 import mushu_client
-from amp_bench import free_port, machine
+from amp_bench import end_process, free_port, machine
 from mushu_client.control import wait_for
 from mushu_client.protocol import Marker, decode_message, marker_topic
 
@@ -103,8 +103,7 @@ def run(n_markers: int = 1000) -> dict:
     finally:
         raw.close(linger=0)
         for p in procs:
-            p.terminate()
-            p.wait(5)
+            end_process(p, 5)
     return results
 
 

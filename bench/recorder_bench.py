@@ -30,7 +30,7 @@ import numpy as np
 import psutil
 
 import mushu_client
-from amp_bench import free_port, machine
+from amp_bench import end_process, free_port, machine
 from markers_bench import spawn
 from mushu_amp.drivers.rampamp import ramp
 from mushu_client.control import ControlClient
@@ -79,8 +79,7 @@ def run_once(fs: float, seconds: float, block_ms: float, workdir: str) -> dict:
                 "passed": bool(exact and max_lag / fs < 0.5)}
     finally:
         for p in (amp, rec):
-            p.terminate()
-            p.wait(10)
+            end_process(p)
 
 
 def run(short: bool = False) -> dict:
