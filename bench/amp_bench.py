@@ -52,7 +52,6 @@ import datetime
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -66,6 +65,7 @@ import zmq
 
 from mushu_client import GapWarning, get_amp
 from mushu_client.control import wait_for
+from mushu_client.testing import free_port
 from mushu_client.protocol import DATA, data_topic, decode_block_header, info_topic
 from mushu_amp.drivers.rampamp import ramp
 
@@ -102,12 +102,6 @@ def machine() -> dict:
         "numpy": np.__version__,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def end_process(proc: subprocess.Popen, timeout: float = 10.0, terminate: bool = True):

@@ -16,7 +16,7 @@ from .errors import (AmpError, EndOfData, Forbidden, GapWarning, RecordingError,
                      ServiceUnavailable, ServiceWarning)
 from .history import history_blocks
 from .markerfeed import MarkerFeed
-from .markers import Timeline, rows_of
+from .markers import Timeline, rows_of, samples_not_acquired
 from .protocol import Block, StreamInfo, data_topic, info_topic
 from .stream import Assembler
 
@@ -481,17 +481,15 @@ class Amp:
 
     def _end_time(self) -> int:
         """Acquisition time (amp clock) just after the newest sample of the current session."""
-        end = self._timeline.end_sample
-        if end is None:
-            return self._start_time_ns
-        return self._timeline.time_of(end - 1) + round(self._timeline.period_ns)
+        end = self._timeline.end_ns()
+        return self._start_time_ns if end is None else end
 
     def _new_session(self, block: Block):
         """The amp restarted: report the samples it did not acquire, follow its new session."""
         h, asm = block.header, self._asm
-        period = 1e9 / h.fs
-        t_zero = h.t_ns - round(h.first_sample * period)  # acquisition time of its sample 0
-        lost = max(0, round((t_zero - self._end_time()) / period))
+        first_block = next(iter(history_blocks(self._ctl, self.stream, h.session, 0, 1)), block) \
+            if h.first_sample else block
+        lost = samples_not_acquired(self._end_time(), first_block.header)
         first = asm.next_sample
         asm.lost += lost
         self.gaps.append((first, lost))

@@ -62,6 +62,19 @@ class Timeline:
         """One past the last sample recorded."""
         return self._first[-1] + self._n[-1] if self._first else None
 
+    def end_ns(self, recent: int = 64) -> int | None:
+        """Acquisition time of the sample after the last one recorded; None if none is.
+
+        A block is stamped when the driver's read returns, so every stamp is
+        late by that read's delay and never early. The estimate takes the
+        least-delayed stamp of the last ``recent`` blocks, not the last one.
+        """
+        if not self._first:
+            return None
+        k = max(0, len(self._first) - recent)
+        origin = min(t - round(first * self.period_ns) for t, first in zip(self._t[k:], self._first[k:]))
+        return origin + round(self.end_sample * self.period_ns)
+
     def sample_at(self, t_ns: int) -> int | None:
         """The first sample acquired at or after ``t_ns``; None if not yet known.
 
@@ -85,6 +98,19 @@ class Timeline:
             return
         k = bisect.bisect_right(self._first, sample) - 1
         del self._first[:k], self._t[:k], self._n[:k]
+
+
+def samples_not_acquired(end_ns: int, header) -> int:
+    """Samples a restarted amp did not acquire: from ``end_ns`` to its new session's sample 0.
+
+    ``end_ns`` is the time just after the old session's last sample
+    (:meth:`Timeline.end_ns`); ``header`` is a block of the new session,
+    best its first one (sample 0, from the history): every consumer that
+    times the restart by that block counts the same gap.
+    """
+    period = 1e9 / header.fs
+    t_zero = header.t_ns - round(header.first_sample * period)
+    return max(0, round((t_zero - end_ns) / period))
 
 
 class MarkerMerger:

@@ -12,22 +12,17 @@ import time
 
 import pytest
 
+from conftest import free_port
 from services.markers.senders import AddressList, SenderPolicy, TokenBuckets, sender_address
 from test_markers_service import HOST, start_markers  # noqa: F401 (a fixture)
 
+
 def start_on_all_interfaces(start_markers, *extra):
     """A markers service bound to 0.0.0.0, on a port free there for TCP and UDP (the last --port counts)."""
-    while True:
-        with socket.socket() as t, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            t.bind(("0.0.0.0", 0))
-            port = t.getsockname()[1]
-            try:
-                u.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-        svc = start_markers("--host", "0.0.0.0", "--port", str(port), *extra)
-        svc.port = port
-        return svc
+    port = free_port("0.0.0.0")
+    svc = start_markers("--host", "0.0.0.0", "--port", str(port), *extra)
+    svc.port = port
+    return svc
 
 
 def tcp_from(src: str, port: int) -> socket.socket:

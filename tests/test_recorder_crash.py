@@ -170,7 +170,7 @@ def test_a_missing_directory_is_refused_before_acquisition_starts(spawn_amp, spa
 
 def test_an_amp_restart_is_a_gap_of_the_missed_samples_in_the_recording(spawn_amp, spawn_recorder):
     import zmq
-    from mushu_client.protocol import Block, decode_message
+    from mushu_client.protocol import Block, decode_block_header, decode_message
     args = ("--amp", "rampamp", "--configure", json.dumps({"fs": FS, "channels": 4}))
     amp_svc = spawn_amp(*args)
     rec = spawn_recorder(amp_svc)
@@ -200,16 +200,23 @@ def test_an_amp_restart_is_a_gap_of_the_missed_samples_in_the_recording(spawn_am
     result = amp.recording_result
     collect(0.1)
     raw.close(linger=0)
+    sessions = list(dict.fromkeys(h.session for h in blocks))
+    assert len(sessions) == 2, len(blocks)
+    # the new session's sample 0 was acquired at its first block's stamp, which its history still holds
+    _, (first_new, *_) = amp_svc.ctl().request("history", session=sessions[1], from_sample=0)
+    first_new = decode_block_header(first_new.bytes)
     amp.close()
     r = load(result["base"])
     (gap,) = r.gaps
     assert gap["reason"] == "amp restarted"
-    assert len({h.session for h in blocks}) == 2, (len(blocks), r.gaps)
-    old = [h for h in blocks if h.session == blocks[0].session]
-    new = [h for h in blocks if h.session != blocks[0].session]
-    t_end_old = old[-1].t_ns + old[-1].n_samples * 1_000_000
-    t_zero_new = new[0].t_ns - new[0].first_sample * 1_000_000
-    assert abs(gap["count"] - (t_zero_new - t_end_old) / 1e6) <= 1  # the samples the amp did not acquire
+    assert first_new.first_sample == 0
+    # The recording's old session ends just after its last sample in the file (blocks the dying amp
+    # never delivered to the recorder are part of the gap), timed by the least-delayed stamp of
+    # the old session's last blocks: a stamp is late by the driver's read, never early.
+    old = [h for h in blocks if h.session == sessions[0]][-64:]
+    end_sample = r.meta["mushu"]["segments"][0]["first_sample"] + gap["sample"]
+    t_end_old = min(h.t_ns - h.first_sample * 1_000_000 for h in old) + end_sample * 1_000_000
+    assert abs(gap["count"] - (first_new.t_ns - t_end_old) / 1e6) <= 1  # the samples the amp did not acquire
     assert 250 <= gap["count"] <= 1500
     first = gap["sample"]
     np.testing.assert_array_equal(r.data[:first], ramp(0, first, 4))

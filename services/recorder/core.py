@@ -24,7 +24,7 @@ from mushu_client.clock import now_ns
 from mushu_client import __version__
 from mushu_client.clock import host_clock_id
 from mushu_client.clock import ClockOffset
-from mushu_client.markers import MarkerMerger, Timeline
+from mushu_client.markers import MarkerMerger, Timeline, samples_not_acquired
 from mushu_client.protocol import PROTOCOL_VERSION, Block, Marker, dispatch
 from mushu_client.recording import EXTENSIONS, base_name
 
@@ -297,18 +297,15 @@ class RecorderCore:
     def _end_time(self) -> int:
         """Acquisition time of the sample after the last one written."""
         a = self.active
-        period = 1e9 / a.writer.fs
-        if a.timeline.end_sample is not None:
-            return a.timeline.time_of(a.timeline.end_sample - 1) + round(period)
-        return a.merger.start_ns + round(a.writer.n_samples * period)
+        end = a.timeline.end_ns()
+        return a.merger.start_ns + round(a.writer.n_samples * 1e9 / a.writer.fs) if end is None else end
 
     def _new_session(self, block: Block):
         """The amp restarted: record the samples it missed as a gap, go on with its new session."""
         a = self.active
         h = block.header
-        period = 1e9 / h.fs
-        t_zero = h.t_ns - round(h.first_sample * period)  # when the new session's sample 0 was acquired
-        lost = max(0, round((t_zero - self._end_time()) / period))
+        first_block = next(iter(self.services.amp_history(h.session, 0, 1)), block) if h.first_sample else block
+        lost = samples_not_acquired(self._end_time(), first_block.header)
         log.warning("recording %s: the amp restarted (session %s -> %s), %d samples lost",
                     a.writer.base, a.session, h.session, lost)
         if lost:
