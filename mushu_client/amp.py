@@ -8,7 +8,7 @@ import warnings
 
 from . import security
 from .arrays import to_plain
-from .bus import RCVHWM, Readers, choose_endpoint, subscribe
+from .bus import RCVHWM, choose_endpoint, subscribe
 from .clock import ClockOffset, now_ns
 from .config import setting, setting_flag
 from .control import ControlClient
@@ -155,17 +155,18 @@ class Amp:
         #: Where this client reads the data: the amp's local IPC endpoint on its host, else ``data``.
         self.bus_endpoint = choose_endpoint(self.data_endpoint, described.get("local_data"),
                                             setting_flag("MUSHU_AMP_LOCAL_IPC"))
-        self._bus = subscribe(self.bus_endpoint, [data_topic(self.stream), info_topic(self.stream)],
-                              self.keys, hwm, watch=True)
-        self._sub = self._bus.sock
         self._asm = Assembler()
         self._timeline = Timeline()
         self._markers = MarkerFeed(setting("MUSHU_MARKERS_DATA", markers),
                                    setting("MUSHU_MARKERS_CONTROL", markers_control),
-                                   setting("MUSHU_MARKER_STREAM"), self.keys, RCVHWM)
+                                   setting("MUSHU_MARKER_STREAM"), self.keys)
         self._merger = self._markers.merger
-        self._readers = Readers(self._bus, self._markers.bus)  # one poll for data and markers
         self.markers_endpoint, self.marker_stream = self._markers.endpoint, self._markers.stream
+        # One SUB socket for the data and the markers: one poll per wait, messages in arrival order.
+        self._bus = subscribe([self.bus_endpoint, self.markers_endpoint],
+                              [data_topic(self.stream), info_topic(self.stream), *self._markers.topics],
+                              self.keys, hwm, watch=True)
+        self._sub = self._bus.sock
         #: Offsets of the amp's and the markers service's clocks from this host's.
         self.amp_clock = ClockOffset(lambda: self._ctl.call("time"))
         self.markers_clock = self._markers.clock
@@ -270,6 +271,8 @@ class Amp:
                 self._rec_ctl.call("check", name=filename)
             except ServiceUnavailable as exc:
                 raise ServiceUnavailable(f"cannot record to {filename!r}: {exc}") from None
+        self._bus.forget()  # not what an earlier poll found: what is there now
+        self._take_waiting(amp_messages=False)
         self._markers.join()
         self.amp_clock.measure()
         r = self._start()
@@ -356,8 +359,8 @@ class Amp:
             self._receive(deadline)
             until = self._release_until()  # before draining: a marker drained after it is covered
             if until is not None:  # so look now, not at what the poll in _receive found
-                self._markers.bus.forget()
-            self._markers.drain()
+                self._bus.forget()
+                self._take_waiting()
             first = asm.first_pending
             if until is None or first is None or until > first:
                 break
@@ -391,11 +394,11 @@ class Amp:
         if self._deferred is not None and not asm.pending_samples:
             block, self._deferred = self._deferred, None
             self._on_block(block)
-        bus, readers = self._bus, self._readers
-        readers.forget_older_than(FRESH_POLL_NS)  # what an earlier call's poll found may be stale
+        bus = self._bus
+        bus.forget_older_than(FRESH_POLL_NS)  # what an earlier call's poll found may be stale
         while self._deferred is None:
-            if bus.ready is None:  # after a message: is there more, data or markers?
-                readers.poll(0)
+            if bus.ready is None:  # after a message: is there more?
+                bus.poll(0)
             msg = bus.receive()
             if msg is None:
                 if self._error or self._at_end():
@@ -409,7 +412,7 @@ class Amp:
                     continue
                 remaining = deadline - time.monotonic()
                 silent = time.monotonic() - self._last_message
-                if silent > HANDSHAKE_CHECK_S and (failure := self._bus.watch.failure()) is not None:
+                if silent > HANDSHAKE_CHECK_S and (failure := bus.watch.failure(self.bus_endpoint)) is not None:
                     raise failure  # no data because the service refused this client: say why
                 if silent > SILENCE_S:
                     self._check_alive()
@@ -421,17 +424,36 @@ class Amp:
                 markers_here = self._markers.heard_within(SILENCE_S)
                 if self.amp_clock.update() or (markers_here and self.markers_clock.update()):
                     continue
-                readers.poll(min(remaining, 0.1))
-                if self._markers.bus.ready:  # markers before the data: take them now, or the poll spins
-                    self._markers.drain()
+                bus.poll(min(remaining, 0.1))
                 continue
-            self._last_message = time.monotonic()
-            if self._away_since is not None:  # it is back
-                self._away_since, self.connected = None, True
-            if isinstance(msg, Block):
-                self._on_block(msg)
-            else:
-                self._on_info(msg)
+            self._dispatch(msg)
+
+    def _dispatch(self, msg):
+        """Handle one bus message: the amp's block or stream info, or the marker stream's."""
+        if isinstance(msg, Block):
+            self._heard_from_amp()
+            self._on_block(msg)
+        elif isinstance(msg, StreamInfo):
+            self._heard_from_amp()
+            self._on_info(msg)
+        else:
+            self._markers.on_message(msg)
+
+    def _heard_from_amp(self):
+        self._last_message = time.monotonic()
+        if self._away_since is not None:  # it is back
+            self._away_since, self.connected = None, True
+
+    def _take_waiting(self, amp_messages: bool = True):
+        """Handle every message waiting on the bus, without waiting (up to a new session's first block).
+
+        ``amp_messages=False`` (before a start): the amp's messages precede
+        the start and are dropped; the markers still go to their feed.
+        """
+        bus = self._bus
+        while self._deferred is None and (msg := bus.receive()) is not None:
+            if amp_messages or not isinstance(msg, (Block, StreamInfo)):
+                self._dispatch(msg)
 
     def _release_until(self) -> int | None:
         """First sample to hold back because a marker for it may still be on its way.
@@ -592,7 +614,7 @@ class Amp:
     @property
     def bad_messages(self) -> int:
         """Bus messages that did not decode (logged and skipped)."""
-        return self._bus.bad_messages + self._markers.bus.bad_messages
+        return self._bus.bad_messages
 
     @property
     def lost_samples(self) -> int:

@@ -12,9 +12,11 @@ with timeout 0 is four times cheaper), a new ``zmq.Poller`` per wait, and
 call; a frame says it for itself). A block's payload stays in its zmq frame,
 without a copy: the consumer copies it once, as it hands samples out.
 
-A consumer that follows several streams waits for all of them with one
-:class:`Readers` poll, which also tells each reader whether a message is
-waiting, so that :meth:`BusReader.receive` need not ask again.
+A consumer that follows several streams (the client: data and markers)
+reads them from one SUB socket connected to every publisher: one poll per
+wait, not one per stream, and messages in the order they arrived.
+:meth:`BusReader.poll` notes whether a message is waiting, so that
+:meth:`BusReader.receive` need not ask again.
 
 A publisher also binds a local IPC endpoint (:func:`local_endpoint`) and
 offers it in its status; a consumer on the same host and network namespace
@@ -69,11 +71,19 @@ class BusReader:
         self.bad_messages = 0
         #: The socket's handshake watch (:func:`subscribe` with ``watch=True``), or None.
         self.watch: security.HandshakeWatch | None = None
-        #: What the last :class:`Readers` poll found: True (a message is
-        #: waiting), False (none was), None (not known: :meth:`receive` polls).
+        #: What the last :meth:`poll` found: True (a message is waiting),
+        #: False (none was), None (not known: :meth:`receive` polls).
         self.ready: bool | None = None
+        #: ``time.monotonic_ns()`` when :meth:`poll` last returned.
+        self.polled_ns = 0
         self._items = [(sock, _POLLIN)]
         self._more = sock.get
+
+    def poll(self, timeout: float = 0.0) -> bool:
+        """Wait up to ``timeout`` s for a message; True if one is waiting (:attr:`ready`)."""
+        self.ready = bool(zmq.zmq_poll(self._items, max(0, math.ceil(timeout * 1000))))
+        self.polled_ns = time.monotonic_ns()
+        return self.ready
 
     def receive(self):
         """Return the next decoded message, or None if none is waiting.
@@ -109,6 +119,11 @@ class BusReader:
         """Forget what a poll found: the next :meth:`receive` asks the socket itself."""
         self.ready = None
 
+    def forget_older_than(self, age_ns: int):
+        """Forget what the last poll found if it is more than ``age_ns`` old."""
+        if time.monotonic_ns() - self.polled_ns > age_ns:
+            self.ready = None
+
     def close(self):
         if self.watch is not None:
             self.watch.close()
@@ -128,45 +143,6 @@ class BusReader:
         if payload.more:
             raise ProtocolError("data message has more than 3 frames")
         return block
-
-
-class Readers:
-    """Several bus readers waited on with one poll.
-
-    Parameters
-    ----------
-    readers : BusReader
-        The readers, e.g. a client's data and markers subscriptions.
-    """
-
-    def __init__(self, *readers: BusReader):
-        self.readers = readers
-        self._items = [(r.sock, _POLLIN) for r in readers]
-        #: ``time.monotonic_ns()`` when :meth:`poll` last returned.
-        self.polled_ns = 0
-
-    def poll(self, timeout: float = 0.0) -> bool:
-        """Wait up to ``timeout`` s for a message on any reader; True if one is waiting.
-
-        Sets every reader's :attr:`BusReader.ready`.
-        """
-        ready = zmq.zmq_poll(self._items, max(0, math.ceil(timeout * 1000)))
-        self.polled_ns = time.monotonic_ns()
-        if len(ready) == 1 and len(self.readers) > 1:  # the usual case: one socket, find it
-            sock = ready[0][0]
-            for r in self.readers:
-                r.ready = r.sock is sock
-        else:
-            socks = {id(sock) for sock, _ in ready}
-            for r in self.readers:
-                r.ready = id(r.sock) in socks
-        return bool(ready)
-
-    def forget_older_than(self, age_ns: int):
-        """Forget what the last poll found if it is more than ``age_ns`` old."""
-        if time.monotonic_ns() - self.polled_ns > age_ns:
-            for r in self.readers:
-                r.ready = None
 
 
 def subscribe(endpoints: str | list[str], topics: list[bytes], keys: security.Keys | None = None,

@@ -1,11 +1,13 @@
 """Following a markers service: its bus, its history, its clock and how far it has published.
 
 :class:`MarkerFeed` is the markers half of the client (:class:`mushu_client.Amp`
-is the data half): it subscribes to the marker stream, fetches from the
-service's history whatever the bus did not deliver (markers dropped, or
-published by a restarted service before this client's subscription took
-effect), and queues every marker once, in order, in its
-:class:`~mushu_client.markers.MarkerMerger` for placement on samples.
+is the data half). The client's one SUB socket subscribes to the feed's
+:attr:`~MarkerFeed.topics` as well and hands it the marker stream's messages
+(:meth:`~MarkerFeed.on_message`); the feed fetches from the service's history
+whatever the bus did not deliver (markers dropped, or published by a
+restarted service before this client's subscription took effect), and queues
+every marker once, in order, in its :class:`~mushu_client.markers.MarkerMerger`
+for placement on samples.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import time
 import warnings
 
-from .bus import subscribe
 from .clock import ClockOffset
 from .control import ControlClient
 from .errors import GapWarning, ServiceUnavailable
@@ -33,11 +34,11 @@ class MarkerFeed:
         The marker stream's name.
     keys : str or None
         This client's CURVE key directory (None: no encryption).
-    rcvhwm : int
-        Messages the subscription queues before the bus drops for it.
 
     Attributes
     ----------
+    topics : list of bytes
+        The marker stream's topics, for the client's SUB socket.
     merger : MarkerMerger
         The markers received and not yet placed on samples.
     clock : ClockOffset
@@ -48,9 +49,9 @@ class MarkerFeed:
         The service has published every marker stamped up to this time (its clock).
     """
 
-    def __init__(self, endpoint: str, control: str, stream: str, keys: str | None, rcvhwm: int):
+    def __init__(self, endpoint: str, control: str, stream: str, keys: str | None):
         self.endpoint, self.stream = endpoint, stream
-        self.bus = subscribe(endpoint, [marker_topic(stream), info_topic(stream)], keys, rcvhwm)
+        self.topics = [marker_topic(stream), info_topic(stream)]
         self.ctl = ControlClient(control, 0.5, "markers", keys)
         self.merger = MarkerMerger()
         self.clock = ClockOffset(lambda: self.ctl.request("time", timeout=0.2)[0])
@@ -62,9 +63,10 @@ class MarkerFeed:
         return time.monotonic() - self.last_heard < seconds
 
     def join(self):
-        """Skip the markers published so far (they precede a start) and follow the service from now on."""
-        self.bus.forget()  # not what an earlier poll found: what is there now
-        self.drain()
+        """Skip the markers received so far (they precede a start) and follow the service from now on.
+
+        The client hands the feed every waiting message first.
+        """
         self.merger.drop_pending()
         # A service this client has heard from answers in milliseconds; one it
         # has not may not be running, which must not delay start() much.
@@ -77,25 +79,22 @@ class MarkerFeed:
             return  # followed from its first marker on, once it is there
         self.merger.follow(status["session"], status["last_seq"] + 1)
 
-    def drain(self):
-        """Take every message waiting on the bus; fetch from the history what the bus missed."""
+    def on_message(self, msg: Marker | MarkerStreamInfo):
+        """Take a message of the marker stream; fetch from the history what the bus missed before it."""
+        self.last_heard = time.monotonic()
         merger = self.merger
-        while (msg := self.bus.receive()) is not None:
-            self.last_heard = time.monotonic()
-            if isinstance(msg, Marker):
-                if merger.missing_before(msg):
-                    self._fill(msg.session, msg.seq)
-                merger.add(msg)
-            elif isinstance(msg, MarkerStreamInfo):
-                # Markers this client has not seen (dropped by the bus, or
-                # published before a restarted service's subscribers joined).
-                behind = msg.session != merger.session or msg.last_seq >= merger.next_seq
-                if behind and msg.last_seq >= 0:
-                    self._fill(msg.session, msg.last_seq + 1)
-            else:
-                continue
-            if self.watermark is None or msg.t_ns > self.watermark:
-                self.watermark = msg.t_ns
+        if isinstance(msg, Marker):
+            if merger.missing_before(msg):
+                self._fill(msg.session, msg.seq)
+            merger.add(msg)
+        else:
+            # Markers this client has not seen (dropped by the bus, or
+            # published before a restarted service's subscribers joined).
+            behind = msg.session != merger.session or msg.last_seq >= merger.next_seq
+            if behind and msg.last_seq >= 0:
+                self._fill(msg.session, msg.last_seq + 1)
+        if self.watermark is None or msg.t_ns > self.watermark:
+            self.watermark = msg.t_ns
 
     def _fill(self, session: str, until: int):
         """Fetch markers of ``session`` up to seq ``until`` from the service's history."""
@@ -117,5 +116,4 @@ class MarkerFeed:
                           stacklevel=5)
 
     def close(self):
-        self.bus.close()
         self.ctl.close()

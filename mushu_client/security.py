@@ -289,14 +289,21 @@ class HandshakeWatch:
         self.monitor.setsockopt(zmq.LINGER, 0)
         self.monitor.connect(addr)
 
-    def failure(self) -> SecurityError | None:
-        """The handshake failure seen since the last call, as an error, or None."""
+    def failure(self, endpoint: str | None = None) -> SecurityError | None:
+        """The handshake failure seen since the last call, as an error, or None.
+
+        With ``endpoint``, only a failure with that endpoint counts (a socket
+        connected to several publishers); the others are passed over.
+        """
         error = None
         while self.monitor.poll(0):
             # frame 0: event (16 bits) and value (32 bits), native byte order; frame 1: the endpoint
-            event, value = _EVENT.unpack_from(self.monitor.recv_multipart()[0])
-            error = error or SecurityError(f"CURVE handshake with {self.endpoint} failed: "
-                                           f"{self._explain(event, value)}")
+            frames = self.monitor.recv_multipart()
+            event, value = _EVENT.unpack_from(frames[0])
+            where = frames[1].decode(errors="replace") if len(frames) > 1 else self.endpoint
+            if endpoint is not None and where != endpoint:
+                continue
+            error = error or SecurityError(f"CURVE handshake with {where} failed: {self._explain(event, value)}")
         return error
 
     def _explain(self, event: int, value: int) -> str:

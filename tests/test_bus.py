@@ -1,12 +1,13 @@
 """BusReader: decoded messages from a real SUB socket, malformed ones counted and skipped."""
 
+import dataclasses
 import time
 
 import numpy as np
 import pytest
 import zmq
 
-from mushu_client.bus import BusReader, Readers
+from mushu_client.bus import BusReader, subscribe
 from mushu_client.protocol import Block, BlockHeader, StreamInfo, encode_block, encode_block_header, encode_info
 
 SESSION = "0123456789abcdef0123456789abcdef"
@@ -44,7 +45,7 @@ def _next(reader, timeout=5.0):
     """The next message that decodes (receive() returns None once the malformed ones waiting are skipped)."""
     deadline = time.monotonic() + timeout
     while (msg := reader.receive()) is None:
-        assert Readers(reader).poll(deadline - time.monotonic()), "nothing arrived"
+        assert reader.poll(deadline - time.monotonic()), "nothing arrived"
     return msg
 
 
@@ -70,32 +71,58 @@ def test_a_large_payload_arrives_whole(pub_reader):
     np.testing.assert_array_equal(block.data, data)
 
 
-def test_one_poll_tells_each_reader_whether_a_message_waits(pub_reader):
+def test_a_poll_tells_the_reader_whether_a_message_waits(pub_reader):
     pub, reader = pub_reader
+    assert not reader.poll(0) and reader.ready is False
+    pub.send_multipart(encode_block(*_block(1)))
+    assert reader.poll(5.0) and reader.ready is True
+    assert isinstance(reader.receive(), Block) and reader.ready is None
+    # after a message nothing is known, so the reader polls again itself
+    pub.send_multipart(encode_block(*_block(2)))
+    assert isinstance(_next(reader), Block) and reader.receive() is None
+    # a reader told "nothing" answers None until a poll says otherwise, even if a message came since
+    assert not reader.poll(0)
+    pub.send_multipart(encode_block(*_block(3)))
+    assert reader.sock.poll(5000)  # it is there
+    assert reader.receive() is None
+    assert reader.poll(0) and reader.receive().header.seq == 3
+    # an old poll's answer is forgotten, a fresh one kept
+    assert not reader.poll(0)
+    reader.forget_older_than(10**9)
+    assert reader.ready is False
+    reader.forget_older_than(0)
+    assert reader.ready is None
+
+
+def test_one_reader_follows_several_publishers_in_arrival_order():
     ctx = zmq.Context.instance()
-    other_pub, other_sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+    pubs = [ctx.socket(zmq.PUB) for _ in range(2)]
+    endpoints = [f"tcp://127.0.0.1:{p.bind_to_random_port('tcp://127.0.0.1')}" for p in pubs]
+    reader = subscribe(endpoints, [b"data/eeg/", b"info/eeg/"])
     try:
-        other_sub.connect(f"tcp://127.0.0.1:{other_pub.bind_to_random_port('tcp://127.0.0.1')}")
-        other_sub.setsockopt(zmq.SUBSCRIBE, b"")
-        other = BusReader(other_sub, "other")
-        readers = Readers(reader, other)
-        assert not readers.poll(0) and reader.ready is False and other.ready is False
-        pub.send_multipart(encode_block(*_block(1)))
-        assert readers.poll(5.0) and reader.ready is True and other.ready is False
-        assert other.receive() is None  # told nothing waits: no poll of its own
-        assert isinstance(reader.receive(), Block) and reader.ready is None
-        # after a message nothing is known, so the reader polls again itself
-        pub.send_multipart(encode_block(*_block(2)))
-        assert isinstance(_next(reader), Block) and reader.receive() is None
-        # a reader told "nothing" answers None until a poll says otherwise, even if a message came since
-        assert not readers.poll(0)
-        pub.send_multipart(encode_block(*_block(3)))
-        assert reader.sock.poll(5000)  # it is there
-        assert reader.receive() is None
-        assert readers.poll(0) and reader.receive().header.seq == 3
+        deadline = time.monotonic() + 5
+        sessions = [f"{i:032x}" for i in range(2)]
+        seen = set()
+        while seen != set(sessions):  # both connections up: each publisher's info gets through
+            assert time.monotonic() < deadline, "a publisher never connected"
+            for p, session in zip(pubs, sessions):
+                p.send_multipart(encode_info(dataclasses.replace(_info(), session=session)))
+            if reader.poll(0.05):
+                while (msg := reader.receive()) is not None:
+                    seen.add(msg.session)
+        while reader.poll(0.1):  # the infos still on their way
+            while reader.receive() is not None:
+                pass
+        order = []
+        for seq in range(6):
+            pubs[seq % 2].send_multipart(encode_block(*_block(seq)))
+            order.append(_next(reader).header.seq)
+        assert order == list(range(6))
+        assert reader.source == " and ".join(endpoints)
     finally:
-        other_pub.close(linger=0)
-        other_sub.close(linger=0)
+        reader.close()
+        for p in pubs:
+            p.close(linger=0)
 
 
 def test_malformed_messages_are_counted_and_skipped(pub_reader):
