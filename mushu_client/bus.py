@@ -42,11 +42,66 @@ from .protocol import DATA, Block, ProtocolError, decode_block_frames, decode_me
 
 log = logging.getLogger("mushu.bus")
 
-#: Messages a subscriber queues before the bus drops for it (then its owner
-#: refetches from the publisher's history).
+#: Messages a subscriber queues per publisher, at most, before the bus drops
+#: for it (then its owner refetches from the publisher's history).
 RCVHWM = 100_000
+#: Bytes of blocks a subscriber queues per publisher, at most. ZeroMQ counts
+#: messages, not bytes: 100,000 one-MiB blocks would be 100 GB, so the
+#: high-water mark follows the largest block seen (:class:`QueueLimit`).
+QUEUE_BYTES = 256 * 2**20
+#: The lowest high-water mark a byte budget sets, in messages.
+MIN_HWM = 16
 # Plain ints: pyzmq's enum constants cost an enum lookup on every use.
 _POLLIN, _RCVMORE = int(zmq.POLLIN), int(zmq.RCVMORE)
+
+
+class QueueLimit:
+    """Keeps a socket's high-water mark at a byte budget, in messages of the largest block seen.
+
+    Parameters
+    ----------
+    sock : zmq.Socket
+        The socket; its existing connections follow a new mark too.
+    option : int
+        ``zmq.SNDHWM`` (a publisher, per subscriber) or ``zmq.RCVHWM`` (a
+        subscriber, per publisher).
+    budget : int
+        Bytes of blocks one connection may queue.
+    most : int
+        The high-water mark for small blocks, in messages.
+    """
+
+    def __init__(self, sock: zmq.Socket, option: int, budget: int, most: int):
+        if budget <= 0 or most <= 0:
+            raise ValueError(f"a queue needs a positive size: {budget} bytes, {most} messages")
+        self.sock, self.option, self.budget, self.most = sock, option, budget, most
+        #: The largest block noted, bytes.
+        self.largest = 0
+        #: The socket's high-water mark, messages.
+        self.hwm = most
+        self._next_refresh = 0.0
+        sock.setsockopt(option, most)
+
+    def note(self, nbytes: int):
+        """A block of ``nbytes`` went through: lower the mark if it is the largest yet."""
+        if nbytes <= self.largest:
+            return
+        self.largest = nbytes
+        hwm = max(MIN_HWM, min(self.most, self.budget // nbytes))
+        if hwm != self.hwm:
+            self.hwm = hwm
+            self.sock.setsockopt(self.option, hwm)
+
+    def refresh(self):
+        """Give connections made since the mark was lowered the mark too; call now and then.
+
+        libzmq applies a new mark to the connections a socket has; a later
+        one (a subscriber that connects to a bound publisher) starts with
+        the mark the socket had when it was bound.
+        """
+        if self.hwm != self.most and (now := time.monotonic()) >= self._next_refresh:
+            self._next_refresh = now + 0.2
+            self.sock.setsockopt(self.option, self.hwm)
 
 
 class BusReader:
@@ -59,15 +114,20 @@ class BusReader:
     source : str
         What it is connected to, for log messages.
 
+    limit : QueueLimit, optional
+        Kept up to date with the size of every block received.
+
     Attributes
     ----------
     bad_messages : int
         Messages that did not decode (logged and skipped).
     """
 
-    def __init__(self, sock: zmq.Socket, source: str):
+    def __init__(self, sock: zmq.Socket, source: str, limit: QueueLimit | None = None):
         self.sock = sock
         self.source = source
+        self.limit = limit
+        self._largest = limit.largest if limit is not None else float("inf")
         self.bad_messages = 0
         #: The socket's handshake watch (:func:`subscribe` with ``watch=True``), or None.
         self.watch: security.HandshakeWatch | None = None
@@ -107,6 +167,8 @@ class BusReader:
                     frames.append(sock.recv())
                     while self._more(_RCVMORE):
                         frames.append(sock.recv())
+                if self.limit is not None:  # not a block: a stream info or a marker
+                    self.limit.refresh()
                 return decode_message(frames)
             except ProtocolError as exc:
                 while self._more(_RCVMORE):  # the rest of a malformed message
@@ -142,11 +204,14 @@ class BusReader:
         block = decode_block_frames(header.bytes, payload, stream)
         if payload.more:
             raise ProtocolError("data message has more than 3 frames")
+        if block.data.nbytes > self._largest:
+            self.limit.note(block.data.nbytes)
+            self._largest = self.limit.largest
         return block
 
 
 def subscribe(endpoints: str | list[str], topics: list[bytes], keys: security.Keys | None = None,
-              rcvhwm: int = RCVHWM, watch: bool = False) -> BusReader:
+              rcvhwm: int = RCVHWM, watch: bool = False, queue_bytes: int = QUEUE_BYTES) -> BusReader:
     """A :class:`BusReader` on a new SUB socket, connected and subscribed.
 
     Parameters
@@ -158,22 +223,25 @@ def subscribe(endpoints: str | list[str], topics: list[bytes], keys: security.Ke
     keys : mushu_client.security.Keys, optional
         This process's CURVE certificate (None: no encryption).
     rcvhwm : int
-        Messages queued before the bus drops for this subscriber.
+        Messages queued per publisher before the bus drops for this subscriber.
     watch : bool
         Also watch the socket's handshakes (``reader.watch``), from before it
         connects, so that a refused one can be told apart from silence.
+    queue_bytes : int
+        Bytes of blocks queued per publisher before the bus drops: fewer
+        messages than ``rcvhwm`` when blocks are large (:class:`QueueLimit`).
     """
     endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
     sock = zmq.Context.instance().socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVHWM, rcvhwm)
+    limit = QueueLimit(sock, zmq.RCVHWM, queue_bytes, rcvhwm)
     security.curve_client(sock, keys)
     handshakes = security.HandshakeWatch(sock, " and ".join(endpoints), keys) if watch else None
     for endpoint in endpoints:
         sock.connect(endpoint)
     for topic in topics:
         sock.setsockopt(zmq.SUBSCRIBE, topic)
-    reader = BusReader(sock, " and ".join(endpoints))
+    reader = BusReader(sock, " and ".join(endpoints), limit)
     reader.watch = handshakes
     return reader
 

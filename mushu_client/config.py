@@ -40,6 +40,8 @@ DEFAULTS = {
     # amp service tuning (its command-line defaults)
     "MUSHU_AMP_HISTORY_MB": "64",
     "MUSHU_AMP_SNDHWM": "10000",
+    # and at most this many MiB of blocks per subscriber (large blocks: fewer messages)
+    "MUSHU_AMP_QUEUE_MB": "256",
     "MUSHU_AMP_BLOCK_MS": "1",
     # the amp also publishes on a local IPC endpoint, which clients on its
     # host and network namespace use instead of TCP (0: TCP only)
@@ -78,6 +80,8 @@ DEFAULTS = {
     "MUSHU_RECORDER_CONTROL": "tcp://127.0.0.1:12350",
     "MUSHU_RECORDER_CONTROL_BIND": None,
     "MUSHU_DATA_DIR": "data",
+    # blocks the recorder queues from the amp, at most, in MiB (then it refetches from the history)
+    "MUSHU_RECORDER_QUEUE_MB": "256",
     # mushu up/down/status: the supervisord run directory (empty:
     # $XDG_RUNTIME_DIR/mushu, else mushu-<uid> in the temporary directory),
     # and the services' log level.

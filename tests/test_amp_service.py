@@ -384,3 +384,33 @@ def test_the_local_endpoint_is_used_only_where_offered_and_wanted(spawn_amp, mon
         assert amp.status()["local_data"] is not None and amp.bus_endpoint == svc.data
         amp.start()
         assert len(collect(amp, 100)) >= 100
+
+
+def test_a_stalled_subscriber_holds_at_most_the_queue_budget_of_large_blocks_in_the_amp(spawn_amp):
+    import psutil
+    # 128 KiB blocks at 12.8 MB/s: the default high-water mark of 10,000 messages would let a
+    # stalled subscriber pin 1.3 GB; a 4 MiB budget is 32 of them
+    fs, channels, block_ms = 50_000, 64, 10
+    svc = spawn_amp("--amp", "rampamp", "--configure", json.dumps({"fs": fs, "channels": channels}),
+                    "--block-ms", str(block_ms), "--history-mb", "8", "--queue-mb", "4", "--start")
+    amp = psutil.Process(svc.proc.pid)
+    stalled = zmq.Context.instance().socket(zmq.SUB)
+    stalled.setsockopt(zmq.RCVHWM, 1)
+    stalled.setsockopt(zmq.RCVBUF, 64 * 1024)
+    stalled.connect(svc.data)
+    stalled.subscribe(b"data/")
+    try:
+        assert stalled.poll(5000)  # connected and receiving; from here on it reads nothing
+        time.sleep(1.5)  # the history (8 MiB, 0.7 s) fills
+        before = amp.memory_info().rss
+        t0 = time.monotonic()
+        time.sleep(5.0)
+        published = (time.monotonic() - t0) * fs * channels * 4
+        grown = amp.memory_info().rss - before
+        # the subscriber's queue is bounded by the budget, not by what was published meanwhile
+        assert published > 60e6
+        assert grown < 20e6, f"the amp grew by {grown / 1e6:.0f} MB while {published / 1e6:.0f} MB were published"
+        # and the amp stays live for everyone else
+        assert svc.ctl().call("status")["state"] == "running"
+    finally:
+        stalled.close(linger=0)

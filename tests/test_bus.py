@@ -147,3 +147,50 @@ def test_malformed_messages_are_counted_and_skipped(pub_reader):
     np.testing.assert_array_equal(block.data, data)
     assert reader.bad_messages == len(bad)
     assert reader.receive() is None
+
+
+def test_a_reader_queues_at_most_its_byte_budget_of_large_blocks():
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 1)  # the publisher queues next to nothing: what arrives was queued by the reader
+    endpoint = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
+    reader = subscribe(endpoint, [b"data/eeg/"], rcvhwm=100_000, queue_bytes=16 * 2**20)
+    reader.sock.setsockopt(zmq.RCVBUF, 256 * 1024)
+    try:
+        h = BlockHeader("eeg", SESSION, 0, 0, 4096, 64, 1000.0, "<f4", 123)  # 1 MiB of samples
+        frames = encode_block(h, np.zeros((4096, 64), np.float32))
+        deadline = time.monotonic() + 5
+        while not reader.poll(0.05):  # until the subscription is through
+            assert time.monotonic() < deadline, "nothing arrived"
+            pub.send_multipart(frames)
+        assert reader.receive().data.nbytes == 2**20
+        assert reader.sock.getsockopt(zmq.RCVHWM) == 16  # 16 MiB of 1 MiB blocks
+        while reader.poll(0.2):
+            reader.receive()
+        # the reader stalls while 200 MiB are published, at a pace it could take without the budget
+        for _ in range(200):
+            pub.send_multipart(frames)
+            time.sleep(0.002)
+        received = 0
+        while reader.poll(0.5):
+            received += reader.receive() is not None
+        assert 0 < received <= 16 + 16, received  # its queue, the kernel's buffers; not 200
+    finally:
+        reader.close()
+        pub.close(linger=0)
+
+
+def test_small_blocks_keep_the_message_high_water_mark():
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    pub.bind("inproc://queue-small")
+    reader = subscribe("inproc://queue-small", [b"data/eeg/"], rcvhwm=1000, queue_bytes=16 * 2**20)
+    try:
+        pub.send_multipart(encode_block(*_block(0)))
+        assert isinstance(_next(reader), Block)
+        assert reader.sock.getsockopt(zmq.RCVHWM) == 1000
+        with pytest.raises(ValueError, match="positive"):
+            subscribe("inproc://queue-small", [b"data/eeg/"], queue_bytes=0)
+    finally:
+        reader.close()
+        pub.close(linger=0)

@@ -25,7 +25,7 @@ import time
 import zmq
 
 from mushu_client import process
-from mushu_client.bus import host_key, local_endpoint
+from mushu_client.bus import QUEUE_BYTES, QueueLimit, host_key, local_endpoint
 from mushu_client.clock import now_ns
 from mushu_client.config import setting, setting_flag, setting_float, setting_int
 from mushu_client.protocol import MAX_QUEUED_REQUESTS, MAX_REQUEST_BYTES, ProtocolError, data_topic, encode_info
@@ -53,13 +53,18 @@ class AmpService:
         PUB high-water mark per subscriber, in messages. A consumer that falls
         further behind loses blocks on the bus and refetches them from the
         history.
+    queue_bytes : int
+        Bytes of blocks the PUB queues per subscriber, at most: with large
+        blocks the high-water mark is lower than ``sndhwm``
+        (:class:`mushu_client.bus.QueueLimit`).
     local_ipc : bool
         Also publish on a local IPC endpoint, offered in ``status`` to the
         clients on this host (:func:`mushu_client.bus.choose_endpoint`).
     """
 
     def __init__(self, core: AmpCore, data_endpoint: str, control_endpoint: str,
-                 block_ms: float = 1.0, sndhwm: int = 10000, local_ipc: bool = True):
+                 block_ms: float = 1.0, sndhwm: int = 10000, local_ipc: bool = True,
+                 queue_bytes: int = QUEUE_BYTES):
         self.core = core
         self.period_ns = max(1, int(block_ms * 1e6))
         self.lock = threading.Lock()
@@ -73,7 +78,7 @@ class AmpService:
             raise
         self.refusals = process.ThrottledLog(log)
         self.pub = self.ctx.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.SNDHWM, sndhwm)
+        self.send_limit = QueueLimit(self.pub, zmq.SNDHWM, queue_bytes, sndhwm)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.ctl = self.ctx.socket(zmq.ROUTER)
         self.ctl.setsockopt(zmq.LINGER, 0)
@@ -171,6 +176,7 @@ class AmpService:
         send, send_multipart = self.pub.send, self.pub.send_multipart
         more = int(zmq.SNDMORE)
         copy_threshold = self.pub.copy_threshold
+        limit = self.send_limit
         monotonic_ns, sleep = now_ns, time.sleep
         period = self.period_ns
         next_tick = monotonic_ns()
@@ -180,6 +186,8 @@ class AmpService:
                 running = core.running
                 blocks = core.acquire() if running else ()
             for _header, frame, data in blocks:
+                if data.nbytes > limit.largest:
+                    limit.note(data.nbytes)
                 send(topic, more)
                 send(frame, more)
                 send(data, 0, copy=data.nbytes < copy_threshold)
@@ -190,6 +198,7 @@ class AmpService:
                     info = core.info()
                     running = core.running
                 send_multipart(encode_info(info))
+                limit.refresh()  # for subscribers that connected since the last time
                 next_info = now + INFO_PERIOD_NS
             if running:
                 next_tick += period
@@ -219,6 +228,8 @@ def main(argv=None):
     p.add_argument("--history-mb", type=float, help="size of the block history in MiB (env MUSHU_AMP_HISTORY_MB, "
                    f"default {DEFAULT_HISTORY_BYTES / 2**20:g})")
     p.add_argument("--sndhwm", type=int, help="PUB high-water mark in messages (env MUSHU_AMP_SNDHWM, default 10000)")
+    p.add_argument("--queue-mb", type=float, help="blocks the PUB queues per subscriber, at most, in MiB "
+                   f"(env MUSHU_AMP_QUEUE_MB, default {QUEUE_BYTES / 2**20:g})")
     p.add_argument("--state-file", help="keep the driver, its configuration and running state here and restore "
                    "them at startup (env MUSHU_AMP_STATE; none by default)")
     process.add_common_arguments(p)
@@ -245,6 +256,7 @@ def main(argv=None):
                              setting("MUSHU_AMP_CONTROL_BIND", a.control),
                              block_ms=setting_float("MUSHU_AMP_BLOCK_MS", a.block_ms),
                              sndhwm=setting_int("MUSHU_AMP_SNDHWM", a.sndhwm),
+                             queue_bytes=int(setting_float("MUSHU_AMP_QUEUE_MB", a.queue_mb) * 2**20),
                              local_ipc=setting_flag("MUSHU_AMP_LOCAL_IPC"))
     except Exception as exc:
         log.error("%s", exc)

@@ -16,11 +16,11 @@ import zmq
 
 from mushu_client import process
 from mushu_client.clock import now_ns
-from mushu_client.config import setting
+from mushu_client.config import setting, setting_float
 from mushu_client.control import ControlClient
 from mushu_client.errors import ServiceUnavailable
 from mushu_client.history import history_blocks, history_markers
-from mushu_client.bus import subscribe
+from mushu_client.bus import QUEUE_BYTES, subscribe
 from mushu_client.protocol import MAX_QUEUED_REQUESTS, MAX_REQUEST_BYTES, Block, Marker, ProtocolError, data_topic, marker_topic
 from mushu_client.security import Guard
 
@@ -38,7 +38,8 @@ class RecorderService:
     """Connect to the amp and markers services, bind the control socket, serve."""
 
     def __init__(self, data_dir: str, control: str, amp_data: str, amp_control: str,
-                 markers_data: str, markers_control: str, stream: str, marker_stream: str):
+                 markers_data: str, markers_control: str, stream: str, marker_stream: str,
+                 queue_bytes: int = QUEUE_BYTES):
         self.ctx = zmq.Context.instance()
         self.guard = Guard(self.ctx, {"control": control})
         self.refusals = process.ThrottledLog(log)
@@ -53,7 +54,7 @@ class RecorderService:
             amp_time=lambda: self.amp_ctl.call("time"),
             markers_time=lambda: self.markers_ctl.request("time", timeout=0.2)[0]))
         self.bus = subscribe([amp_data, markers_data], [data_topic(stream), marker_topic(marker_stream)],
-                             self.guard.keys)
+                             self.guard.keys, queue_bytes=queue_bytes)
         self.ctl = self.ctx.socket(zmq.ROUTER)
         self.ctl.setsockopt(zmq.LINGER, 0)
         self.guard.server(self.ctl)
@@ -158,6 +159,8 @@ def main(argv=None):
     p.add_argument("--markers-control", help="markers service control (env MUSHU_MARKERS_CONTROL)")
     p.add_argument("--stream", help="amp stream name (env MUSHU_STREAM)")
     p.add_argument("--marker-stream", help="marker stream name (env MUSHU_MARKER_STREAM)")
+    p.add_argument("--queue-mb", type=float, help="blocks queued from the amp, at most, in MiB "
+                   f"(env MUSHU_RECORDER_QUEUE_MB, default {QUEUE_BYTES / 2**20:g})")
     process.add_common_arguments(p)
     a = p.parse_args(argv)
     process.setup(p, a, "mushu-recorder")
@@ -166,7 +169,8 @@ def main(argv=None):
             setting("MUSHU_DATA_DIR", a.data_dir), setting("MUSHU_RECORDER_CONTROL_BIND", a.control),
             setting("MUSHU_AMP_DATA", a.amp_data), setting("MUSHU_AMP_CONTROL", a.amp_control),
             setting("MUSHU_MARKERS_DATA", a.markers_data), setting("MUSHU_MARKERS_CONTROL", a.markers_control),
-            setting("MUSHU_STREAM", a.stream), setting("MUSHU_MARKER_STREAM", a.marker_stream))
+            setting("MUSHU_STREAM", a.stream), setting("MUSHU_MARKER_STREAM", a.marker_stream),
+            int(setting_float("MUSHU_RECORDER_QUEUE_MB", a.queue_mb) * 2**20))
     except Exception as exc:
         log.error("%s", exc)
         return 2
