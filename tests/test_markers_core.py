@@ -314,6 +314,10 @@ def test_subscriptions_to_other_topics_are_counted():
     core = MarkersCore("mk")
     assert core.subscription(b"\x01marker/mk/") == (True, b"marker/mk/")
     assert core.subscription(b"\x01") == (True, b"") and core.subscription(b"\x00info/") == (False, b"info/")
-    for bad in (b"\x01marker/other/", b"\x01marker/mk/x", b"\x02", b""):
+    for bad in (b"\x01marker/mk/x", b"\x01nonsense", b"\x02", b""):
         assert core.subscription(bad) is None
     assert core.counts["bad_subscriptions"] == 4
+    # another stream's topics: a SUB socket that follows the amp too sends them here; quietly passed over
+    for other in (b"\x01marker/other/", b"\x01data/eeg/", b"\x00info/eeg/"):
+        assert core.subscription(other) is None
+    assert core.counts["bad_subscriptions"] == 4 and core.counts["other_stream_subscriptions"] == 3

@@ -32,6 +32,7 @@ from mushu_client.protocol import (
     encode_marker_info,
     info_topic,
     marker_topic,
+    split_topic,
     unpack_map,
 )
 
@@ -55,9 +56,9 @@ _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 # First bytes of a msgpack map (fixmap, map16, map32).
 _MAP_START = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
 
-#: Counters reported by ``status``; the ones after "markers" count problems.
+#: Counters reported by ``status``; the ones after "other_stream_subscriptions" count problems.
 COUNTERS = (
-    "markers", "tcp_markers", "udp_markers", "zmq_markers",
+    "markers", "tcp_markers", "udp_markers", "zmq_markers", "other_stream_subscriptions",
     "empty_lines", "empty_datagrams", "too_long", "invalid_utf8", "control_chars",
     "bad_zmq_messages", "partial_lines_dropped", "read_errors",
     "connections_accepted", "connections_closed", "connections_refused", "connections_idle_closed",
@@ -393,12 +394,22 @@ class MarkersCore:
         A bad one (``bad_subscriptions``) is not a (un)subscription, or names
         a topic that is no prefix of this service's topics: it matches nothing
         published, yet ZeroMQ keeps each such topic for the subscriber's
-        connection until it closes.
+        connection until it closes. A topic of another stream (``data/eeg/``)
+        is None too, but no problem: one SUB socket that follows the amp and
+        the markers (the client's, the recorder's) sends both their topics to
+        both; it is counted in ``other_stream_subscriptions``.
         """
         topic = message[1:]
-        if message[:1] in (b"\x00", b"\x01") and any(
-                t.startswith(topic) for t in (marker_topic(self.stream), info_topic(self.stream))):
-            return message[:1] == b"\x01", topic
+        if message[:1] in (b"\x00", b"\x01"):
+            if any(t.startswith(topic) for t in (marker_topic(self.stream), info_topic(self.stream))):
+                return message[:1] == b"\x01", topic
+            try:
+                split_topic(topic)
+            except ProtocolError:
+                pass
+            else:
+                self.counts["other_stream_subscriptions"] += 1
+                return None
         self.problem("bad_subscriptions", "publisher: subscription message %.40r refused (not a prefix of "
                      "this stream's topics)", message[:40])
         return None
