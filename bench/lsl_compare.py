@@ -15,8 +15,8 @@ are per process and the two sides do the same work:
 
 - mushu: the amp service (``python -m mushu_amp``, driver ``rampamp``) and
   consumers calling ``Amp.get_data()``, which on one host read the amp's
-  local IPC endpoint (``--tcp``: over loopback TCP, as LSL does; the
-  recorder always reads over TCP);
+  local IPC endpoint, as the recorder does once it records (``--tcp``: all
+  over loopback TCP, as LSL does);
 - LSL: a producer process that runs the very same ``RampAmp`` driver in the
   amp service's paced loop (same data generation, same cadence) and pushes
   each block with ``StreamOutlet.push_chunk(block, local_clock())`` at the

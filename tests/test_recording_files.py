@@ -139,6 +139,9 @@ def test_a_recording_reads_bit_exact_with_mushu_wyrm_and_mne(services, amp_name,
         result = amp.recording_result
     base = os.path.join(rec_svc.data_dir, "session-1")  # a relative name lands in the data directory
     assert result["base"] == base and result["n_samples"] == c.n and result["gaps"] == []
+    # on the amp's host, the recorder read the blocks at the amp's local IPC endpoint
+    amp_data = rec_svc.ctl().call("status")["amp_data"]
+    assert amp_data.startswith("ipc://") and amp_data == services[0].ctl().call("status")["local_data"]["endpoint"]
     expected_markers = sorted(c.markers)  # markers on one sample: any order
     assert sorted(label for _, label in expected_markers) == sorted(label for label, _, _ in TRICKY)
 

@@ -95,6 +95,8 @@ class RecorderCore:
         self.malformed_requests = 0  # not a valid control request at all
         self.refused_requests = 0    # valid, but refused (unknown command, bad arguments, ...)
         self.started_ns = now_ns()
+        #: Where the service reads the amp's blocks (for status).
+        self.amp_data: str | None = None
         self.commands = {"ping": self.cmd_ping, "status": self.cmd_status, "time": self.cmd_time,
                          "check": self.cmd_check, "record": self.cmd_record, "finish": self.cmd_finish}
 
@@ -220,7 +222,7 @@ class RecorderCore:
                 "data_dir": self.data_dir, "state": "idle" if a is None else ("error" if a.error else "recording"),
                 "recording": rec, "last_error": self.last_error, "finished": self.finished,
                 "malformed_requests": self.malformed_requests, "refused_requests": self.refused_requests,
-                "uptime_s": (now_ns() - self.started_ns) / 1e9}
+                "amp_data": self.amp_data, "uptime_s": (now_ns() - self.started_ns) / 1e9}
 
     def _need_active(self) -> Active:
         if self.active is None:

@@ -16,11 +16,11 @@ import zmq
 
 from mushu_client import process
 from mushu_client.clock import now_ns
-from mushu_client.config import setting, setting_float
+from mushu_client.config import setting, setting_flag, setting_float
 from mushu_client.control import ControlClient
 from mushu_client.errors import ServiceUnavailable
 from mushu_client.history import history_blocks, history_markers
-from mushu_client.bus import QUEUE_BYTES, subscribe
+from mushu_client.bus import QUEUE_BYTES, choose_endpoint, subscribe
 from mushu_client.protocol import MAX_QUEUED_REQUESTS, MAX_REQUEST_BYTES, Block, Marker, ProtocolError, data_topic, marker_topic
 from mushu_client.security import Guard
 
@@ -47,7 +47,7 @@ class RecorderService:
         self.amp_ctl = ControlClient(amp_control, 2.0, "amp", self.guard.keys)
         self.markers_ctl = ControlClient(markers_control, 0.5, "markers", self.guard.keys)
         self.core = RecorderCore(data_dir, Services(
-            amp_status=lambda: self.amp_ctl.call("status"),
+            amp_status=self._amp_status,
             amp_history=self._amp_history,
             markers_status=self._markers_status,
             markers_history=self._markers_history,
@@ -55,6 +55,7 @@ class RecorderService:
             markers_time=lambda: self.markers_ctl.request("time", timeout=0.2)[0]))
         self.bus = subscribe([amp_data, markers_data], [data_topic(stream), marker_topic(marker_stream)],
                              self.guard.keys, queue_bytes=queue_bytes)
+        self.amp_data = self.core.amp_data = amp_data
         self.ctl = self.ctx.socket(zmq.ROUTER)
         self.ctl.setsockopt(zmq.LINGER, 0)
         self.guard.server(self.ctl)
@@ -69,6 +70,29 @@ class RecorderService:
         self.quit = False
 
     # -- the other services ---------------------------------------------------
+
+    def _amp_status(self) -> dict:
+        """The amp's status; from here on its blocks are read where it offers this host (a recording starts)."""
+        status = self.amp_ctl.call("status")
+        self._read_amp_at(choose_endpoint(self.amp_data, status.get("local_data"), setting_flag("MUSHU_AMP_LOCAL_IPC")))
+        return status
+
+    def _read_amp_at(self, endpoint: str):
+        """Read the amp's blocks at ``endpoint``: connect there, then leave the endpoint read so far.
+
+        Blocks that come both ways are dropped by their sample index; blocks
+        that the old connection still held are fetched from the history.
+        """
+        if endpoint == self.core.amp_data:
+            return
+        try:
+            self.bus.sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            log.warning("cannot read the amp at %s, staying on %s: %s", endpoint, self.core.amp_data, exc)
+            return
+        self.bus.sock.disconnect(self.core.amp_data)
+        log.info("reading the amp's blocks at %s", endpoint)
+        self.core.amp_data = endpoint
 
     def _amp_history(self, session, from_sample, until):
         return history_blocks(self.amp_ctl, self.stream, session, from_sample, until)
