@@ -412,7 +412,8 @@ class Amp:
                     continue
                 remaining = deadline - time.monotonic()
                 silent = time.monotonic() - self._last_message
-                if silent > HANDSHAKE_CHECK_S and (failure := bus.watch.failure(self.bus_endpoint)) is not None:
+                if silent > HANDSHAKE_CHECK_S and \
+                        (failure := bus.watch.failure(ignore=self.markers_endpoint)) is not None:
                     raise failure  # no data because the service refused this client: say why
                 if silent > SILENCE_S:
                     self._check_alive()

@@ -289,11 +289,13 @@ class HandshakeWatch:
         self.monitor.setsockopt(zmq.LINGER, 0)
         self.monitor.connect(addr)
 
-    def failure(self, endpoint: str | None = None) -> SecurityError | None:
+    def failure(self, ignore: str | None = None) -> SecurityError | None:
         """The handshake failure seen since the last call, as an error, or None.
 
-        With ``endpoint``, only a failure with that endpoint counts (a socket
-        connected to several publishers); the others are passed over.
+        A failure with endpoint ``ignore`` is passed over (a socket connected
+        to several publishers, one of which does not matter here). libzmq
+        names a TCP peer by its address, so one named by host name is not
+        recognised: its failures count.
         """
         error = None
         while self.monitor.poll(0):
@@ -301,7 +303,7 @@ class HandshakeWatch:
             frames = self.monitor.recv_multipart()
             event, value = _EVENT.unpack_from(frames[0])
             where = frames[1].decode(errors="replace") if len(frames) > 1 else self.endpoint
-            if endpoint is not None and where != endpoint:
+            if where == ignore:
                 continue
             error = error or SecurityError(f"CURVE handshake with {where} failed: {self._explain(event, value)}")
         return error

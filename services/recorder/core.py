@@ -40,6 +40,9 @@ AMP_MARKER_SEQ = -2
 END = 2**63
 #: Block times kept for placing markers that arrive after their samples.
 TIMELINE_S = 30.0
+#: Longest one step of catching up from the amp's history takes while the
+#: amp runs, so that control requests are answered in between.
+CATCH_UP_STEP_NS = 50_000_000
 
 
 @dataclass
@@ -66,6 +69,7 @@ class Active:
     merger: MarkerMerger = field(default_factory=MarkerMerger)
     placed: set = field(default_factory=set)   # (session, seq) of markers written
     error: str | None = None
+    behind: bool = False         # the last catching up stopped short: tick() takes the next step
 
 
 #: Commands any listed client may send; record and finish need the controller role (docs/security.md).
@@ -178,7 +182,7 @@ class RecorderCore:
             self.active.merger.follow(markers_session, markers_next_seq)
         self._save_state()
         log.info("recording %s: amp session %s from sample %d", base, session, first_sample)
-        self.catch_up()
+        self.catch_up(step=True)  # the amp runs on: the live blocks take the next steps
         return {"base": base}
 
     def cmd_finish(self, end_sample: int):
@@ -249,7 +253,9 @@ class RecorderCore:
                 return  # a block of an earlier session, still queued
             self._new_session(block)
         if block.header.first_sample > a.next_sample:
-            self.catch_up(until=block.header.first_sample)
+            self.catch_up(until=block.header.first_sample, step=True)
+            if block.header.first_sample > a.next_sample:
+                return  # still behind: this block, too, comes from the history, at a later step
         self._write(block)
 
     def on_marker(self, marker: Marker):
@@ -262,15 +268,26 @@ class RecorderCore:
         self._add_marker(marker)
         self._place_markers()
 
-    def catch_up(self, until: int | None = None):
-        """Fetch from the amp's history what the recording misses, up to ``until``."""
+    def catch_up(self, until: int | None = None, step: bool = False):
+        """Fetch from the amp's history what the recording misses, up to ``until``.
+
+        ``step``: stop after :data:`CATCH_UP_STEP_NS` (and at least one
+        block); the live blocks that follow take the next steps. A recorder
+        that cannot keep up with the amp still answers its control socket,
+        and writes what the history no longer holds as a gap.
+        """
         a = self.active
+        deadline = now_ns() + CATCH_UP_STEP_NS if step else END
+        a.behind = False
         for block in self.services.amp_history(a.session, a.next_sample, END if until is None else until):
             if a.error is not None:
                 return
             if block.header.first_sample > a.next_sample:
                 self._lose(block.header.first_sample - a.next_sample, "no longer in the amp's history")
             self._write(block, until)
+            if now_ns() > deadline:
+                a.behind = True
+                return
 
     def _write(self, block: Block, until: int | None = None) -> int:
         a = self.active
@@ -405,7 +422,9 @@ class RecorderCore:
         self._guard(self.active.writer.write_meta)
 
     def tick(self):
-        """Periodic work: a clock probe when due, the meta every 10 s."""
+        """Periodic work: a step of catching up, a clock probe when due, the meta every 10 s."""
+        if self.active is not None and self.active.error is None and self.active.behind:
+            self.catch_up(step=True)
         self.amp_clock.update()
         if now_ns() - self._markers_seen_ns < 5_000_000_000:  # never block on a service that is not there
             self.markers_clock.update()
@@ -455,7 +474,7 @@ class RecorderCore:
         log.info("resuming %s at amp sample %d (%d samples, %d markers on disk)",
                  writer.base, next_sample, writer.n_samples, len(writer.markers))
         self._rebuild_timeline()
-        self.catch_up()
+        self.catch_up(step=True)  # an amp that runs on: the live blocks and tick() take the next steps
         self._fill_markers()
         return writer.base
 
