@@ -113,7 +113,6 @@ class BusReader:
         A SUB socket, connected and subscribed.
     source : str
         What it is connected to, for log messages.
-
     limit : QueueLimit, optional
         Kept up to date with the size of every block received.
 

@@ -21,6 +21,29 @@ def block(seq: int, t0: int) -> Block:
     return Block(h, ramp(seq * N, N, CHANNELS))
 
 
+def core_with(tmp_path, history) -> RecorderCore:
+    status = {"session": SESSION, "stream": "eeg", "config": {}, "channels": [f"c{i}" for i in range(CHANNELS)],
+              "fs": FS, "amp": "rampamp", "unit": "a.u."}
+    clock = {"t_ns": 0, "clock": host_clock_id()}
+    return RecorderCore(str(tmp_path), Services(
+        amp_status=lambda: status, amp_history=history, markers_status=lambda: None,
+        markers_history=lambda *a: iter(()), amp_time=lambda: clock, markers_time=lambda: clock))
+
+
+def test_samples_the_history_cannot_give_are_a_gap_before_the_live_block(tmp_path):
+    t0 = now_ns()
+    core = core_with(tmp_path, lambda session, from_sample, until: iter(()))  # it holds nothing any more
+    core.handle("record", {"name": "gap", "session": SESSION, "first_sample": 0})
+    core.on_block(block(0, t0))
+    core.on_block(block(5, t0))  # blocks 1-4 never came
+    result = core.handle("finish", {"end_sample": 6 * N})
+    assert [(g["sample"], g["count"]) for g in result["gaps"]] == [(N, 4 * N)]
+    data = load(result["base"]).data
+    np.testing.assert_array_equal(data[:N], ramp(0, N, CHANNELS))
+    assert np.isnan(data[N:5 * N]).all()
+    np.testing.assert_array_equal(data[5 * N:], ramp(5 * N, N, CHANNELS))
+
+
 def test_a_recorder_behind_the_amp_catches_up_in_steps_and_answers_in_between(tmp_path):
     t0 = now_ns()
     blocks = [block(seq, t0) for seq in range(400)]
@@ -34,12 +57,7 @@ def test_a_recorder_behind_the_amp_catches_up_in_steps_and_answers_in_between(tm
             fetched.append(b.header.seq)
             yield b
 
-    status = {"session": SESSION, "stream": "eeg", "config": {}, "channels": [f"c{i}" for i in range(CHANNELS)],
-              "fs": FS, "amp": "rampamp", "unit": "a.u."}
-    clock = {"t_ns": 0, "clock": host_clock_id()}
-    core = RecorderCore(str(tmp_path), Services(
-        amp_status=lambda: status, amp_history=slow_history, markers_status=lambda: None,
-        markers_history=lambda *a: iter(()), amp_time=lambda: clock, markers_time=lambda: clock))
+    core = core_with(tmp_path, slow_history)
     core.handle("record", {"name": "behind", "session": SESSION, "first_sample": 0})
     # the bus delivers the newest block: everything before it is to come from the history
     t = time.monotonic()

@@ -254,8 +254,10 @@ class RecorderCore:
             self._new_session(block)
         if block.header.first_sample > a.next_sample:
             self.catch_up(until=block.header.first_sample, step=True)
-            if block.header.first_sample > a.next_sample:
-                return  # still behind: this block, too, comes from the history, at a later step
+            if a.behind or a.error is not None:
+                return  # behind: this block, too, comes from the history, at a later step
+            if block.header.first_sample > a.next_sample:  # the history did not answer, or had none
+                self._lose(block.header.first_sample - a.next_sample, "not fetched from the amp's history")
         self._write(block)
 
     def on_marker(self, marker: Marker):
