@@ -414,10 +414,10 @@ class MarkersCore:
                      "this stream's topics)", message[:40])
         return None
 
-    def heartbeat(self) -> list:
-        """The marker stream-info message for now."""
+    def heartbeat(self, t_ns: int | None = None) -> list:
+        """The marker stream-info message: every marker stamped up to ``t_ns`` (default now) is published."""
         return encode_marker_info(MarkerStreamInfo(self.stream, self.session, self.log.next_seq - 1,
-                                                   now_ns()))
+                                                   now_ns() if t_ns is None else t_ns))
 
     # -- control commands -------------------------------------------------
 

@@ -184,12 +184,12 @@ class MarkersService:
         e = self.core.endpoints
         log.info("markers service, session %s: TCP %s, UDP %s, ZeroMQ ingress %s, data %s, control %s",
                  self.core.session, e["tcp"], e["udp"], e["ingress"], e["data"], e["control"])
-        next_beat = next_sweep = now_ns()
+        next_beat = next_sweep = self._watermark_ns = now_ns()  # nothing was stamped before it
         try:
             while not self.quit:
                 now = now_ns()
                 if now >= next_beat:
-                    self.pub.send_multipart(self.core.heartbeat())
+                    self._heartbeat(now)
                     next_beat = now + HEARTBEAT_NS
                 if now >= next_sweep:
                     self._close_idle(now)
@@ -209,6 +209,23 @@ class MarkersService:
 
     def shutdown(self):
         self.quit = True
+
+    def _heartbeat(self, t_ns: int):
+        """Publish that every marker stamped up to ``t_ns`` is out (clients release samples by it).
+
+        A marker the kernel stamped before ``t_ns`` may still wait in a
+        socket buffer: take in everything waiting first.
+        """
+        for _ in range(64):
+            ready = self.poller.poll(0)
+            if not ready:
+                break
+            for sock, _event in ready:
+                handler = self.handlers.get(sock)
+                if handler is not None:
+                    handler()
+        self.pub.send_multipart(self.core.heartbeat(t_ns))
+        self._watermark_ns = t_ns
 
     def _publish(self, messages):
         for frames in messages:
@@ -304,8 +321,8 @@ class MarkersService:
 
     def _subscribed(self):
         change = self.core.subscription(self.pub.recv())
-        if change is not None and change[0]:
-            self.pub.send_multipart(self.core.heartbeat())
+        if change is not None and change[0]:  # tell the new subscriber at once, what was promised last
+            self.pub.send_multipart(self.core.heartbeat(self._watermark_ns))
 
 
 def _source(kind: str, addr: tuple) -> str:
