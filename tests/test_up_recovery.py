@@ -82,23 +82,34 @@ def test_killing_each_service_during_a_recording(tmp_path):
 
     data = np.concatenate(chunks)
     rec = load(result["base"])
-    # one gap: the samples the amp did not acquire while it was down, the same count the client reported
+    # one gap: the samples the amp did not acquire while it was down. A SIGKILLed amp may have delivered
+    # its last block to the client and not to the recorder (or the other way round), and its history
+    # died with it: that block is part of the gap on the side that missed it. So the two agree on where
+    # the new session's sample 0 lies, and on everything but that last block of the old session.
     (gap,) = rec.gaps
     ((first, lost),) = amp.gaps
-    assert gap["reason"] == "amp restarted" and abs(gap["count"] - lost) <= 1
-    assert 50 < gap["count"] < 3000
-    # every sample the client got is in the file, in place; the gap is NaN
+    assert gap["reason"] == "amp restarted" and 50 < gap["count"] < 3000
+    old_in_file = gap["sample"]
+    assert abs(old_in_file + gap["count"] - (first + lost)) <= 1
+    assert abs(old_in_file - first) <= 5, (old_in_file, first)  # a block or two of 1 ms
+    # every other sample the client got is in the file, in place; the gap is NaN
     kept = ~np.isnan(rec.data).any(axis=1)
-    np.testing.assert_array_equal(rec.data[kept], data)
-    assert (~kept).sum() == gap["count"] and not kept[gap["sample"]:gap["sample"] + gap["count"]].any()
+    assert (~kept).sum() == gap["count"] and kept[:old_in_file].all()
+    new_in_file = rec.data[old_in_file + gap["count"]:]
+    common = min(old_in_file, first)
+    np.testing.assert_array_equal(rec.data[:common], data[:common])
+    np.testing.assert_array_equal(new_in_file, data[first:])
     np.testing.assert_array_equal(data[:first], ramp(0, first, 8))
     np.testing.assert_array_equal(data[first:], ramp(0, len(data) - first, 8))
-    # the markers too: the same labels on the same samples (file rows counted without the gap)
-    file_rows = np.cumsum(kept) - 1
-    recorded = [(int(file_rows[round(ms * FS / 1000)]), label) for ms, label in rec.markers
+    # the markers too: the same labels on the same samples of each session
+
+    def place(row):
+        return ("old", row) if row < old_in_file else ("new", row - old_in_file - gap["count"])
+    recorded = [(place(round(ms * FS / 1000)), label) for ms, label in rec.markers
                 if not label.startswith("mushu:gap")]
+    returned = [(("old", n) if n < first else ("new", n - first), label) for n, label in markers]
     assert sent > 50 and len(markers) > 40
     # None lost. A marker the overloaded machine delayed past the 50 ms grace comes late (at a negative
     # ms), still on its exact sample: the file and the client have every marker on the same sample.
     assert counts["lost"] == 0 and counts["late"] <= 2, counts
-    assert recorded == markers
+    assert recorded == returned
