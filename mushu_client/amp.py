@@ -10,7 +10,7 @@ from . import security
 from .arrays import to_plain
 from .bus import RCVHWM, choose_endpoint, subscribe
 from .clock import ClockOffset, now_ns
-from .config import setting, setting_flag
+from .config import setting
 from .control import ControlClient
 from .errors import (AmpError, EndOfData, Forbidden, GapWarning, RecordingError, RecordingWarning,
                      ServiceUnavailable, ServiceWarning)
@@ -153,8 +153,7 @@ class Amp:
         self._channels = described["channels"]
         self._fs = described["fs"]
         #: Where this client reads the data: the amp's local IPC endpoint on its host, else ``data``.
-        self.bus_endpoint = choose_endpoint(self.data_endpoint, described.get("local_data"),
-                                            setting_flag("MUSHU_AMP_LOCAL_IPC"))
+        self.bus_endpoint = choose_endpoint(self.data_endpoint, described.get("local_data"))
         self._asm = Assembler()
         self._timeline = Timeline()
         self._markers = MarkerFeed(setting("MUSHU_MARKERS_DATA", markers),

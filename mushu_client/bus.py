@@ -38,6 +38,7 @@ import zmq
 
 from . import security
 from .clock import host_clock_id
+from .config import setting_flag
 from .protocol import DATA, Block, ProtocolError, decode_block_frames, decode_message, split_topic
 
 log = logging.getLogger("mushu.bus")
@@ -96,8 +97,10 @@ class QueueLimit:
         """Give connections made since the mark was lowered the mark too; call now and then.
 
         libzmq applies a new mark to the connections a socket has; a later
-        one (a subscriber that connects to a bound publisher) starts with
-        the mark the socket had when it was bound.
+        one accepted by a bound socket (a subscriber that connects to a
+        publisher) starts with the mark the socket had when it was bound.
+        A connecting socket (a subscriber) needs no refresh: its connections
+        exist from ``connect()`` on and outlive reconnections.
         """
         if self.hwm != self.most and (now := time.monotonic()) >= self._next_refresh:
             self._next_refresh = now + 0.2
@@ -126,7 +129,6 @@ class BusReader:
         self.sock = sock
         self.source = source
         self.limit = limit
-        self._largest = limit.largest if limit is not None else float("inf")
         self.bad_messages = 0
         #: The socket's handshake watch (:func:`subscribe` with ``watch=True``), or None.
         self.watch: security.HandshakeWatch | None = None
@@ -166,8 +168,6 @@ class BusReader:
                     frames.append(sock.recv())
                     while self._more(_RCVMORE):
                         frames.append(sock.recv())
-                if self.limit is not None:  # not a block: a stream info or a marker
-                    self.limit.refresh()
                 return decode_message(frames)
             except ProtocolError as exc:
                 while self._more(_RCVMORE):  # the rest of a malformed message
@@ -203,9 +203,9 @@ class BusReader:
         block = decode_block_frames(header.bytes, payload, stream)
         if payload.more:
             raise ProtocolError("data message has more than 3 frames")
-        if block.data.nbytes > self._largest:
-            self.limit.note(block.data.nbytes)
-            self._largest = self.limit.largest
+        limit = self.limit
+        if limit is not None and block.data.nbytes > limit.largest:
+            limit.note(block.data.nbytes)
         return block
 
 
@@ -275,7 +275,7 @@ def local_endpoint(endpoint: str, stream: str, key: str) -> str:
     return f"ipc://{os.path.join(folder, name)}.data"
 
 
-def choose_endpoint(endpoint: str, offer: dict | None, enabled: bool = True) -> str:
+def choose_endpoint(endpoint: str, offer: dict | None, enabled: bool | None = None) -> str:
     """``offer``'s local endpoint if this process is on its host and can open it, else ``endpoint``.
 
     Parameters
@@ -285,9 +285,12 @@ def choose_endpoint(endpoint: str, offer: dict | None, enabled: bool = True) -> 
     offer : dict or None
         What the publisher's status says of its local endpoint:
         ``{"endpoint": "ipc://...", "host": key}`` (see :func:`host_key`).
-    enabled : bool
-        False: always ``endpoint``.
+    enabled : bool, optional
+        False: always ``endpoint``. Default: the ``MUSHU_AMP_LOCAL_IPC``
+        setting of this process.
     """
+    if enabled is None:
+        enabled = setting_flag("MUSHU_AMP_LOCAL_IPC")
     if not enabled or not isinstance(offer, dict) or offer.get("host") != host_key() or offer.get("host") is None:
         return endpoint
     local = offer.get("endpoint")

@@ -175,6 +175,11 @@ def setting_float(name: str, value: float | str | None = None) -> float:
     return _convert(name, value, float, "a number")
 
 
+def setting_mib(name: str, value: float | str | None = None) -> int:
+    """:func:`setting` as a size in MiB, returned in bytes; a value that is no number raises ValueError."""
+    return int(setting_float(name, value) * 2**20)
+
+
 def setting_flag(name: str, value: bool | str | None = None) -> bool:
     """:func:`setting` as a yes/no (1/0, true/false, yes/no, on/off); anything else raises ValueError."""
     if isinstance(value, bool):

@@ -27,7 +27,7 @@ import zmq
 from mushu_client import process
 from mushu_client.bus import QUEUE_BYTES, QueueLimit, host_key, local_endpoint
 from mushu_client.clock import now_ns
-from mushu_client.config import setting, setting_flag, setting_float, setting_int
+from mushu_client.config import setting, setting_flag, setting_float, setting_int, setting_mib
 from mushu_client.protocol import MAX_QUEUED_REQUESTS, MAX_REQUEST_BYTES, ProtocolError, data_topic, encode_info
 from mushu_client.security import Guard
 
@@ -238,7 +238,7 @@ def main(argv=None):
 
     try:
         core = AmpCore(setting("MUSHU_STREAM", a.stream),
-                       history_bytes=int(setting_float("MUSHU_AMP_HISTORY_MB", a.history_mb) * 2**20),
+                       history_bytes=setting_mib("MUSHU_AMP_HISTORY_MB", a.history_mb),
                        state_file=setting("MUSHU_AMP_STATE", a.state_file) or None)
         if setting("MUSHU_DRIVERS"):  # the driver registry reads the environment: hand it a file's value too
             os.environ["MUSHU_DRIVERS"] = setting("MUSHU_DRIVERS")
@@ -256,7 +256,7 @@ def main(argv=None):
                              setting("MUSHU_AMP_CONTROL_BIND", a.control),
                              block_ms=setting_float("MUSHU_AMP_BLOCK_MS", a.block_ms),
                              sndhwm=setting_int("MUSHU_AMP_SNDHWM", a.sndhwm),
-                             queue_bytes=int(setting_float("MUSHU_AMP_QUEUE_MB", a.queue_mb) * 2**20),
+                             queue_bytes=setting_mib("MUSHU_AMP_QUEUE_MB", a.queue_mb),
                              local_ipc=setting_flag("MUSHU_AMP_LOCAL_IPC"))
     except Exception as exc:
         log.error("%s", exc)

@@ -26,7 +26,7 @@ import zmq
 
 from mushu_client import process
 from mushu_client.clock import now_ns
-from mushu_client.config import setting, setting_float, setting_int
+from mushu_client.config import setting, setting_float, setting_int, setting_mib
 from mushu_client.protocol import MAX_QUEUED_REQUESTS, MAX_REQUEST_BYTES
 from mushu_client.security import INGRESS_DOMAIN, Guard
 
@@ -194,11 +194,7 @@ class MarkersService:
                 if now >= next_sweep:
                     self._close_idle(now)
                     next_sweep = now + SWEEP_NS
-                timeout_ms = max(0, min(next_beat, next_sweep) - now) / 1e6
-                for sock, _event in self.poller.poll(min(timeout_ms, 100)):
-                    handler = self.handlers.get(sock)
-                    if handler is not None:
-                        handler()
+                self._handle_ready(min(max(0, min(next_beat, next_sweep) - now) / 1e6, 100))
         finally:
             for conn in list(self.conns.values()):
                 conn.sock.close()
@@ -210,6 +206,15 @@ class MarkersService:
     def shutdown(self):
         self.quit = True
 
+    def _handle_ready(self, timeout_ms: float) -> bool:
+        """Wait up to ``timeout_ms`` for input, handle every socket that has some; False if none had."""
+        ready = self.poller.poll(timeout_ms)
+        for sock, _event in ready:
+            handler = self.handlers.get(sock)
+            if handler is not None:
+                handler()
+        return bool(ready)
+
     def _heartbeat(self, t_ns: int):
         """Publish that every marker stamped up to ``t_ns`` is out (clients release samples by it).
 
@@ -217,13 +222,8 @@ class MarkersService:
         socket buffer: take in everything waiting first.
         """
         for _ in range(64):
-            ready = self.poller.poll(0)
-            if not ready:
+            if not self._handle_ready(0):
                 break
-            for sock, _event in ready:
-                handler = self.handlers.get(sock)
-                if handler is not None:
-                    handler()
         self.pub.send_multipart(self.core.heartbeat(t_ns))
         self._watermark_ns = t_ns
 
@@ -394,7 +394,7 @@ def main(argv=None):
                         "MUSHU_MARKERS_RATE_EXEMPT"))
         core = MarkersCore(setting("MUSHU_MARKER_STREAM", a.stream),
                            setting_int("MUSHU_MARKERS_HISTORY_MARKERS", a.history_markers),
-                           int(setting_float("MUSHU_MARKERS_HISTORY_MB", a.history_mb) * 2**20),
+                           setting_mib("MUSHU_MARKERS_HISTORY_MB", a.history_mb),
                            policy, setting_int("MUSHU_MARKERS_MAX_LABEL_BYTES", a.max_label_bytes))
         service = MarkersService(
             core, setting("MUSHU_MARKERS_HOST_BIND", a.host), setting_int("MUSHU_MARKERS_PORT", a.port),

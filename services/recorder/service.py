@@ -16,7 +16,7 @@ import zmq
 
 from mushu_client import process
 from mushu_client.clock import now_ns
-from mushu_client.config import setting, setting_flag, setting_float
+from mushu_client.config import setting, setting_mib
 from mushu_client.control import ControlClient
 from mushu_client.errors import ServiceUnavailable
 from mushu_client.history import history_blocks, history_markers
@@ -74,7 +74,7 @@ class RecorderService:
     def _amp_status(self) -> dict:
         """The amp's status; from here on its blocks are read where it offers this host (a recording starts)."""
         status = self.amp_ctl.call("status")
-        self._read_amp_at(choose_endpoint(self.amp_data, status.get("local_data"), setting_flag("MUSHU_AMP_LOCAL_IPC")))
+        self._read_amp_at(choose_endpoint(self.amp_data, status.get("local_data")))
         return status
 
     def _read_amp_at(self, endpoint: str):
@@ -194,7 +194,7 @@ def main(argv=None):
             setting("MUSHU_AMP_DATA", a.amp_data), setting("MUSHU_AMP_CONTROL", a.amp_control),
             setting("MUSHU_MARKERS_DATA", a.markers_data), setting("MUSHU_MARKERS_CONTROL", a.markers_control),
             setting("MUSHU_STREAM", a.stream), setting("MUSHU_MARKER_STREAM", a.marker_stream),
-            int(setting_float("MUSHU_RECORDER_QUEUE_MB", a.queue_mb) * 2**20))
+            setting_mib("MUSHU_RECORDER_QUEUE_MB", a.queue_mb))
     except Exception as exc:
         log.error("%s", exc)
         return 2
