@@ -17,7 +17,7 @@ from .errors import (AmpError, EndOfData, Forbidden, GapWarning, RecordingError,
 from .history import history_blocks
 from .markerfeed import MarkerFeed
 from .markers import Timeline, rows_of, samples_not_acquired
-from .protocol import Block, StreamInfo, data_topic, info_topic
+from .protocol import MAX_MARKER_BYTES, Block, StreamInfo, data_topic, info_topic
 from .stream import Assembler
 
 log = logging.getLogger("mushu.client")
@@ -164,7 +164,7 @@ class Amp:
         # One SUB socket for the data and the markers: one poll per wait, messages in arrival order.
         self._bus = subscribe([self.bus_endpoint, self.markers_endpoint],
                               [data_topic(self.stream), info_topic(self.stream), *self._markers.topics],
-                              self.keys, hwm, watch=True)
+                              self.keys, hwm, watch=True, message_bytes=MAX_MARKER_BYTES)
         self._sub = self._bus.sock
         #: Offsets of the amp's and the markers service's clocks from this host's.
         self.amp_clock = ClockOffset(lambda: self._ctl.call("time"))

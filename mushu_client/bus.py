@@ -46,9 +46,10 @@ log = logging.getLogger("mushu.bus")
 #: Messages a subscriber queues per publisher, at most, before the bus drops
 #: for it (then its owner refetches from the publisher's history).
 RCVHWM = 100_000
-#: Bytes of blocks a subscriber queues per publisher, at most. ZeroMQ counts
+#: Bytes of messages a subscriber queues per publisher, at most. ZeroMQ counts
 #: messages, not bytes: 100,000 one-MiB blocks would be 100 GB, so the
-#: high-water mark follows the largest block seen (:class:`QueueLimit`).
+#: high-water mark is the budget in messages of the largest block
+#: (:func:`queue_hwm`).
 QUEUE_BYTES = 256 * 2**20
 #: The lowest high-water mark a byte budget sets, in messages.
 MIN_HWM = 16
@@ -56,92 +57,158 @@ MIN_HWM = 16
 _POLLIN, _RCVMORE = int(zmq.POLLIN), int(zmq.RCVMORE)
 
 
-class QueueLimit:
-    """Keeps a socket's high-water mark at a byte budget, in messages of the largest block seen.
+def queue_hwm(budget: int, most: int, message_bytes: int) -> int:
+    """The high-water mark that queues at most ``budget`` bytes of ``message_bytes`` messages.
 
     Parameters
     ----------
-    sock : zmq.Socket
-        The socket; its existing connections follow a new mark too.
-    option : int
-        ``zmq.SNDHWM`` (a publisher, per subscriber) or ``zmq.RCVHWM`` (a
-        subscriber, per publisher).
     budget : int
-        Bytes of blocks one connection may queue.
+        Bytes one connection may queue.
     most : int
-        The high-water mark for small blocks, in messages.
+        The mark for small messages, in messages.
+    message_bytes : int
+        The largest message the queue holds.
+
+    Returns
+    -------
+    int
+        ``budget // message_bytes`` messages, within ``[MIN_HWM, most]``.
+
+    Notes
+    -----
+    A socket's high-water mark is set before it binds or connects and never
+    changed after: libzmq 4.3 sends a new mark to the peer of every pipe
+    the socket has, including pipes whose peer is being torn down after a
+    disconnection, and that command can reach freed memory in libzmq's I/O
+    thread (a segmentation fault; ``docs/architecture.md``, "Threads and
+    buffers").
     """
+    if budget <= 0 or most <= 0:
+        raise ValueError(f"a queue needs a positive size: {budget} bytes, {most} messages")
+    return max(MIN_HWM, min(most, budget // max(1, message_bytes)))
 
-    def __init__(self, sock: zmq.Socket, option: int, budget: int, most: int):
-        if budget <= 0 or most <= 0:
-            raise ValueError(f"a queue needs a positive size: {budget} bytes, {most} messages")
-        self.sock, self.option, self.budget, self.most = sock, option, budget, most
-        #: The largest block noted, bytes.
-        self.largest = 0
-        #: The socket's high-water mark, messages.
-        self.hwm = most
-        self._next_refresh = 0.0
-        sock.setsockopt(option, most)
 
-    def note(self, nbytes: int):
-        """A block of ``nbytes`` went through: lower the mark if it is the largest yet."""
-        if nbytes <= self.largest:
-            return
-        self.largest = nbytes
-        hwm = max(MIN_HWM, min(self.most, self.budget // nbytes))
-        if hwm != self.hwm:
-            self.hwm = hwm
-            self.sock.setsockopt(self.option, hwm)
-
-    def refresh(self):
-        """Give connections made since the mark was lowered the mark too; call now and then.
-
-        libzmq applies a new mark to the connections a socket has; a later
-        one accepted by a bound socket (a subscriber that connects to a
-        publisher) starts with the mark the socket had when it was bound.
-        A connecting socket (a subscriber) needs no refresh: its connections
-        exist from ``connect()`` on and outlive reconnections.
-        """
-        if self.hwm != self.most and (now := time.monotonic()) >= self._next_refresh:
-            self._next_refresh = now + 0.2
-            self.sock.setsockopt(self.option, self.hwm)
+def size_class(nbytes: int) -> int:
+    """``nbytes`` rounded up to a power of two: block sizes that differ a little share a class."""
+    return 1 << max(0, nbytes - 1).bit_length()
 
 
 class BusReader:
-    """Decoded messages from one SUB socket, without waiting unless asked to.
+    """Decoded messages from a SUB socket of its own, without waiting unless asked to.
+
+    Use :func:`subscribe` to make one.
+
+    The reader keeps the socket's queue within a byte budget without
+    changing its high-water mark on the live socket (see :func:`queue_hwm`):
+    when a block of a new, larger size class arrives, it opens a new socket
+    with the lower mark, connected and subscribed as the old one, reads what
+    the old one still holds and then closes it. The new socket's first
+    messages may repeat the old one's last, and messages published while it
+    connects may be missing; consumers drop repeats by sample index or
+    sequence number and fetch what is missing from the history, as they do
+    for any drop on the bus.
 
     Parameters
     ----------
-    sock : zmq.Socket
-        A SUB socket, connected and subscribed.
-    source : str
-        What it is connected to, for log messages.
-    limit : QueueLimit, optional
-        Kept up to date with the size of every block received.
+    endpoints : list of str
+        Publishers to connect to.
+    topics : list of bytes
+        Topic prefixes to subscribe to.
+    keys : mushu_client.security.Keys, optional
+        This process's CURVE certificate (None: no encryption).
+    rcvhwm : int
+        Messages queued per publisher, at most.
+    queue_bytes : int
+        Bytes of messages queued per publisher, at most.
+    watch : bool
+        Watch the socket's handshakes (:attr:`watch`).
+    message_bytes : int
+        The largest message other than a block the socket may receive (a
+        marker): the high-water mark leaves room for the budget of those.
 
     Attributes
     ----------
+    sock : zmq.Socket
+        The socket being read; another one after a reopening (poll it
+        afresh each time, e.g. with ``zmq.zmq_poll``).
     bad_messages : int
         Messages that did not decode (logged and skipped).
+    hwm : int
+        The socket's high-water mark, messages.
+    reopened : int
+        How many times the socket was replaced by one with a lower mark.
+    watch : mushu_client.security.HandshakeWatch or None
+        The socket's handshake watch (``watch=True``), from before it connects,
+        so that a refused handshake can be told apart from silence.
     """
 
-    def __init__(self, sock: zmq.Socket, source: str, limit: QueueLimit | None = None):
-        self.sock = sock
-        self.source = source
-        self.limit = limit
+    def __init__(self, endpoints: list[str], topics: list[bytes], keys: security.Keys | None = None,
+                 rcvhwm: int = RCVHWM, queue_bytes: int = QUEUE_BYTES, watch: bool = False,
+                 message_bytes: int = 0):
+        self.endpoints = list(endpoints)
+        self.topics = list(topics)
+        self.keys = keys
+        self.budget, self.most = queue_bytes, rcvhwm
+        self.source = " and ".join(self.endpoints)
         self.bad_messages = 0
-        #: The socket's handshake watch (:func:`subscribe` with ``watch=True``), or None.
-        self.watch: security.HandshakeWatch | None = None
+        self.reopened = 0
+        #: The largest block received, bytes.
+        self.largest = 0
+        self.hwm = queue_hwm(queue_bytes, rcvhwm, size_class(message_bytes) if message_bytes else 1)
         #: What the last :meth:`poll` found: True (a message is waiting),
         #: False (none was), None (not known: :meth:`receive` polls).
         self.ready: bool | None = None
         #: ``time.monotonic_ns()`` when :meth:`poll` last returned.
         self.polled_ns = 0
+        self._watching = watch
+        self.watch: security.HandshakeWatch | None = None
+        self._old: zmq.Socket | None = None  # the socket replaced, until it has been read empty
+        self._old_watch: security.HandshakeWatch | None = None
+        self._open()
+
+    def _open(self):
+        """A new socket with the mark :attr:`hwm`, connected and subscribed; it becomes :attr:`sock`."""
+        sock = zmq.Context.instance().socket(zmq.SUB)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, self.hwm)  # before connect(): never changed after
+            security.curve_client(sock, self.keys)
+            watch = security.HandshakeWatch(sock, self.source, self.keys) if self._watching else None
+            for endpoint in self.endpoints:
+                sock.connect(endpoint)
+            for topic in self.topics:
+                sock.setsockopt(zmq.SUBSCRIBE, topic)
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        self.sock, self.watch = sock, watch
         self._items = [(sock, _POLLIN)]
-        self._more = sock.get
+
+    @property
+    def sockets(self) -> list:
+        """The sockets to poll for this reader: :attr:`sock`, and the replaced one while it holds messages."""
+        return [self.sock] if self._old is None else [self._old, self.sock]
+
+    def connect(self, endpoint: str):
+        """Also read the publisher at ``endpoint``."""
+        self.sock.connect(endpoint)
+        self.endpoints.append(endpoint)
+        self.source = " and ".join(self.endpoints)
+
+    def disconnect(self, endpoint: str):
+        """Stop reading the publisher at ``endpoint``."""
+        self.endpoints.remove(endpoint)
+        self.source = " and ".join(self.endpoints)
+        self.sock.disconnect(endpoint)
 
     def poll(self, timeout: float = 0.0) -> bool:
         """Wait up to ``timeout`` s for a message; True if one is waiting (:attr:`ready`)."""
+        if self._old is not None:
+            if zmq.zmq_poll([(self._old, _POLLIN)], 0):
+                self.ready = None  # it waits on the old socket, which receive() reads first
+                self.polled_ns = time.monotonic_ns()
+                return True
+            self._close_old()
         self.ready = bool(zmq.zmq_poll(self._items, max(0, math.ceil(timeout * 1000))))
         self.polled_ns = time.monotonic_ns()
         return self.ready
@@ -152,29 +219,56 @@ class BusReader:
         A malformed message is counted in :attr:`bad_messages`, logged and
         skipped; the message after it is returned.
         """
+        if self._old is not None:
+            msg = self._receive_old()
+            if msg is not None:
+                return msg
         sock, items, poll = self.sock, self._items, zmq.zmq_poll
         known, self.ready = self.ready, (False if self.ready is False else None)
         if known is False:  # the last poll found nothing; only a new poll or wait can tell more
             return None
         while known or poll(items, 0):
             known = False
-            first = sock.recv(copy=False)
-            try:
-                topic = first.bytes
-                if topic.startswith(DATA):
-                    return self._block(topic, first.more)
-                frames = [topic]
-                if first.more:
-                    frames.append(sock.recv())
-                    while self._more(_RCVMORE):
-                        frames.append(sock.recv())
-                return decode_message(frames)
-            except ProtocolError as exc:
-                while self._more(_RCVMORE):  # the rest of a malformed message
-                    sock.recv(copy=False)
-                self.bad_messages += 1
-                log.warning("dropped a malformed message from %s: %s", self.source, exc)
+            msg = self._read(sock)
+            if msg is not None:
+                return msg
         return None
+
+    def _read(self, sock: zmq.Socket):
+        """The message waiting on ``sock``, decoded; None if it is malformed (counted and logged)."""
+        first = sock.recv(copy=False)
+        try:
+            topic = first.bytes
+            if topic.startswith(DATA):
+                return self._block(sock, topic, first.more)
+            frames = [topic]
+            if first.more:
+                frames.append(sock.recv())
+                while sock.get(_RCVMORE):
+                    frames.append(sock.recv())
+            return decode_message(frames)
+        except ProtocolError as exc:
+            while sock.get(_RCVMORE):  # the rest of a malformed message
+                sock.recv(copy=False)
+            self.bad_messages += 1
+            log.warning("dropped a malformed message from %s: %s", self.source, exc)
+            return None
+
+    def _receive_old(self):
+        """The next message the replaced socket still holds; None once it is empty (then it is closed)."""
+        old = self._old
+        while zmq.zmq_poll([(old, _POLLIN)], 0):
+            msg = self._read(old)
+            if msg is not None:
+                return msg
+        self._close_old()
+        return None
+
+    def _close_old(self):
+        if self._old_watch is not None:
+            self._old_watch.close()
+        self._old.close(linger=0)
+        self._old = self._old_watch = None
 
     def forget(self):
         """Forget what a poll found: the next :meth:`receive` asks the socket itself."""
@@ -186,13 +280,14 @@ class BusReader:
             self.ready = None
 
     def close(self):
+        if self._old is not None:
+            self._close_old()
         if self.watch is not None:
             self.watch.close()
         self.sock.close(linger=0)
 
-    def _block(self, topic: bytes, more: bool) -> Block:
+    def _block(self, sock: zmq.Socket, topic: bytes, more: bool) -> Block:
         """The rest of a data message: ``[header, payload]``."""
-        sock = self.sock
         _prefix, stream = split_topic(topic)
         if not more:
             raise ProtocolError("data message has 1 frame, expected 3")
@@ -203,14 +298,30 @@ class BusReader:
         block = decode_block_frames(header.bytes, payload, stream)
         if payload.more:
             raise ProtocolError("data message has more than 3 frames")
-        limit = self.limit
-        if limit is not None and block.data.nbytes > limit.largest:
-            limit.note(block.data.nbytes)
+        if block.data.nbytes > self.largest:
+            self._grew(block.data.nbytes)
         return block
+
+    def _grew(self, nbytes: int):
+        """A block of ``nbytes``, the largest yet: reopen with a lower mark if the budget needs one."""
+        self.largest = nbytes
+        hwm = queue_hwm(self.budget, self.most, size_class(nbytes))
+        if hwm >= self.hwm:
+            return
+        if self._old is not None:  # still reading the one before: what it holds comes from the history
+            self._close_old()
+        self._old, self._old_watch = self.sock, self.watch
+        self.hwm = hwm
+        self._open()
+        self.ready = None
+        self.reopened += 1
+        log.info("blocks of %d bytes from %s: reading with a queue of %d messages (%d MiB at most)",
+                 nbytes, self.source, hwm, self.budget >> 20)
 
 
 def subscribe(endpoints: str | list[str], topics: list[bytes], keys: security.Keys | None = None,
-              rcvhwm: int = RCVHWM, watch: bool = False, queue_bytes: int = QUEUE_BYTES) -> BusReader:
+              rcvhwm: int = RCVHWM, watch: bool = False, queue_bytes: int = QUEUE_BYTES,
+              message_bytes: int = 0) -> BusReader:
     """A :class:`BusReader` on a new SUB socket, connected and subscribed.
 
     Parameters
@@ -227,22 +338,13 @@ def subscribe(endpoints: str | list[str], topics: list[bytes], keys: security.Ke
         Also watch the socket's handshakes (``reader.watch``), from before it
         connects, so that a refused one can be told apart from silence.
     queue_bytes : int
-        Bytes of blocks queued per publisher before the bus drops: fewer
-        messages than ``rcvhwm`` when blocks are large (:class:`QueueLimit`).
+        Bytes of messages queued per publisher before the bus drops: fewer
+        messages than ``rcvhwm`` when blocks are large (:func:`queue_hwm`).
+    message_bytes : int
+        The largest message other than a block expected (a marker's).
     """
     endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
-    sock = zmq.Context.instance().socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    limit = QueueLimit(sock, zmq.RCVHWM, queue_bytes, rcvhwm)
-    security.curve_client(sock, keys)
-    handshakes = security.HandshakeWatch(sock, " and ".join(endpoints), keys) if watch else None
-    for endpoint in endpoints:
-        sock.connect(endpoint)
-    for topic in topics:
-        sock.setsockopt(zmq.SUBSCRIBE, topic)
-    reader = BusReader(sock, " and ".join(endpoints), limit)
-    reader.watch = handshakes
-    return reader
+    return BusReader(endpoints, topics, keys, rcvhwm, queue_bytes, watch, message_bytes)
 
 
 def host_key() -> str | None:

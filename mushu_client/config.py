@@ -65,6 +65,8 @@ DEFAULTS = {
     "MUSHU_MARKERS_HISTORY_MARKERS": "100000",
     "MUSHU_MARKERS_HISTORY_MB": "32",
     "MUSHU_MARKERS_SNDHWM": "100000",
+    # and at most this many MiB of markers per subscriber (a 4 KiB label each, at worst)
+    "MUSHU_MARKERS_QUEUE_MB": "64",
     "MUSHU_MARKERS_MAX_CONNECTIONS": "256",
     # marker port hardening: allowed senders (empty: everyone), limits per
     # sender address, and the senders without a rate limit (this host)

@@ -56,6 +56,9 @@ MARKER = b"marker/"
 
 #: Longest marker label, in characters; longer labels are refused at ingress.
 MAX_LABEL_LENGTH = 1024
+#: Largest marker message a markers service publishes, in bytes: a label of
+#: at most 4 * MAX_LABEL_LENGTH UTF-8 bytes (its ingress limit), its source and the fields.
+MAX_MARKER_BYTES = 4 * MAX_LABEL_LENGTH + 1024
 
 
 class ProtocolError(ValueError):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import zmq
 
-from mushu_client.bus import BusReader, subscribe
+from mushu_client.bus import MIN_HWM, queue_hwm, size_class, subscribe
 from mushu_client.protocol import Block, BlockHeader, StreamInfo, encode_block, encode_block_header, encode_info
 
 SESSION = "0123456789abcdef0123456789abcdef"
@@ -16,18 +16,18 @@ SESSION = "0123456789abcdef0123456789abcdef"
 @pytest.fixture
 def pub_reader():
     ctx = zmq.Context()
-    pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
     port = pub.bind_to_random_port("tcp://127.0.0.1")
-    sub.connect(f"tcp://127.0.0.1:{port}")
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    reader = BusReader(sub, "test")
+    reader = subscribe(f"tcp://127.0.0.1:{port}", [b""])
     deadline = time.monotonic() + 5
-    while not sub.poll(10):  # the subscription reaches the publisher
+    while not reader.sock.poll(10):  # the subscription reaches the publisher
         assert time.monotonic() < deadline
         pub.send_multipart(encode_info(_info()))
     while reader.receive() is not None:
         pass
     yield pub, reader
+    reader.close()
     ctx.destroy(linger=0)
 
 
@@ -149,14 +149,25 @@ def test_malformed_messages_are_counted_and_skipped(pub_reader):
     assert reader.receive() is None
 
 
+def _until_read_on_the_new_socket(pub, reader, frames):
+    """Publish ``frames`` until the reader has dropped its replaced socket and read one on the new one."""
+    deadline = time.monotonic() + 5
+    while True:
+        assert time.monotonic() < deadline, "the new socket never received"
+        pub.send_multipart(frames)
+        replaced = len(reader.sockets) > 1
+        if reader.poll(0.05) and reader.receive() is not None and not replaced and len(reader.sockets) == 1:
+            return
+
+
 def test_a_reader_queues_at_most_its_byte_budget_of_large_blocks():
     ctx = zmq.Context.instance()
     pub = ctx.socket(zmq.PUB)
     pub.setsockopt(zmq.SNDHWM, 1)  # the publisher queues next to nothing: what arrives was queued by the reader
     endpoint = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
     reader = subscribe(endpoint, [b"data/eeg/"], rcvhwm=100_000, queue_bytes=16 * 2**20)
-    reader.sock.setsockopt(zmq.RCVBUF, 256 * 1024)
     try:
+        assert reader.sock.getsockopt(zmq.RCVHWM) == 100_000 and reader.reopened == 0
         h = BlockHeader("eeg", SESSION, 0, 0, 4096, 64, 1000.0, "<f4", 123)  # 1 MiB of samples
         frames = encode_block(h, np.zeros((4096, 64), np.float32))
         deadline = time.monotonic() + 5
@@ -164,7 +175,10 @@ def test_a_reader_queues_at_most_its_byte_budget_of_large_blocks():
             assert time.monotonic() < deadline, "nothing arrived"
             pub.send_multipart(frames)
         assert reader.receive().data.nbytes == 2**20
+        # a new socket with the lower mark replaced the first one; the mark of a live socket never changes
+        assert reader.reopened == 1 and reader.hwm == 16
         assert reader.sock.getsockopt(zmq.RCVHWM) == 16  # 16 MiB of 1 MiB blocks
+        _until_read_on_the_new_socket(pub, reader, frames)
         while reader.poll(0.2):
             reader.receive()
         # the reader stalls while 200 MiB are published, at a pace it could take without the budget
@@ -175,6 +189,50 @@ def test_a_reader_queues_at_most_its_byte_budget_of_large_blocks():
         while reader.poll(0.5):
             received += reader.receive() is not None
         assert 0 < received <= 16 + 16, received  # its queue, the kernel's buffers; not 200
+        assert reader.reopened == 1  # blocks of the same size: no more replacements
+    finally:
+        reader.close()
+        pub.close(linger=0)
+
+
+def test_a_replaced_socket_is_read_empty_first_and_repeats_are_left_to_the_consumer():
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    endpoint = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
+    reader = subscribe(endpoint, [b"data/eeg/"], queue_bytes=64 * 2**20)
+    try:
+        deadline = time.monotonic() + 5
+        while not reader.poll(0.02):
+            assert time.monotonic() < deadline
+            pub.send_multipart(encode_info(_info()))
+            pub.send_multipart(encode_block(*_block(0)))
+        while reader.poll(0.1):
+            reader.receive()
+        # small blocks, one large block (a new size class), small blocks: all queued before the reader looks
+        sent = []
+        for seq in range(1, 31):
+            n = 8192 if seq == 10 else 3
+            pub.send_multipart(encode_block(*_block(seq, n=n)))
+            sent.append(seq)
+        time.sleep(0.3)
+        got = []
+        while reader.poll(0.2):
+            msg = reader.receive()
+            if msg is not None:
+                got.append(msg.header.seq)
+        # everything the old socket held comes, in order, before anything from the new one
+        assert got[:len(sent)] == sent
+        assert reader.reopened == 1 and reader.hwm == queue_hwm(64 * 2**20, 100_000, size_class(8192 * 2 * 4))
+        assert len(reader.sockets) == 1  # read empty, closed
+        # the new socket delivers what is published from its subscription on
+        for seq in range(31, 200):
+            pub.send_multipart(encode_block(*_block(seq)))
+            if reader.poll(0.01):
+                while (msg := reader.receive()) is not None:
+                    got.append(msg.header.seq)
+            if got[-1] >= 150:
+                break
+        assert got[-1] >= 150 and got == sorted(got)
     finally:
         reader.close()
         pub.close(linger=0)
@@ -188,9 +246,18 @@ def test_small_blocks_keep_the_message_high_water_mark():
     try:
         pub.send_multipart(encode_block(*_block(0)))
         assert isinstance(_next(reader), Block)
-        assert reader.sock.getsockopt(zmq.RCVHWM) == 1000
+        assert reader.sock.getsockopt(zmq.RCVHWM) == 1000 and reader.reopened == 0
         with pytest.raises(ValueError, match="positive"):
             subscribe("inproc://queue-small", [b"data/eeg/"], queue_bytes=0)
     finally:
         reader.close()
         pub.close(linger=0)
+
+
+def test_the_high_water_mark_is_the_budget_in_messages_of_the_largest_size():
+    assert queue_hwm(256 * 2**20, 10_000, 2**20) == 256
+    assert queue_hwm(256 * 2**20, 10_000, 1000) == 10_000
+    assert queue_hwm(2**20, 10_000, 2**20) == MIN_HWM
+    assert [size_class(n) for n in (1, 2, 3, 1000, 1024, 1025)] == [1, 2, 4, 1024, 1024, 2048]
+    with pytest.raises(ValueError, match="positive"):
+        queue_hwm(0, 10, 10)

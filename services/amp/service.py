@@ -25,13 +25,13 @@ import time
 import zmq
 
 from mushu_client import process
-from mushu_client.bus import QUEUE_BYTES, QueueLimit, host_key, local_endpoint
+from mushu_client.bus import QUEUE_BYTES, host_key, local_endpoint, queue_hwm
 from mushu_client.clock import now_ns
 from mushu_client.config import setting, setting_flag, setting_float, setting_int, setting_mib
 from mushu_client.protocol import MAX_QUEUED_REQUESTS, MAX_REQUEST_BYTES, ProtocolError, data_topic, encode_info
 from mushu_client.security import Guard
 
-from .core import DEFAULT_HISTORY_BYTES, READ_ONLY, STATE_COMMANDS, AmpCore
+from .core import DEFAULT_HISTORY_BYTES, MAX_BLOCK_BYTES, READ_ONLY, STATE_COMMANDS, AmpCore
 
 log = logging.getLogger("mushu.amp")
 
@@ -50,13 +50,14 @@ class AmpService:
     block_ms : float
         Period of the acquisition loop, i.e. the duration of a simulated block.
     sndhwm : int
-        PUB high-water mark per subscriber, in messages. A consumer that falls
-        further behind loses blocks on the bus and refetches them from the
-        history.
+        PUB high-water mark per subscriber, in messages, at most. A consumer
+        that falls further behind loses blocks on the bus and refetches them
+        from the history.
     queue_bytes : int
-        Bytes of blocks the PUB queues per subscriber, at most: with large
-        blocks the high-water mark is lower than ``sndhwm``
-        (:class:`mushu_client.bus.QueueLimit`).
+        Bytes of blocks the PUB queues per subscriber, at most: the mark is
+        ``queue_bytes`` in blocks of the largest size (``MAX_BLOCK_BYTES``) if
+        that is lower than ``sndhwm``. It is set before the socket binds and
+        never changed (:func:`mushu_client.bus.queue_hwm`).
     local_ipc : bool
         Also publish on a local IPC endpoint, offered in ``status`` to the
         clients on this host (:func:`mushu_client.bus.choose_endpoint`).
@@ -78,7 +79,8 @@ class AmpService:
             raise
         self.refusals = process.ThrottledLog(log)
         self.pub = self.ctx.socket(zmq.PUB)
-        self.send_limit = QueueLimit(self.pub, zmq.SNDHWM, queue_bytes, sndhwm)
+        self.sndhwm = queue_hwm(queue_bytes, sndhwm, MAX_BLOCK_BYTES)
+        self.pub.setsockopt(zmq.SNDHWM, self.sndhwm)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.ctl = self.ctx.socket(zmq.ROUTER)
         self.ctl.setsockopt(zmq.LINGER, 0)
@@ -176,7 +178,6 @@ class AmpService:
         send, send_multipart = self.pub.send, self.pub.send_multipart
         more = int(zmq.SNDMORE)
         copy_threshold = self.pub.copy_threshold
-        limit = self.send_limit
         monotonic_ns, sleep = now_ns, time.sleep
         period = self.period_ns
         next_tick = monotonic_ns()
@@ -186,8 +187,6 @@ class AmpService:
                 running = core.running
                 blocks = core.acquire() if running else ()
             for _header, frame, data in blocks:
-                if data.nbytes > limit.largest:
-                    limit.note(data.nbytes)
                 send(topic, more)
                 send(frame, more)
                 send(data, 0, copy=data.nbytes < copy_threshold)
@@ -198,7 +197,6 @@ class AmpService:
                     info = core.info()
                     running = core.running
                 send_multipart(encode_info(info))
-                limit.refresh()  # for subscribers that connected since the last time
                 next_info = now + INFO_PERIOD_NS
             if running:
                 next_tick += period

@@ -57,7 +57,7 @@ from mushu_client.errors import ServiceUnavailable
 from mushu_client.history import history_blocks, history_markers
 from mushu_client.markers import Timeline
 from mushu_client.bus import RCVHWM, BusReader, subscribe
-from mushu_client.protocol import Block, Marker, MarkerStreamInfo, StreamInfo, data_topic, info_topic, marker_topic
+from mushu_client.protocol import MAX_MARKER_BYTES, Block, Marker, MarkerStreamInfo, StreamInfo, data_topic, info_topic, marker_topic
 
 log = logging.getLogger("mushu.lslbridge")
 
@@ -115,7 +115,8 @@ class LSLBridge:
         self.amp_clock = ClockOffset(lambda: self.ctl.call("time"))
         self.mctl = self.mbus = None
         if markers_data and markers_control:
-            self.mbus = subscribe(markers_data, [marker_topic(marker_stream), info_topic(marker_stream)], keys, RCVHWM)
+            self.mbus = subscribe(markers_data, [marker_topic(marker_stream), info_topic(marker_stream)], keys, RCVHWM,
+                                  message_bytes=MAX_MARKER_BYTES)
             self.mctl = ControlClient(markers_control, 0.5, "markers", keys)
         self.markers_clock = ClockOffset(lambda: self.mctl.request("time", timeout=0.2)[0])
         self.lsl_offset = lsl_clock_offset()
@@ -233,14 +234,13 @@ class LSLBridge:
         try:
             while not stop.is_set() and not self.sync():
                 stop.wait(1.0)
-            poller = zmq.Poller()
             buses = [bus for bus in (self.bus, self.mbus) if bus is not None]
-            for bus in buses:
-                poller.register(bus.sock, zmq.POLLIN)
+            pollin = zmq.POLLIN
             while not stop.is_set():
-                events = dict(poller.poll(100))
+                # A bus reader may replace its socket (bus.BusReader): poll the ones it has now.
+                ready = {sock for sock, _ in zmq.zmq_poll([(s, pollin) for bus in buses for s in bus.sockets], 100)}
                 for bus in buses:
-                    if bus.sock in events:
+                    if ready.intersection(bus.sockets):
                         self._drain(bus)
                 self.tick()
         finally:

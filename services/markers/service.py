@@ -25,9 +25,10 @@ import time
 import zmq
 
 from mushu_client import process
+from mushu_client.bus import queue_hwm
 from mushu_client.clock import now_ns
 from mushu_client.config import setting, setting_float, setting_int, setting_mib
-from mushu_client.protocol import MAX_QUEUED_REQUESTS, MAX_REQUEST_BYTES
+from mushu_client.protocol import MAX_MARKER_BYTES, MAX_QUEUED_REQUESTS, MAX_REQUEST_BYTES
 from mushu_client.security import INGRESS_DOMAIN, Guard
 
 from .core import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_MARKERS, MAX_LABEL_BYTES, READ_ONLY, LineFramer, MarkersCore
@@ -38,6 +39,8 @@ log = logging.getLogger("mushu.markers")
 HEARTBEAT_NS = 250_000_000  # a consumer notices a dead service within a second
 SWEEP_NS = 500_000_000
 READ_BYTES = 65536
+#: Markers the publisher queues per subscriber, at most, in bytes (MUSHU_MARKERS_QUEUE_MB).
+DEFAULT_QUEUE_BYTES = 64 * 2**20
 #: Reads of one kind per poll round, so a flood on one socket cannot starve the others.
 BURST = 64
 
@@ -106,11 +109,17 @@ class MarkersService:
     idle_timeout : float
         Seconds after which a TCP connection that sent nothing is closed.
     sndhwm : int
-        Publisher high-water mark per subscriber, in messages.
+        Publisher high-water mark per subscriber, in messages, at most.
+    queue_bytes : int
+        Bytes of markers the publisher queues per subscriber, at most: the
+        mark is ``queue_bytes`` in markers of the largest size
+        (``MAX_MARKER_BYTES``) if that is lower than ``sndhwm``
+        (:func:`mushu_client.bus.queue_hwm`).
     """
 
     def __init__(self, core: MarkersCore, host: str, port: int, data_endpoint: str, control_endpoint: str,
-                 ingress_endpoint: str, idle_timeout: float = 300.0, sndhwm: int = 100_000):
+                 ingress_endpoint: str, idle_timeout: float = 300.0, sndhwm: int = 100_000,
+                 queue_bytes: int = DEFAULT_QUEUE_BYTES):
         self.core = core
         self.idle_ns = int(idle_timeout * 1e9)
         self.quit = False
@@ -123,7 +132,8 @@ class MarkersService:
             self.ctx.destroy(linger=0)
             raise
         try:
-            self._bind_zmq(data_endpoint, control_endpoint, ingress_endpoint, sndhwm)
+            self._bind_zmq(data_endpoint, control_endpoint, ingress_endpoint,
+                           queue_hwm(queue_bytes, sndhwm, MAX_MARKER_BYTES))
             self._bind_ingress(host, port)
         except (zmq.ZMQError, OSError) as exc:
             self.guard.close()
@@ -139,7 +149,8 @@ class MarkersService:
     def _bind_zmq(self, data_endpoint, control_endpoint, ingress_endpoint, sndhwm):
         self.pub = self.ctx.socket(zmq.XPUB)
         self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)
-        self.pub.setsockopt(zmq.SNDHWM, sndhwm)
+        self.pub.setsockopt(zmq.SNDHWM, sndhwm)  # before bind(): never changed after (bus.queue_hwm)
+        self.sndhwm = sndhwm
         self.ctl = self.ctx.socket(zmq.ROUTER)
         self.ctl.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
         self.ctl.setsockopt(zmq.RCVHWM, MAX_QUEUED_REQUESTS)
@@ -380,6 +391,8 @@ def main(argv=None):
                    f"(env MUSHU_MARKERS_HISTORY_MB, default {DEFAULT_HISTORY_BYTES / 2**20:g})")
     p.add_argument("--sndhwm", type=int,
                    help="publisher high-water mark in messages (env MUSHU_MARKERS_SNDHWM, default 100000)")
+    p.add_argument("--queue-mb", type=float, help="markers the publisher queues per subscriber, at most, in MiB "
+                   f"(env MUSHU_MARKERS_QUEUE_MB, default {DEFAULT_QUEUE_BYTES / 2**20:g})")
     process.add_common_arguments(p)
     a = p.parse_args(argv)
     process.setup(p, a, "mushu-markers")
@@ -401,7 +414,8 @@ def main(argv=None):
             setting("MUSHU_MARKERS_DATA_BIND", a.data), setting("MUSHU_MARKERS_CONTROL_BIND", a.control),
             setting("MUSHU_MARKERS_INGRESS_BIND", a.ingress),
             idle_timeout=setting_float("MUSHU_MARKERS_IDLE_TIMEOUT", a.idle_timeout),
-            sndhwm=setting_int("MUSHU_MARKERS_SNDHWM", a.sndhwm))
+            sndhwm=setting_int("MUSHU_MARKERS_SNDHWM", a.sndhwm),
+            queue_bytes=setting_mib("MUSHU_MARKERS_QUEUE_MB", a.queue_mb))
     except Exception as exc:
         log.error("%s", exc)
         return 2

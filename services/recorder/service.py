@@ -21,7 +21,7 @@ from mushu_client.control import ControlClient
 from mushu_client.errors import ServiceUnavailable
 from mushu_client.history import history_blocks, history_markers
 from mushu_client.bus import QUEUE_BYTES, choose_endpoint, subscribe
-from mushu_client.protocol import MAX_QUEUED_REQUESTS, MAX_REQUEST_BYTES, Block, Marker, ProtocolError, data_topic, marker_topic
+from mushu_client.protocol import MAX_MARKER_BYTES, MAX_QUEUED_REQUESTS, MAX_REQUEST_BYTES, Block, Marker, ProtocolError, data_topic, marker_topic
 from mushu_client.security import Guard
 
 from .core import READ_ONLY, RecorderCore, Services
@@ -54,7 +54,7 @@ class RecorderService:
             amp_time=lambda: self.amp_ctl.call("time"),
             markers_time=lambda: self.markers_ctl.request("time", timeout=0.2)[0]))
         self.bus = subscribe([amp_data, markers_data], [data_topic(stream), marker_topic(marker_stream)],
-                             self.guard.keys, queue_bytes=queue_bytes)
+                             self.guard.keys, queue_bytes=queue_bytes, message_bytes=MAX_MARKER_BYTES)
         self.amp_data = self.core.amp_data = amp_data
         self.ctl = self.ctx.socket(zmq.ROUTER)
         self.ctl.setsockopt(zmq.LINGER, 0)
@@ -86,11 +86,11 @@ class RecorderService:
         if endpoint == self.core.amp_data:
             return
         try:
-            self.bus.sock.connect(endpoint)
+            self.bus.connect(endpoint)
         except zmq.ZMQError as exc:
             log.warning("cannot read the amp at %s, staying on %s: %s", endpoint, self.core.amp_data, exc)
             return
-        self.bus.sock.disconnect(self.core.amp_data)
+        self.bus.disconnect(self.core.amp_data)
         log.info("reading the amp's blocks at %s", endpoint)
         self.core.amp_data = endpoint
 
@@ -118,16 +118,15 @@ class RecorderService:
         if resumed:
             log.warning("resumed recording %s after a restart", resumed)
         log.info("recorder: control on %s, data directory %s", self.control, self.core.data_dir)
-        poller = zmq.Poller()
-        poller.register(self.bus.sock, zmq.POLLIN)
-        poller.register(self.ctl, zmq.POLLIN)
         next_flush = now_ns() + FLUSH_NS
         next_sync = now_ns() + SYNC_NS
+        pollin = zmq.POLLIN
         while not self.quit:
-            events = dict(poller.poll(100))
-            if self.bus.sock in events:
+            # The bus reader may replace its socket (bus.BusReader): poll the ones it has now.
+            ready = {sock for sock, _ in zmq.zmq_poll([(s, pollin) for s in (*self.bus.sockets, self.ctl)], 100)}
+            if ready.intersection(self.bus.sockets):
                 self._drain()
-            if self.ctl in events:
+            if self.ctl in ready:
                 reply, cmd, error = self.guard.serve(self.ctl, self.core.handle, READ_ONLY)
                 if error is not None:
                     if isinstance(error, ProtocolError):
