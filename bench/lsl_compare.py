@@ -487,7 +487,7 @@ class MushuSide:
         stack.callback(self.boss.close)
         # The boss only starts and stops: off the data topic, so that the amp publishes to the
         # measured consumers alone, as the LSL outlet does (it would double the amp's sends).
-        self.boss._sub.setsockopt(zmq.UNSUBSCRIBE, data_topic(self.boss.stream))
+        self.boss._bus.unsubscribe(data_topic(self.boss.stream))
 
     def start(self):
         self.boss.start(f"bench-{uuid.uuid4().hex[:8]}" if self.recorder else None)

@@ -137,6 +137,9 @@ class Amp:
     before the subscription took effect are fetched from the service's
     history. Samples that cannot be recovered are reported with a
     :class:`GapWarning` and counted in :attr:`lost_samples`, never silently.
+
+    An ``Amp`` holds ZeroMQ sockets, which are not thread-safe: use it from
+    one thread at a time (several threads may each have their own).
     """
 
     def __init__(self, name: str, data: str | None = None, control: str | None = None,
@@ -165,7 +168,6 @@ class Amp:
         self._bus = subscribe([self.bus_endpoint, self.markers_endpoint],
                               [data_topic(self.stream), info_topic(self.stream), *self._markers.topics],
                               self.keys, hwm, watch=True, message_bytes=MAX_MARKER_BYTES)
-        self._sub = self._bus.sock
         #: Offsets of the amp's and the markers service's clocks from this host's.
         self.amp_clock = ClockOffset(lambda: self._ctl.call("time"))
         self.markers_clock = self._markers.clock

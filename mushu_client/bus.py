@@ -189,6 +189,11 @@ class BusReader:
         """The sockets to poll for this reader: :attr:`sock`, and the replaced one while it holds messages."""
         return [self.sock] if self._old is None else [self._old, self.sock]
 
+    def unsubscribe(self, topic: bytes):
+        """Stop receiving ``topic`` (a prefix given to :func:`subscribe`)."""
+        self.topics.remove(topic)
+        self.sock.setsockopt(zmq.UNSUBSCRIBE, topic)
+
     def connect(self, endpoint: str):
         """Also read the publisher at ``endpoint``."""
         self.sock.connect(endpoint)

@@ -48,7 +48,9 @@ class Amplifier:
         Returns
         -------
         data : ndarray, shape (n_samples, n_channels)
-            Possibly zero samples.
+            Possibly zero samples. An array the driver never writes again
+            (a new one, or a view of data that never changes): the service
+            keeps it in its history and hands it to libzmq without a copy.
         markers : list of (float, str)
             Markers the device itself produced, in ms relative to the first
             sample of ``data``; a marker lands on the first sample at or after
