@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 import warnings
 
-from .clock import ClockOffset
+from .clock import ClockOffset, now_ns
 from .control import ControlClient
 from .errors import GapWarning, ServiceUnavailable
 from .history import history_markers
@@ -47,6 +47,10 @@ class MarkerFeed:
         ``time.monotonic()`` of the last message from the service (0: never).
     watermark : int or None
         The service has published every marker stamped up to this time (its clock).
+    joined_ns : int or None
+        When :meth:`join` was last called (this host's clock); None before.
+        Until then the feed only notes how far the service has published:
+        markers before a start are never returned, so none is fetched.
     """
 
     def __init__(self, endpoint: str, control: str, stream: str, keys: str | None):
@@ -57,6 +61,7 @@ class MarkerFeed:
         self.clock = ClockOffset(lambda: self.ctl.request("time", timeout=0.2)[0])
         self.last_heard = 0.0
         self.watermark: int | None = None
+        self.joined_ns: int | None = None
 
     def heard_within(self, seconds: float) -> bool:
         """True if the service was heard from in the last ``seconds``."""
@@ -68,6 +73,7 @@ class MarkerFeed:
         The client hands the feed every waiting message first.
         """
         self.merger.drop_pending()
+        self.joined_ns = now_ns()
         # A service this client has heard from answers in milliseconds; one it
         # has not may not be running, which must not delay start() much.
         timeout = 0.5 if self.last_heard > 0 else 0.1
@@ -76,14 +82,18 @@ class MarkerFeed:
             self.last_heard = time.monotonic()
             self.clock.measure()
         except ServiceUnavailable:
-            return  # followed from its first marker on, once it is there
+            # Followed from where it was last heard; one never heard from, from its
+            # first marker (markers stamped before the join are not returned).
+            return
         self.merger.follow(status["session"], status["last_seq"] + 1)
 
     def on_message(self, msg: Marker | MarkerStreamInfo):
         """Take a message of the marker stream; fetch from the history what the bus missed before it."""
         self.last_heard = time.monotonic()
         merger = self.merger
-        if isinstance(msg, Marker):
+        if self.joined_ns is None:  # before any start: where the service is, nothing to fetch
+            merger.follow(msg.session, msg.seq + 1 if isinstance(msg, Marker) else msg.last_seq + 1)
+        elif isinstance(msg, Marker):
             if merger.missing_before(msg):
                 self._fill(msg.session, msg.seq)
             merger.add(msg)
@@ -99,13 +109,27 @@ class MarkerFeed:
     def _fill(self, session: str, until: int):
         """Fetch markers of ``session`` up to seq ``until`` from the service's history."""
         merger = self.merger
-        if merger.session != session:
+        unknown = merger.session != session  # a session not followed so far, from its first marker
+        if unknown:
             merger.follow(session, 0)
         for m in history_markers(self.ctl, self.stream, session, merger.next_seq, until):
             if merger.missing_before(m):  # older markers have left the history
-                self._lose(m.seq)
+                if unknown and self._before_join(m):
+                    merger.follow(session, m.seq)  # and were stamped before the join: not this client's
+                else:
+                    self._lose(m.seq)
+            unknown = False
             merger.add(m)
         self._lose(until)
+
+    def _before_join(self, marker: Marker) -> bool:
+        """True if ``marker`` was stamped before :meth:`join` (so were those before it in its session)."""
+        if self.clock.offset_ns is None:
+            try:
+                self.clock.measure()
+            except ServiceUnavailable:
+                return False
+        return marker.t_ns - self.clock.offset_ns < self.joined_ns
 
     def _lose(self, until: int):
         first = self.merger.next_seq

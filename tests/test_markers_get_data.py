@@ -1,6 +1,7 @@
 """Markers merged into get_data: the amp and markers services as real processes."""
 
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -135,3 +136,31 @@ def test_the_markers_service_may_start_after_the_client_and_restart(spawn_amp, s
         r.check_data()
     assert [label for _, label in r.markers] == [f"first-{i}" for i in range(5)] + [f"second-{i}" for i in range(5)]
     assert [s for s, _ in r.markers] == sorted(s for s, _ in r.markers)
+
+
+def test_a_client_joining_after_the_marker_history_turned_over_is_told_of_no_gap(spawn_amp, spawn_markers):
+    amp_svc, mk = spawn_amp(), spawn_markers("--history-markers", "50")
+    sender = MarkerSender("127.0.0.1", mk.port)
+    for i in range(120):  # more than the history holds, all before the client starts
+        sender.send(f"old-{i}")
+    ctl = mk.ctl()
+    deadline = time.monotonic() + 10
+    while ctl.call("status")["last_seq"] < 119:
+        assert time.monotonic() < deadline
+    ctl.close()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with open_amp(amp_svc, mk) as amp:
+            for round_ in range(2):  # and again in a second session of the same client
+                amp.start()
+                r = Reader(amp)
+                r.until(lambda: r.n > 20)
+                for i in range(5):
+                    sender.send(f"new-{round_}-{i}")
+                r.until(lambda: len(r.markers) == 5)
+                amp.stop()
+                assert [label for _, label in r.markers] == [f"new-{round_}-{i}" for i in range(5)]
+                assert amp.marker_counts["lost"] == 0
+    sender.close()
+    assert not [w for w in caught if issubclass(w.category, mushu_client.GapWarning)], \
+        [str(w.message) for w in caught]
