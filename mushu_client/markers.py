@@ -34,16 +34,25 @@ from .protocol import Marker
 
 
 class Timeline:
-    """Acquisition times of a stream's recent samples, from the blocks' stamps."""
+    """Acquisition times of a stream's recent samples, from the blocks' stamps.
+
+    Each block's samples are timed from its own stamp, so the times of
+    consecutive blocks may overlap where a read was delayed more than the
+    next one. A marker's sample is decided in sample order (see
+    :meth:`sample_at`), so that it depends only on the blocks up to that
+    sample: every consumer puts it on the same sample, whenever its later
+    blocks arrive.
+    """
 
     def __init__(self):
         self._first: list[int] = []   # first_sample per block
         self._t: list[int] = []       # t_ns per block
         self._n: list[int] = []       # n_samples per block
+        self._reach: list[int] = []   # the latest sample time of this block and every block before it
         self.period_ns = 1e6
 
     def clear(self):
-        self._first, self._t, self._n = [], [], []
+        self._first, self._t, self._n, self._reach = [], [], [], []
 
     def add(self, first_sample: int, t_ns: int, n_samples: int, fs: float):
         """Record a block; blocks must be added in sample order, without overlap."""
@@ -51,6 +60,8 @@ class Timeline:
         self._first.append(first_sample)
         self._t.append(t_ns)
         self._n.append(n_samples)
+        last = t_ns + round((n_samples - 1) * self.period_ns)
+        self._reach.append(max(last, self._reach[-1]) if self._reach else last)
 
     def time_of(self, sample: int) -> int:
         """Acquisition time of a recorded ``sample``."""
@@ -76,28 +87,25 @@ class Timeline:
         return origin + round(self.end_sample * self.period_ns)
 
     def sample_at(self, t_ns: int) -> int | None:
-        """The first sample acquired at or after ``t_ns``; None if not yet known.
+        """The first sample, in sample order, acquired at or after ``t_ns``; None if not yet known.
 
-        A time before every recorded block maps to the first recorded sample.
+        The first block with a sample acquired at or after ``t_ns`` holds it:
+        its first such sample. A time before every recorded block maps to the
+        first recorded sample. The answer depends only on the blocks up to
+        the one that holds it, never on blocks that arrive later.
         """
-        if not self._first:
-            return None
-        i = bisect.bisect_right(self._t, t_ns) - 1
-        if i < 0:
-            return self._first[0]
+        i = bisect.bisect_left(self._reach, t_ns)
+        if i == len(self._reach):
+            return None  # after the last sample that has arrived
         offset = max(0, math.ceil((t_ns - self._t[i]) / self.period_ns))
-        if offset < self._n[i]:
-            return self._first[i] + offset
-        if i + 1 < len(self._first):
-            return self._first[i + 1]
-        return None  # after the last sample that has arrived
+        return self._first[i] + min(offset, self._n[i] - 1)
 
     def forget_before(self, sample: int):
         """Drop blocks that end at or before ``sample``, keeping the last one."""
         if len(self._first) < 256 or self._first[255] > sample:  # amortised: in batches of 256 or more
             return
         k = bisect.bisect_right(self._first, sample) - 1
-        del self._first[:k], self._t[:k], self._n[:k]
+        del self._first[:k], self._t[:k], self._n[:k], self._reach[:k]
 
 
 def samples_not_acquired(end_ns: int, header) -> int:

@@ -28,6 +28,16 @@ def test_a_marker_lands_on_the_first_sample_acquired_at_or_after_it():
     assert tl.sample_at(107 * MS + 300_001) is None  # not acquired yet
 
 
+def test_a_markers_sample_does_not_depend_on_the_blocks_that_arrive_after_it():
+    # block 1 was read 5 ms late, block 2 on time: their sample times overlap
+    blocks = [(0, 0, 5), (5, 10 * MS, 5), (10, 8 * MS, 5)]
+    early, full = timeline(blocks[:2]), timeline(blocks)
+    for t in (9 * MS, 11 * MS, 12 * MS + 1, 13 * MS):
+        assert early.sample_at(t) == full.sample_at(t), t  # a consumer that has block 2 already agrees
+    assert full.sample_at(11 * MS) == 6  # the first sample, in sample order, acquired at or after it
+    assert full.sample_at(14 * MS + 1) is None  # after every sample that has arrived
+
+
 def test_place_returns_ms_from_the_first_returned_sample_and_holds_back_the_rest():
     tl = timeline([(10, 10 * MS, 5)])
     mm = MarkerMerger()
