@@ -264,10 +264,20 @@ _monitors = itertools.count()
 _EVENT = struct.Struct("=Hi")
 _FAILURES = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | \
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+#: Handshakes that end without a reason (the peer closed the connection) in a row, with no
+#: handshake succeeding between them, before they count as a refusal (a wrong server key).
+REPEATED_FAILURES = 3
 
 
 class HandshakeWatch:
-    """Watches a connecting socket's handshakes, so that a failure is an error, not a silence.
+    """Watches a connecting socket's handshakes, so that a refusal is an error, not a silence.
+
+    A refusal is certain at once when the peer names it (an authentication
+    failure, or one side using CURVE and the other not). A handshake that
+    just ends (the peer closed the connection: a wrong server key, but also a
+    service killed or restarting mid-handshake) counts only with CURVE on,
+    and only once it happened :data:`REPEATED_FAILURES` times in a row with
+    no handshake succeeding between them.
 
     Parameters
     ----------
@@ -283,14 +293,15 @@ class HandshakeWatch:
         self.endpoint = endpoint
         self.curve = keys is not None
         addr = f"inproc://mushu-handshakes-{os.getpid()}-{next(_monitors)}"
-        sock.monitor(addr, _FAILURES)
+        sock.monitor(addr, _FAILURES | zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self._sock = sock
+        self._ended: dict[str, int] = {}  # endpoint -> handshakes ended without a reason, in a row
         self.monitor = sock.context.socket(zmq.PAIR)
         self.monitor.setsockopt(zmq.LINGER, 0)
         self.monitor.connect(addr)
 
     def failure(self, ignore: str | None = None) -> SecurityError | None:
-        """The handshake failure seen since the last call, as an error, or None.
+        """The handshake refusal seen since the last call, as an error, or None.
 
         A failure with endpoint ``ignore`` is passed over (a socket connected
         to several publishers, one of which does not matter here). libzmq
@@ -303,21 +314,31 @@ class HandshakeWatch:
             frames = self.monitor.recv_multipart()
             event, value = _EVENT.unpack_from(frames[0])
             where = frames[1].decode(errors="replace") if len(frames) > 1 else self.endpoint
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._ended.pop(where, None)
+                continue
+            if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                self._ended[where] = self._ended.get(where, 0) + 1
+                if not self.curve or self._ended[where] < REPEATED_FAILURES:
+                    continue  # a connection lost mid-handshake, not a refusal
             if where == ignore:
                 continue
-            error = error or SecurityError(f"CURVE handshake with {where} failed: {self._explain(event, value)}")
+            error = error or SecurityError(f"CURVE handshake with {where} failed: "
+                                           f"{self._explain(event, value, self._ended.get(where, 0))}")
         return error
 
-    def _explain(self, event: int, value: int) -> str:
-        if not self.curve:
-            return "the service expects encryption (set MUSHU_KEYS to this client's key directory)"
+    def _explain(self, event: int, value: int, ended: int) -> str:
+        if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            if not self.curve:
+                return "the service expects encryption (set MUSHU_KEYS to this client's key directory)"
+            return "the service does not use CURVE (is MUSHU_KEYS set for the service?)"
         if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             return (f"not authorised (status {value}; is this client's key listed in the service's key "
                     "directory, with a role that may use this socket?)")
-        if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
-            return "the service does not use CURVE (is MUSHU_KEYS set for the service?)"
-        return ("the service ended the handshake: wrong server key (this client's server.key is not the "
-                "services'), or the service does not use CURVE?")
+        if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            return (f"the service ended the handshake {ended} times in a row: wrong server key (this client's "
+                    "server.key is not the services'), or the service does not use CURVE?")
+        return f"protocol error {value:#x} (a service of another mushu version, or not a mushu service?)"
 
     def close(self):
         try:

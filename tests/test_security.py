@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -231,6 +232,48 @@ def test_wrong_server_key_or_keys_on_one_side_fail_clearly(keys, spawn_amp, clie
     assert time.monotonic() - t0 < 3
     assert not sub.poll(500), "data reached a client that failed the handshake"
     sub.close()
+
+
+def _resetting_listener(resets):
+    """A TCP port that accepts ``resets`` connections and resets each before the greeting (a dying service)."""
+    import socket
+    import threading
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", free_port()))
+    listener.listen(8)
+
+    def reset_connections():
+        for _ in range(resets):
+            conn, _ = listener.accept()
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+        listener.close()  # then the port is closed: connections are refused, no handshake at all
+
+    thread = threading.Thread(target=reset_connections, daemon=True)
+    thread.start()
+    return f"tcp://127.0.0.1:{listener.getsockname()[1]}", thread
+
+
+@pytest.mark.parametrize("curve, resets", [(False, 10), (True, 1)])
+def test_a_connection_lost_mid_handshake_is_no_security_error(keys, curve, resets):
+    """A service killed or restarting mid-handshake resets the connection: not a refusal.
+
+    Without CURVE no reset is one; with CURVE, a handshake that ends in a reset
+    again and again is a wrong server key (test above), a single one is not.
+    """
+    endpoint, thread = _resetting_listener(resets)
+    ctl = ControlClient(endpoint, timeout=0.3, keys=keys["controller"] if curve else "")
+    try:
+        deadline = time.monotonic() + 10
+        while thread.is_alive():  # every reset seen by a request
+            assert time.monotonic() < deadline
+            with pytest.raises(ServiceUnavailable) as caught:
+                ctl.call("ping")
+            assert not isinstance(caught.value, SecurityError), caught.value
+    finally:
+        ctl.close()
+        thread.join(5)
 
 
 def test_without_keys_binding_beyond_loopback_warns(caplog):
