@@ -191,6 +191,7 @@ class Amp:
         #: on their way; applies only while a markers service is heard from.
         self.marker_grace_ns = int(marker_grace * 1e9)
         self._end_sample: int | None = None  # set by stop(): no samples after it
+        self._markers_settled_at: int | None = None  # the end up to which every marker is in
         self._error: str | None = None
         self._last_message = time.monotonic()
         #: Counters: samples fetched from the history, and (first_sample,
@@ -371,6 +372,8 @@ class Amp:
             if remaining <= 0:
                 break
             time.sleep(min(max(wait, 0.0005) if wait > 0 else 0.005, remaining))
+        if self._end_sample is not None and self._markers_settled_at != self._end_sample and self._at_end():
+            self._settle_markers(deadline)
         if self.recording is not None and time.monotonic() >= self._next_recording_check:
             self._check_recording()
         data, segments = asm.take(len(self._channels), until)
@@ -456,6 +459,28 @@ class Amp:
         while self._deferred is None and (msg := bus.receive()) is not None:
             if amp_messages or not isinstance(msg, (Block, StreamInfo)):
                 self._dispatch(msg)
+
+    def _settle_markers(self, deadline: float):
+        """The data ended (stop(), or the amp's data ended): take in every marker stamped up to its last sample.
+
+        The markers service says with its heartbeat how far it has published;
+        markers it stamped before the last sample but publishes later (it is
+        busy, or paused) would otherwise never come: no data follows to carry
+        them. A silent service is waited for ``MARKERS_WAIT_S`` at most, and
+        never past ``deadline``.
+        """
+        self._markers_settled_at = self._end_sample
+        feed, timeline = self._markers, self._timeline
+        if not feed.last_heard or not self._end_sample or timeline.end_sample is None:
+            return
+        last = timeline.time_of(min(self._end_sample, timeline.end_sample) - 1) - self._marker_offset()
+        bus = self._bus
+        while feed.promised_ns is None or feed.promised_ns < last:
+            until = min(deadline, feed.last_heard + MARKERS_WAIT_S)
+            if self._deferred is not None or time.monotonic() >= until:
+                return
+            if bus.poll(min(0.05, until - time.monotonic())):
+                self._take_waiting()
 
     def _release_until(self) -> int | None:
         """First sample to hold back because a marker for it may still be on its way.

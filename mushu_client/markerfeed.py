@@ -47,6 +47,9 @@ class MarkerFeed:
         ``time.monotonic()`` of the last message from the service (0: never).
     watermark : int or None
         The service has published every marker stamped up to this time (its clock).
+    promised_ns : int or None
+        The time of the latest heartbeat: every marker stamped up to it (the
+        service's clock) has been published, and this feed has it.
     joined_ns : int or None
         When :meth:`join` was last called (this host's clock); None before.
         Until then the feed only notes how far the service has published:
@@ -61,6 +64,7 @@ class MarkerFeed:
         self.clock = ClockOffset(lambda: self.ctl.request("time", timeout=0.2)[0])
         self.last_heard = 0.0
         self.watermark: int | None = None
+        self.promised_ns: int | None = None
         self.joined_ns: int | None = None
 
     def heard_within(self, seconds: float) -> bool:
@@ -103,6 +107,7 @@ class MarkerFeed:
             behind = msg.session != merger.session or msg.last_seq >= merger.next_seq
             if behind and msg.last_seq >= 0:
                 self._fill(msg.session, msg.last_seq + 1)
+            self.promised_ns = msg.t_ns
         if self.watermark is None or msg.t_ns > self.watermark:
             self.watermark = msg.t_ns
 

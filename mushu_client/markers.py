@@ -209,14 +209,18 @@ class MarkerMerger:
         ``segments`` are the ``[first_sample, n]`` runs of the returned rows
         (see :meth:`Assembler.take`). A marker whose sample falls in a lost
         gap lands on the next returned sample; one whose sample was returned
-        before lands on the first row and is counted ``late``.
+        before is counted ``late`` and comes at a negative ms, counting back
+        into the rows returned before, also with no rows (after the data
+        ended).
         """
-        if not segments:
+        if not segments and not (self._pending and self._returned):
             return []
         rows = []
         if self._pending:
-            placed = self.place_samples(timeline, segments[-1][0] + segments[-1][1], offset_ns)
-            first = segments[0][0]
+            returned_end = self._returned[-1][0] + self._returned[-1][1] if self._returned else None
+            end = segments[-1][0] + segments[-1][1] if segments else returned_end
+            placed = self.place_samples(timeline, end, offset_ns)
+            first = segments[0][0] if segments else end
             late = [(self._position(sample) - self.returned, m.label) for sample, m in placed if sample < first]
             self.late += len(late)
             rows, _ = rows_of([(sample, m.label) for sample, m in placed if sample >= first], segments)

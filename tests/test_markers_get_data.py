@@ -164,3 +164,36 @@ def test_a_client_joining_after_the_marker_history_turned_over_is_told_of_no_gap
     sender.close()
     assert not [w for w in caught if issubclass(w.category, mushu_client.GapWarning)], \
         [str(w.message) for w in caught]
+
+
+def test_markers_stamped_before_the_stop_come_even_when_the_markers_service_publishes_them_late(
+        spawn_amp, spawn_markers):
+    import os
+    import signal
+    import threading
+    amp_svc, mk = spawn_amp(), spawn_markers()
+    sender = MarkerSender("127.0.0.1", mk.port)
+    with open_amp(amp_svc, mk) as amp:
+        amp.start()
+        r = Reader(amp)
+        r.until(lambda: r.n > 100)
+        sender.send("early")
+        r.until(lambda: r.markers)
+        os.kill(mk.proc.pid, signal.SIGSTOP)  # a markers service too busy to publish for a while
+        resume = threading.Timer(0.5, os.kill, (mk.proc.pid, signal.SIGCONT))
+        try:
+            for i in range(10):  # the kernel stamps them on arrival, during the session
+                sender.send(f"paused-{i}")
+            n = r.n
+            r.until(lambda: r.n > n + 50)
+            resume.start()
+            amp.stop()
+            while len(r.read()):
+                pass
+        finally:
+            resume.cancel()
+            os.kill(mk.proc.pid, signal.SIGCONT)
+        r.check_data()
+    sender.close()
+    assert [label for _, label in r.markers] == ["early"] + [f"paused-{i}" for i in range(10)]
+    assert all(sample < r.n for sample, _ in r.markers)
