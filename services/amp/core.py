@@ -33,7 +33,10 @@ STATE_COMMANDS = frozenset({"use", "configure", "start", "stop"})
 #: Commands any listed client may send; the others need the controller role (docs/security.md).
 READ_ONLY = frozenset({"ping", "amps", "channels", "fs", "presets", "status", "time", "history"})
 #: Largest payload of one published block; a driver's larger return is split.
-MAX_BLOCK_BYTES = 1 << 20
+#: With the PUB's byte budget (256 MiB) it sets the high-water mark: 2048
+#: blocks, two seconds of 1 ms blocks for a subscriber whose connection stalls
+#: (bus.queue_hwm). Blocks of 64 KiB and more go out without a copy.
+MAX_BLOCK_BYTES = 128 << 10
 #: Default history size: 64 ch x 1 kHz in 1 ms blocks takes 0.86 MB/s in the
 #: history (block_cost), so 64 MiB keeps 78 s of it (the requirement is at least 60 s).
 DEFAULT_HISTORY_BYTES = 64 << 20
