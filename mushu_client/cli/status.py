@@ -1,15 +1,20 @@
 """``mushu status``: how each service is, as supervisord and the service itself tell.
 
 For each of amp, markers and recorder: supervisord's view (state, pid,
-uptime) when ``mushu up`` started it, and what the service answers to
-``status`` on its control socket. Services started some other way (by hand,
-in containers, on other hosts) are shown from their own answer alone: state
-``RUNNING`` if they answer, ``UNREACHABLE`` if not.
+uptime, and from its log how often the service exited without being asked
+to and was started again since ``mushu up``, and how it last did) when
+``mushu up`` started it, and what the service answers to ``status`` on its
+control socket. Services started some other way (by hand, in containers, on
+other hosts) are shown from their own answer alone: state ``RUNNING`` if
+they answer, ``UNREACHABLE`` if not.
 
 ``--json`` prints ``{"run_dir", "supervisord", "services": {"amp": {...},
 "markers": {...}, "recorder": {...}}}``; each service holds at least
-``state`` and ``pid``. ``--watch`` redraws the view until Ctrl-C. The exit
-code is 0 when all three services answer, else 1.
+``state``, ``pid``, ``restarts`` and ``last_exit`` (``{"cause": "SIGSEGV",
+"signal": 11, ...}`` or ``{"cause": "exit status 2", "exit_status": 2, ...}``
+with its ``time``; both None when supervisord does not run it).
+``--watch`` redraws the view until Ctrl-C. The exit code is 0 when all three
+services answer, else 1.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 
 from ..config import ConfigError, setting
 from ..control import ControlClient
@@ -57,6 +63,8 @@ def gather(rd: supervise.RunDir, timeout: float = 0.5, previous: dict | None = N
     ``previous``, an earlier report, lets the amp's sample rate be measured.
     """
     supervised = supervise.processes(rd)
+    sup_pid = supervise.supervisord_pid(rd) if supervised is not None else None
+    exits = supervise.restarts(rd, sup_pid) if supervised is not None else None
     with ThreadPoolExecutor(len(supervise.PROGRAMS)) as pool:
         answers = dict(zip(supervise.PROGRAMS, pool.map(lambda n: _ask(n, timeout), supervise.PROGRAMS)))
     services = {}
@@ -65,12 +73,16 @@ def gather(rd: supervise.RunDir, timeout: float = 0.5, previous: dict | None = N
         if info is not None and info["statename"] == "STOPPED":  # not started here: it may run elsewhere
             info = None
         entry = {"state": None, "pid": None, "uptime_s": None, "supervised": info is not None,
+                 "restarts": None, "last_exit": None,
                  "control": endpoint, "answers": status is not None, "status": status, "error": error, "t": t}
         if info is not None:
             running = bool(info["pid"])
             entry.update(state=info["statename"], pid=info["pid"] or None,
                          uptime_s=info["now"] - info["start"] if running else None,
-                         description=info["description"])
+                         description=info["description"], log=info["stdout_logfile"] or None)
+            if exits is not None:
+                count, last = exits.get(name, (0, None))
+                entry.update(restarts=count, last_exit=last and last.as_dict())
         else:
             entry.update(state="RUNNING" if status else "UNREACHABLE", pid=(status or {}).get("pid"),
                          uptime_s=(status or {}).get("uptime_s"))
@@ -78,7 +90,7 @@ def gather(rd: supervise.RunDir, timeout: float = 0.5, previous: dict | None = N
     _amp_rate(services["amp"], previous and previous["services"]["amp"])
     sup = None
     if supervised is not None:
-        sup = {"pid": supervise.supervisord_pid(rd), "socket": str(rd.socket)}
+        sup = {"pid": sup_pid, "socket": str(rd.socket), "log": str(rd.logfile)}
     return {"run_dir": str(rd), "supervisord": sup, "services": services}
 
 
@@ -118,7 +130,20 @@ def render(report: dict) -> str:
     for name, s in report["services"].items():
         lines.append(f"{name:<9} {s['state']:<12} {s['pid'] or '-':>7} {_duration(s['uptime_s']):>9}  "
                      f"{_details(name, s)}")
+        if s.get("restarts") or s.get("last_exit"):
+            lines.append(f"{'':<9} ! {_restarts(s)}")
     return "\n".join(lines)
+
+
+def _restarts(s: dict) -> str:
+    """``restarted 2 times since mushu up; last exit: SIGSEGV (core dumped) at ..., pid ...; see LOG``."""
+    n, last = s["restarts"], s["last_exit"]
+    text = f"restarted {n} time{'' if n == 1 else 's'} since mushu up"
+    if last:
+        when = datetime.fromisoformat(last["time"]).strftime("%Y-%m-%d %H:%M:%S")
+        text += (f"; last exit: {last['cause']}{' (core dumped)' if last.get('core_dumped') else ''} at {when}, "
+                 f"pid {last['pid'] or '?'}")
+    return text + (f"; see its log {s['log']}" if s.get("log") else "")
 
 
 def _duration(seconds) -> str:
