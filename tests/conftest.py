@@ -12,6 +12,12 @@ from mushu_client.control import ControlClient, wait_for
 from mushu_client.testing import free_port  # noqa: F401  (tests import it from here)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _run_dir(tmp_path_factory):
+    """The services of the tests keep their start markers (mushu_client.process) in a directory of their own."""
+    os.environ["MUSHU_RUN_DIR"] = str(tmp_path_factory.mktemp("run"))
+
+
 class Service:
     """A service process and its endpoints."""
 
