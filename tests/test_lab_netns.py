@@ -85,7 +85,7 @@ def can_make_namespaces():
 
 
 CLIENT = textwrap.dedent("""
-    import json, sys, time, zmq
+    import json, os, sys, time, zmq
     import mushu_client
     from mushu_client.protocol import Block, decode_message
     e = json.loads(sys.argv[1])
@@ -109,6 +109,9 @@ CLIENT = textwrap.dedent("""
                 blocks.append([m.header.first_sample, m.header.t_ns, m.header.n_samples])
         return len(data)
     t_end = time.monotonic() + e["seconds"]
+    while time.monotonic() < t_end or not os.path.exists(e["sent"]):  # every marker within the session
+        read()
+    t_end = time.monotonic() + 0.2  # the last one's way to this client
     while time.monotonic() < t_end:
         read()
     amp.stop()
@@ -137,7 +140,9 @@ SENDER = textwrap.dedent("""
         sent.append([str(i), before, time.monotonic_ns()])
         time.sleep(0.02 + (i % 7) * 0.003)
     sender.close()
-    json.dump(sent, open(out, "w"))
+    with open(out + ".tmp", "w") as f:
+        json.dump(sent, f)
+    os.replace(out + ".tmp", out)  # the client reads on until this file is there
 """)
 
 
@@ -151,7 +156,8 @@ def test_a_lab_of_hosts_with_a_skewed_markers_clock(tmp_path):
         e = {"amp_data": f"tcp://{ip('amp')}:5501", "amp_control": f"tcp://{ip('amp')}:5502",
              "markers_data": f"tcp://{ip('markers')}:5503", "markers_control": f"tcp://{ip('markers')}:5504",
              "recorder": f"tcp://{ip('recorder')}:5505", "seconds": 4.0,
-             "started": str(tmp_path / "started"), "data": str(tmp_path / "client.npy")}
+             "started": str(tmp_path / "started"), "data": str(tmp_path / "client.npy"),
+             "sent": str(tmp_path / "sent.json")}
         py = sys.executable
         quiet = {"stderr": subprocess.DEVNULL}
         procs.append(lab.run("amp", py, "-m", "mushu_amp", "--data", e["amp_data"], "--control",
