@@ -266,7 +266,8 @@ class Amp:
             Seconds the recording outlives this client. While it records,
             the client renews a lease on the recorder every second (from a
             thread of its own, ``get_data()`` or not); when the renewals stop
-            (the process ended or died) the recorder finishes the recording
+            (the process ended or died, or this Amp was closed or dropped
+            without :meth:`stop`) the recorder finishes the recording
             after this long, at the last sample it has, and says why in the
             meta. At least 2. None: no lease, the recording runs until
             :meth:`stop` or ``mushu record stop``, even after this process.
@@ -318,7 +319,7 @@ class Amp:
                 raise
             self.recording = reply["base"]
             self._lease = RecordingLease(self._rec_ctl.endpoint, reply["token"], reply["base"],
-                                         self._rec_ctl.timeout, self.keys)
+                                         self._rec_ctl.timeout, self.keys, owner=self)
             self._next_recording_check = time.monotonic() + RENEW_S
 
     def _restart_recording(self):

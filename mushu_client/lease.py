@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 import threading
+import weakref
 
 from .control import ControlClient
 from .errors import ServiceUnavailable
@@ -56,10 +57,14 @@ class RecordingLease:
         Seconds to wait for each renewal's reply.
     keys : Keys, optional
         The client's CURVE keys.
+    owner : object, optional
+        Renew only while this object (the client's Amp) lives: one dropped
+        without ``stop()`` or ``close()`` lets its recording's lease run out.
     """
 
-    def __init__(self, endpoint: str, token: str, base: str, timeout: float = 2.0, keys=None):
+    def __init__(self, endpoint: str, token: str, base: str, timeout: float = 2.0, keys=None, owner=None):
         self.token, self.base = token, base
+        self._owner = None if owner is None else weakref.ref(owner)
         #: The last renewal's reply, or None before the first.
         self.reply: dict | None = None
         self._ctl = ControlClient(endpoint, timeout, "recorder", keys)  # this thread's socket alone
@@ -72,6 +77,8 @@ class RecordingLease:
     def _run(self):
         try:
             while not self._done.wait(RENEW_S):
+                if self._owner is not None and self._owner() is None:
+                    return
                 try:
                     self.reply = self._ctl.call("renew", token=self.token)
                     self._problem = None

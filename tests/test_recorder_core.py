@@ -167,7 +167,8 @@ def test_a_refusal_names_the_recording_in_progress_and_how_to_end_it(tmp_path):
     acquire(core, status, SESSION, 2, now_ns())
     with pytest.raises(RuntimeError, match=r"already recording '.*/a' \(started by pid 4321 on host lab-pc "
                                            r"\(experiment.py\); its client renewed its lease .* s ago; without a "
-                                           r"renewal it ends .* s from now\); end it with 'mushu record stop a'"):
+                                           r"renewal it ends .* s from now\); a controller ends it with "
+                                           r"'mushu record stop a', its client with stop\(\)"):
         core.handle("record", {"name": "b", "session": SESSION, "first_sample": 0})
     with pytest.raises(ValueError, match=r"recording '.*/b' is not in progress \('.*/a' is: 'mushu record stop a' "
                                          r"ends it\)"):

@@ -5,6 +5,7 @@ Real amp and recorder processes; the client that dies is a subprocess killed wit
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -172,12 +173,24 @@ def test_a_killed_client_s_recording_ends_within_its_lease_with_every_sample_it_
     assert os.path.getsize(os.path.join(rec.data_dir, "a.eeg")) == size
 
 
+def test_a_client_dropped_without_stop_lets_its_lease_run_out(services):
+    _, rec = services
+    amp = client(services)
+    amp.start("dropped", lease=2.0)
+    read(amp, 200)
+    del amp
+    gc.collect()  # the Amp is gone (its sockets too): nothing renews the lease
+    wait_idle(rec, 2.0 + 5)
+    assert recording(rec, "dropped")[1]["ended_by"] == "lease"
+
+
 def test_a_new_amp_session_after_a_killed_client_is_not_written_into_its_recording(services):
     _, rec = services
     returned, _ = killed_client(services, 60.0)  # a lease that outlasts the test: the session ends it
     with client(services) as amp:
         with pytest.raises(RuntimeError, match=r"already recording '.*/a' \(started by pid \d+ on host .*; its "
-                                               r"client renewed its lease .* end it with 'mushu record stop a'"):
+                                               r"client renewed its lease .* a controller ends it with "
+                                               r"'mushu record stop a'"):
             amp.start("b")  # the amp still runs the dead client's session: its recording goes on
         assert amp.status()["state"] == "running"  # joined, so not stopped by the refusal
         amp.stop()  # a new user, changing the amp's settings

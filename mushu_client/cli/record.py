@@ -28,10 +28,10 @@ def add_arguments(p):
     status = actions.add_parser("status", parents=[common],
                                 help="the recording in progress and the last one that ended")
     status.add_argument("--json", action="store_true", help="print the recorder's status as JSON")
-    stop = actions.add_parser("stop", parents=[common], help="end the recording in progress now, at the last sample it has "
-                              "(a controller's right)")
-    stop.add_argument("name", nargs="?", help="end it only if it is this recording (a name as given to start(), "
-                      "relative to the recorder's data directory, or its path)")
+    stop = actions.add_parser("stop", parents=[common], help="end the recording in progress now, at the "
+                              "last sample it has (a controller's right)")
+    stop.add_argument("name", nargs="?", help="end it only if it is this recording (a name as given to "
+                      "start(), relative to the recorder's data directory, or its path)")
 
 
 def run(args) -> int:
@@ -47,7 +47,8 @@ def run(args) -> int:
             return 0
         result = ctl.call("stop", **({} if args.name is None else {"name": args.name}))
     except Forbidden as exc:
-        print(f"mushu record {args.action}: {exc}; a controller's keys (MUSHU_KEYS) may", file=sys.stderr)
+        print(f"mushu record {args.action}: {exc}; only a controller may (MUSHU_KEYS: a controller's key folder)",
+              file=sys.stderr)
         return 1
     except (MushuError, ValueError, RuntimeError, TypeError) as exc:
         print(f"mushu record {args.action}: {exc}", file=sys.stderr)
@@ -69,7 +70,8 @@ def render(status: dict) -> str:
         lease = ("no lease: it runs until it is stopped" if rec.get("lease_s") is None else
                  f"lease {rec['lease_s']:g} s, renewed {rec['renewed_s_ago']:.1f} s ago")
         lines += [f"recording {rec['base']}: {rec['n_samples']} samples ({rec['n_samples'] / rec['fs']:.1f} s), "
-                  f"{rec['markers']} markers, {len(rec['gaps'])} gaps" + (f"; error: {rec['error']}" if rec['error'] else ""),
+                  f"{rec['markers']} markers, {len(rec['gaps'])} gaps"
+                  + (f"; error: {rec['error']}" if rec["error"] else ""),
                   f"  started by {describe_client(rec.get('client'))}; {lease}",
                   f"  end it: mushu record stop {rec['name']}"]
     last = status.get("last_finished")

@@ -243,8 +243,8 @@ class RecorderCore:
             lease = (f"its client renewed its lease {ago:.1f} s ago; without a renewal it ends "
                      f"{max(0.0, a.lease_s - ago):.1f} s from now")
         return (f"already recording {a.writer.base!r} (started by {describe_client(a.client)}; {lease}); "
-                f"end it with 'mushu record stop {self.name_of(a.writer.base)}' (a controller may) or with its "
-                f"client's stop(), then start again")
+                f"a controller ends it with 'mushu record stop {self.name_of(a.writer.base)}', its client with "
+                f"stop(); then start again")
 
     def cmd_renew(self, token: str):
         """Renew the lease of the recording ``token`` names, and say how it stands.
@@ -360,8 +360,8 @@ class RecorderCore:
         error = a.error
         if error is None:
             try:
-                a.writer.finish(end_sample=end_sample, stop_wall=time.time(), markers_before_start=a.merger.before_start,
-                                markers_after_end=dropped, ended_by=ended_by, end_reason=reason)
+                a.writer.finish(end_sample=end_sample, stop_wall=time.time(), ended_by=ended_by, end_reason=reason,
+                                markers_before_start=a.merger.before_start, markers_after_end=dropped)
             except OSError as exc:
                 self._fail(exc)
                 error = f"{a.error} (at finish)"
