@@ -318,8 +318,8 @@ class Amp:
                     self._ctl.call("stop")
                 raise
             self.recording = reply["base"]
-            self._lease = RecordingLease(self._rec_ctl.endpoint, reply["token"], reply["base"],
-                                         self._rec_ctl.timeout, self.keys, owner=self)
+            self._lease = RecordingLease(self._rec_ctl.endpoint, reply["token"], reply["base"], keys=self.keys,
+                                         owner=self)
             self._next_recording_check = time.monotonic() + RENEW_S
 
     def _restart_recording(self):

@@ -93,11 +93,6 @@ class RecordingLease:
         finally:
             self._ctl.close()
 
-    @property
-    def ended(self) -> bool:
-        """True once the recorder said the recording ended without this client."""
-        return bool(self.reply and self.reply.get("state") == "ended")
-
     def news(self) -> str | None:
         """What went wrong with the recording since the last call (once per change), or None."""
         reply = self.reply or {}
@@ -117,8 +112,7 @@ class RecordingLease:
     def close(self):
         """Stop renewing (the recorder ends a leased recording once its lease runs out)."""
         self._done.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join(self._ctl.timeout + 1.0)
+        self._thread.join(self._ctl.timeout + 1.0)
 
 
 __all__ = ["LEASE_S", "MIN_LEASE_S", "RENEW_S", "RecordingLease", "describe_client", "this_client"]

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -218,10 +219,13 @@ def test_a_controller_ends_a_live_client_s_recording_and_its_stop_says_so(servic
         read(amp, 300)
         done = mushu("record", "stop", env=env)
         assert "finished" in done.stdout and "/a" in done.stdout
-        with pytest.warns(RecordingWarning, match=r"recording '.*/a': ended \(stopped by a controller"):
-            deadline = time.monotonic() + 3 * RENEW_S + 2
-            while time.monotonic() < deadline:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            deadline = time.monotonic() + 3 * RENEW_S + 2  # the next renewal tells, and get_data() says so
+            while not caught and time.monotonic() < deadline:
                 amp.get_data()
+        assert [str(w.message) for w in caught] == [f"recording {amp.recording!r}: ended (stopped by a controller "
+                                                    "('mushu record stop'))"]
         with pytest.raises(RecordingError, match=r"ended at amp sample \d+ before it was finished: stopped by a "
                                                  r"controller \('mushu record stop'\)"):
             amp.stop()
