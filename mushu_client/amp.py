@@ -15,6 +15,7 @@ from .control import ControlClient
 from .errors import (AmpError, EndOfData, Forbidden, GapWarning, RecordingError, RecordingWarning,
                      ServiceUnavailable, ServiceWarning)
 from .history import history_blocks
+from .lease import LEASE_S, MIN_LEASE_S, RENEW_S, RecordingLease, this_client
 from .markerfeed import MarkerFeed
 from .markers import Timeline, rows_of, samples_not_acquired
 from .protocol import MAX_MARKER_BYTES, Block, StreamInfo, data_topic, info_topic
@@ -176,6 +177,7 @@ class Amp:
         self.recording: str | None = None
         #: What the recorder reported when the last recording finished.
         self.recording_result: dict | None = None
+        self._lease: RecordingLease | None = None  # renews the recording in progress
         self._next_recording_check = 0.0
         self._deferred: Block | None = None  # a new session's first block, after the old one's samples
         self._amp_markers: list[tuple[int, str]] = []  # markers the amplifier put on its samples
@@ -245,12 +247,15 @@ class Amp:
         described = self._ctl.call("configure", kwargs=kwargs)
         self._channels, self._fs = described["channels"], described["fs"]
 
-    def start(self, filename: str | None = None):
+    def start(self, filename: str | None = None, lease: float | None = LEASE_S):
         """Start acquisition; samples from here on are returned by :meth:`get_data`.
 
         If the amplifier is already running (started by another client),
         this joins it from the current sample on. A viewer (``keys``) can
-        only join.
+        only join. If this client is recording, the recording is finished
+        first, at the amp's current sample, with a :class:`RecordingWarning`
+        saying so (libmushu too stopped writing a file at the next
+        ``start``).
 
         Parameters
         ----------
@@ -260,19 +265,36 @@ class Amp:
             recorder service. A relative name lands in the recorder's data
             directory. The recording holds exactly the samples and markers
             :meth:`get_data` returns until :meth:`stop`.
+        lease : float or None
+            Seconds the recording outlives this client. While it records,
+            the client renews a lease on the recorder every second (from a
+            thread of its own, ``get_data()`` or not); when the renewals stop
+            (the process ended or died, or this Amp was closed or dropped
+            without :meth:`stop`) the recorder finishes the recording
+            after this long, at the last sample it has, and says why in the
+            meta. At least 2. None: no lease, the recording runs until
+            :meth:`stop` or ``mushu record stop``, even after this process.
 
         Raises
         ------
         FileExistsError
             A recording of that name exists.
+        RuntimeError
+            Another recording is in progress on the recorder (the message
+            names it and says how to end it).
         ServiceUnavailable
             A filename was given and no recorder answers.
         """
         if filename is not None:
+            if lease is not None and (type(lease) not in (int, float) or not lease >= MIN_LEASE_S):
+                raise ValueError(f"lease must be at least {MIN_LEASE_S:g} seconds (it is renewed every "
+                                 f"{RENEW_S:g} s), or None for a recording that outlives this client; not {lease!r}")
             try:
                 self._rec_ctl.call("check", name=filename)
             except ServiceUnavailable as exc:
                 raise ServiceUnavailable(f"cannot record to {filename!r}: {exc}") from None
+        if self.recording is not None:
+            self._restart_recording()
         self._bus.forget()  # not what an earlier poll found: what is there now
         self._take_waiting(amp_messages=False)
         self._markers.join()
@@ -288,17 +310,32 @@ class Amp:
         self.ended = False
         self._end_sample = None
         self._error = None
-        self.recording = None
         if filename is not None:
             try:
-                self.recording = self._rec_ctl.call(
+                reply = self._rec_ctl.call(
                     "record", name=filename, session=r["session"], first_sample=r["first_sample"],
-                    markers_session=self._merger.session, markers_next_seq=self._merger.next_seq)["base"]
+                    markers_session=self._merger.session, markers_next_seq=self._merger.next_seq,
+                    lease_s=lease, client=this_client())
             except Exception:
                 if not r["joined"]:
                     self._ctl.call("stop")
                 raise
-            self._next_recording_check = time.monotonic() + 1.0
+            self.recording = reply["base"]
+            self._lease = RecordingLease(self._rec_ctl.endpoint, reply["token"], reply["base"], keys=self.keys,
+                                         owner=self)
+            self._next_recording_check = time.monotonic() + RENEW_S
+
+    def _restart_recording(self):
+        """start() while recording: finish the recording at the amp's current sample, and say so."""
+        recording = self.recording
+        try:
+            self._finish_recording(self._ctl.call("status"))
+        except RecordingError as exc:
+            warnings.warn(RecordingWarning(f"start() finished recording {recording!r} first: {exc}"), stacklevel=3)
+            return
+        warnings.warn(RecordingWarning(
+            f"start() finished recording {recording!r} first ({self.recording_result['n_samples']} samples); "
+            "call stop() before start() to end a recording yourself"), stacklevel=3)
 
     def stop(self):
         """Stop acquisition, and the recording if :meth:`start` began one.
@@ -309,21 +346,45 @@ class Amp:
         Raises
         ------
         RecordingError
-            The recording failed (disk full, ...); the files written so far
-            stay readable.
+            The recording failed (disk full, ...), or it ended before this
+            call (``mushu record stop``, its lease ran out, another client
+            stopped and started the amp); the files written so far stay
+            readable, and :attr:`recording_result` says how it ended.
         """
-        r = self._ctl.call("stop")
+        try:
+            r = self._ctl.call("stop")
+        except Exception:
+            if self.recording is not None:  # the amp does not answer: the recorder ends at what it has
+                try:
+                    self._finish_recording({})
+                except RecordingError as exc:
+                    warnings.warn(RecordingWarning(str(exc)), stacklevel=2)
+            raise
         if r["session"] == self._asm.session:
             self._end_sample = r["next_sample"]
         if self.recording is not None:
-            recording, self.recording = self.recording, None
-            try:
-                self.recording_result = self._rec_ctl.request("finish", timeout=60.0,
-                                                              end_sample=r["next_sample"])[0]
-            except RuntimeError as exc:
-                raise RecordingError(str(exc)) from None
-            except ServiceUnavailable as exc:
-                raise RecordingError(f"recording {recording!r} was not confirmed finished: {exc}") from None
+            self._finish_recording(r)
+
+    def _finish_recording(self, amp: dict):
+        """Finish this client's recording at the amp's ``next_sample`` of its ``session`` (without
+        them: at the last sample the recorder has)."""
+        recording, lease = self.recording, self._lease
+        self.recording, self._lease = None, None
+        lease.close()
+        try:
+            result = self._rec_ctl.request("finish", timeout=60.0, end_sample=amp.get("next_sample"),
+                                           session=amp.get("session"), token=lease.token)[0]
+        except RuntimeError as exc:
+            raise RecordingError(str(exc)) from None
+        except ValueError as exc:  # the recorder restarted after the recording ended
+            raise RecordingError(f"recording {recording!r} ended before it was finished: {exc}") from None
+        except ServiceUnavailable as exc:
+            raise RecordingError(f"recording {recording!r} was not confirmed finished: {exc}") from None
+        self.recording_result = result
+        if result.get("ended_by", "client") != "client":
+            raise RecordingError(f"recording {recording!r} ended at amp sample {result['end_sample']} before it "
+                                 f"was finished: {result['end_reason']}"
+                                 + (f"; {result['error']}" if result.get("error") else ""))
 
     def get_channels(self) -> list[str]:
         """Channel names, in the order of the data's columns."""
@@ -598,17 +659,11 @@ class Amp:
                                      f"{self._asm.session}: no longer in the amp's history"), stacklevel=5)
 
     def _check_recording(self):
-        """Warn (once) if the recording stopped with an error; stop() raises it."""
-        self._next_recording_check = time.monotonic() + 1.0
-        try:
-            status = self._rec_ctl.request("status", timeout=0.5)[0]
-        except ServiceUnavailable as exc:
-            warnings.warn(RecordingWarning(f"recording {self.recording!r}: {exc}"), stacklevel=3)
-            return
-        rec = status.get("recording") or {}
-        if rec.get("error"):
-            warnings.warn(RecordingWarning(f"recording {self.recording!r} stopped: {rec['error']}"), stacklevel=3)
-            self._next_recording_check = float("inf")
+        """Warn (once each) if the recording stopped, ended or cannot be reached; stop() raises it."""
+        self._next_recording_check = time.monotonic() + RENEW_S
+        news = self._lease.news()
+        if news:
+            warnings.warn(RecordingWarning(f"recording {self.recording!r}: {news}"), stacklevel=3)
 
     def _check_alive(self):
         """After a silence, ask the service; warn while it is away, raise once it stayed away.
@@ -659,7 +714,14 @@ class Amp:
         return {"before_start": m.before_start, "late": m.late, "lost": m.lost}
 
     def close(self):
-        """Close this client's sockets (the services keep running)."""
+        """Close this client's sockets (the services keep running).
+
+        A recording in progress is not finished: it stops being renewed, so
+        the recorder finishes it when its lease runs out. Call :meth:`stop`
+        first.
+        """
+        if self._lease is not None:
+            self._lease.close()
         self._bus.close()
         self._markers.close()
         self._ctl.close()

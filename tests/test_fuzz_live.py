@@ -46,7 +46,8 @@ COMMANDS = {
             {"use": ["amp"], "configure": ["kwargs"], "start": [], "stop": []}),
     "markers": (["ping", "status", "time", "history"], {}),
     "recorder": (["ping", "status", "time", "check"],
-                 {"record": ["name", "session", "first_sample", "markers_session"], "finish": ["end_sample"]}),
+                 {"record": ["name", "session", "first_sample", "markers_session", "lease_s", "client"],
+                  "renew": ["token"], "finish": ["end_sample", "token", "session"], "stop": ["name"]}),
 }
 READ_ARGS = {"history": ["session", "from_sample", "from_seq"], "check": ["name"]}
 

@@ -11,9 +11,9 @@ import logging
 import sys
 
 from ..security import KeyDirError
-from . import amps, convert, down, keys, marker, plot, status, up
+from . import amps, convert, down, keys, marker, plot, record, status, up
 
-COMMANDS = [up, down, status, amps, marker, convert, plot, keys]
+COMMANDS = [up, down, status, amps, marker, record, convert, plot, keys]
 
 
 def main(argv=None) -> int:

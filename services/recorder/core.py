@@ -9,21 +9,30 @@ needs to resume the recording exactly.
 
 A recording covers amp samples ``[first_sample, end_sample)`` of one amp
 session, from ``record`` to ``finish``: the same samples the client's
-``get_data()`` returned between ``start(filename)`` and ``stop()``.
+``get_data()`` returned between ``start(filename)`` and ``stop()``. It
+follows the amp into a new session only when the amp restarted (the new
+session is the first its process acquired); a session a start command began
+means the recorded one ended, and so does the recording. A recording with a
+lease ends when its client stops renewing it (``renew``), and a controller
+ends any recording with ``stop``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from mushu_client.clock import now_ns
 from mushu_client import __version__
 from mushu_client.clock import host_clock_id
 from mushu_client.clock import ClockOffset
+from mushu_client.lease import MIN_LEASE_S, describe_client
 from mushu_client.markers import MarkerMerger, Timeline, samples_not_acquired
 from mushu_client.protocol import PROTOCOL_VERSION, Block, Marker, dispatch
 from mushu_client.recording import EXTENSIONS, base_name
@@ -43,6 +52,10 @@ TIMELINE_S = 30.0
 #: Longest one step of catching up from the amp's history takes while the
 #: amp runs, so that control requests are answered in between.
 CATCH_UP_STEP_NS = 50_000_000
+#: How long to wait before asking the amp again about a new session it did not describe.
+SESSION_RETRY_NS = 500_000_000
+#: Results of ended recordings kept for their clients' ``finish`` and ``renew`` (by token).
+RESULTS_KEPT = 64
 
 
 @dataclass
@@ -70,9 +83,14 @@ class Active:
     placed: set = field(default_factory=set)   # (session, seq) of markers written
     error: str | None = None
     behind: bool = False         # the last catching up stopped short: tick() takes the next step
+    token: str = ""              # names the recording in renew and finish
+    lease_s: float | None = None  # ended this long after the last renewal; None: runs until finished
+    renewed_ns: int = field(default_factory=now_ns)
+    client: dict | None = None   # who started it, as the client described itself
 
 
-#: Commands any listed client may send; record and finish need the controller role (docs/security.md).
+#: Commands any listed client may send; record, renew, finish and stop need the controller role
+#: (docs/security.md).
 READ_ONLY = frozenset({"ping", "status", "time", "check"})
 
 
@@ -101,8 +119,14 @@ class RecorderCore:
         self.started_ns = now_ns()
         #: Where the service reads the amp's blocks (for status).
         self.amp_data: str | None = None
+        #: The results of the recordings that ended, by token (the newest RESULTS_KEPT).
+        self.results: OrderedDict[str, dict] = OrderedDict()
+        #: The result of the recording that ended last, however it ended.
+        self.last_finished: dict | None = None
+        self._undecided: tuple[str, int] | None = None  # (amp session, when to ask the amp again)
         self.commands = {"ping": self.cmd_ping, "status": self.cmd_status, "time": self.cmd_time,
-                         "check": self.cmd_check, "record": self.cmd_record, "finish": self.cmd_finish}
+                         "check": self.cmd_check, "record": self.cmd_record, "renew": self.cmd_renew,
+                         "finish": self.cmd_finish, "stop": self.cmd_stop}
 
     def handle(self, cmd: str, args: dict):
         return dispatch(self.commands, cmd, args)
@@ -119,9 +143,15 @@ class RecorderCore:
     def _state_path(self) -> str:
         return os.path.join(self.data_dir, STATE_FILE)
 
+    def name_of(self, base: str) -> str:
+        """The shortest name that :meth:`resolve` turns into ``base``."""
+        rel = os.path.relpath(base, self.data_dir)
+        return base if rel.startswith(os.pardir) else rel
+
     def _save_state(self):
         a = self.active
-        state = {"active": None if a is None else {"base": a.writer.base}}
+        state = {"active": None if a is None else
+                 {"base": a.writer.base, "token": a.token, "lease_s": a.lease_s, "client": a.client}}
         tmp = self._state_path() + ".tmp"
         with open(tmp, "w") as f:
             json.dump(state, f)
@@ -149,18 +179,34 @@ class RecorderCore:
         return {"base": base}
 
     def cmd_record(self, name: str, session: str, first_sample: int, markers_session: str | None = None,
-                   markers_next_seq: int = 0):
+                   markers_next_seq: int = 0, lease_s: float | None = None, client: dict | None = None):
         """Record amp ``session`` from ``first_sample`` on into recording ``name``.
 
         ``markers_session`` / ``markers_next_seq`` say from which marker the
         client follows the markers service, so both see the same markers.
+        ``lease_s``: the recording ends this many seconds after its client's
+        last ``renew`` (None: only ``finish`` and ``stop`` end it).
+        ``client`` describes who records (``status`` shows it). Returns the
+        base path and the ``token`` naming the recording in ``renew`` and
+        ``finish``.
         """
-        if self.active is not None:
-            raise RuntimeError(f"already recording {self.active.writer.base!r}; finish it first")
         if type(first_sample) is not int or first_sample < 0:
             raise TypeError(f"first_sample must be a non-negative integer, not {first_sample!r}")
-        base = self.resolve(name)
+        if lease_s is not None and (type(lease_s) not in (int, float) or not MIN_LEASE_S <= lease_s < math.inf):
+            raise ValueError(f"lease_s must be a number of seconds of at least {MIN_LEASE_S:g} (two of its "
+                             f"client's renewals), or None for no lease, not {lease_s!r}")
+        if client is not None and not (isinstance(client, dict) and all(
+                isinstance(k, str) and type(v) in (str, int) for k, v in client.items())):
+            raise TypeError(f"client must be a map of names to strings or integers describing the client, "
+                            f"not {client!r}")
+        self._expire_lease()
         amp = self.services.amp_status()
+        if self.active is not None and self.active.session != session and \
+                amp.get("session") == session and self._amp_restarted_with(session, amp) is False:
+            self._end_early("session", self._session_ended(session))
+        if self.active is not None:
+            raise RuntimeError(self._busy())
+        base = self.resolve(name)
         if amp.get("session") != session:
             raise ValueError(f"amp session {session!r} is not the amp's current session {amp.get('session')!r}")
         mushu = {
@@ -172,59 +218,110 @@ class RecorderCore:
             "markers_session": markers_session, "markers_first_seq": markers_next_seq,
             "segments": [{"session": session, "first_sample": first_sample, "file_sample": 0}],
             "clock_offsets_ns": {"amp": [], "markers": []},
+            "lease_s": lease_s, "client": client,
         }
         self.amp_clock.measure()
         self._measure_markers_clock()
         units = [amp.get("unit", "uV")] * len(amp["channels"])
         writer = RecordingWriter.create(base, amp["channels"], amp["fs"], amp["amp"], units, mushu)
-        self.active = Active(writer, session, first_sample, first_sample)
+        self.active = Active(writer, session, first_sample, first_sample, token=secrets.token_hex(16),
+                             lease_s=lease_s, client=client)
         if markers_session is not None:
             self.active.merger.follow(markers_session, markers_next_seq)
         self._save_state()
         log.info("recording %s: amp session %s from sample %d", base, session, first_sample)
         self.catch_up(step=True)  # the amp runs on: the live blocks take the next steps
-        return {"base": base}
+        return {"base": base, "token": self.active.token}
 
-    def cmd_finish(self, end_sample: int):
-        """Write the recording up to amp sample ``end_sample`` (exclusive) and close it."""
+    def _busy(self) -> str:
+        """Why a new recording is refused: which one is in progress, and how to end it."""
+        a = self.active
+        if a.lease_s is None:
+            lease = "it has no lease and runs until it is finished or stopped"
+        else:
+            ago = (now_ns() - a.renewed_ns) / 1e9
+            lease = (f"its client renewed its lease {ago:.1f} s ago; without a renewal it ends "
+                     f"{max(0.0, a.lease_s - ago):.1f} s from now")
+        return (f"already recording {a.writer.base!r} (started by {describe_client(a.client)}; {lease}); "
+                f"a controller ends it with 'mushu record stop {self.name_of(a.writer.base)}', its client with "
+                f"stop(); then start again")
+
+    def cmd_renew(self, token: str):
+        """Renew the lease of the recording ``token`` names, and say how it stands.
+
+        Returns ``{"base", "state", "error"}``: state ``recording``, ``error``
+        (it stopped on an error, which ``finish`` raises), or ``ended`` (it
+        ended without its client, with ``ended_by`` and ``end_reason``).
+        """
+        a = self.active
+        if a is not None and a.token == token:
+            a.renewed_ns = now_ns()
+            return {"base": a.writer.base, "state": "error" if a.error else "recording", "error": a.error}
+        result = self._result_of(token)
+        return {"base": result["base"], "state": "ended", "error": result["error"],
+                "ended_by": result["ended_by"], "end_reason": result["end_reason"]}
+
+    def cmd_finish(self, end_sample: int | None, token: str | None = None, session: str | None = None):
+        """Write the recording up to amp sample ``end_sample`` (exclusive) of amp ``session``, and close it.
+
+        ``end_sample`` None: up to the last sample written. ``token``
+        (``record``'s) names the recording: one that has ended already is
+        not finished again, the reply is its result, whose ``ended_by`` says
+        who ended it. Without ``token``, the recording in progress is
+        finished.
+        """
+        if end_sample is not None and (type(end_sample) is not int or end_sample < 0):
+            raise TypeError(f"end_sample must be a non-negative integer or None, not {end_sample!r}")
+        a = self.active
+        if token is not None and (a is None or a.token != token):
+            return self._result_of(token)
         a = self._need_active()
-        if a.error is None:
-            self.catch_up(until=end_sample)
-            self._fill_markers()
-        if a.error is not None:
-            error = a.error
-            self._close_active()
-            raise RuntimeError(f"recording {a.writer.base!r} failed: {error}")
-        if a.next_sample < end_sample:
-            self._lose(end_sample - a.next_sample, "not in the amp's history at finish")
-        self._place_markers(end=end_sample)
-        self._store_offsets()
-        dropped = len(a.merger._pending)
-        result = {"base": a.writer.base, "n_samples": a.writer.n_samples, "markers": len(a.writer.markers),
-                  "gaps": a.writer.meta["mushu"]["gaps"], "markers_after_end": dropped,
-                  "markers_before_start": a.merger.before_start}
-        try:
-            a.writer.finish(end_sample=end_sample, stop_wall=time.time(),
-                            markers_before_start=a.merger.before_start, markers_after_end=dropped)
-        except OSError as exc:
-            self._fail(exc)
-            self._close_active()
-            raise RuntimeError(f"recording {a.writer.base!r} failed at finish: {exc}") from None
-        self.finished += 1
-        self._close_active()
-        log.info("finished %s: %d samples, %d markers", result["base"], result["n_samples"], result["markers"])
+        if end_sample is None:
+            end_sample, session = a.next_sample, None
+        if session is not None and session != a.session:
+            first = next(iter(self.services.amp_history(session, 0, 1)), None)
+            if first is not None:
+                self._next_session(first)
+            if self.active is not a:  # its amp session had ended
+                return self._result_of(a.token)
+            if a.session != session:  # the amp could not say: finish at what it has
+                end_sample = a.next_sample
+        result = self._end(end_sample, "client", "finished by its client")
+        if result["error"] is not None:
+            raise RuntimeError(f"recording {result['base']!r} failed: {result['error']}")
         return result
+
+    def cmd_stop(self, name: str | None = None):
+        """End the recording in progress now, at the last sample it has written.
+
+        ``name``, resolved as in ``record``: only if it is that recording.
+        This is ``mushu record stop``: a controller ends a recording whose
+        client is gone or that has no lease.
+        """
+        a = self.active
+        if name is not None:
+            base = self.resolve(name)
+            if a is None or a.writer.base != base:
+                now = "no recording is" if a is None else \
+                    f"{a.writer.base!r} is: 'mushu record stop {self.name_of(a.writer.base)}' ends it"
+                raise ValueError(f"recording {base!r} is not in progress ({now})")
+        elif a is None:
+            raise RuntimeError("no recording is in progress")
+        return self._end_early("controller", "stopped by a controller ('mushu record stop')")
 
     def cmd_status(self):
         a = self.active
         rec = None
         if a is not None:
-            rec = {"base": a.writer.base, "session": a.session, "first_sample": a.first_sample,
-                   "next_sample": a.next_sample, "n_samples": a.writer.n_samples,
-                   "markers": len(a.writer.markers), "gaps": a.writer.meta["mushu"]["gaps"], "error": a.error}
+            rec = {"base": a.writer.base, "name": self.name_of(a.writer.base), "session": a.session,
+                   "first_sample": a.first_sample, "next_sample": a.next_sample, "n_samples": a.writer.n_samples,
+                   "fs": a.writer.fs, "markers": len(a.writer.markers), "gaps": a.writer.meta["mushu"]["gaps"],
+                   "error": a.error, "client": a.client, "lease_s": a.lease_s,
+                   "renewed_s_ago": (now_ns() - a.renewed_ns) / 1e9}
         return {"service": "recorder", "pid": os.getpid(), "version": __version__,
                 "data_dir": self.data_dir, "state": "idle" if a is None else ("error" if a.error else "recording"),
                 "recording": rec, "last_error": self.last_error, "finished": self.finished,
+                "last_finished": self.last_finished,
                 "malformed_requests": self.malformed_requests, "refused_requests": self.refused_requests,
                 "amp_data": self.amp_data, "uptime_s": (now_ns() - self.started_ns) / 1e9}
 
@@ -232,6 +329,109 @@ class RecorderCore:
         if self.active is None:
             raise RuntimeError("no recording is active")
         return self.active
+
+    def _result_of(self, token) -> dict:
+        """The result of the ended recording ``token`` names."""
+        result = self.results.get(token) if isinstance(token, str) else None
+        if result is None:
+            raise ValueError(f"no recording has token {token!r}: none in progress, and this recorder does not "
+                             f"remember one ending (it keeps the last {RESULTS_KEPT} since it started)")
+        return result
+
+    # -- ending ---------------------------------------------------------------
+
+    def _end(self, end_sample: int, ended_by: str, reason: str) -> dict:
+        """Write the recording up to amp sample ``end_sample`` and close it; its result.
+
+        ``ended_by``: ``client`` (its client's finish), ``lease``,
+        ``controller`` (``stop``) or ``session`` (its amp session ended).
+        The result's ``error`` is None unless the recording failed.
+        """
+        a = self.active
+        if a.error is None:
+            self.catch_up(until=end_sample)
+            self._fill_markers()
+        if a.error is None:
+            if a.next_sample < end_sample:
+                self._lose(end_sample - a.next_sample, "not in the amp's history at finish")
+            self._place_markers(end=end_sample)
+            self._store_offsets()
+        dropped = len(a.merger._pending)
+        error = a.error
+        if error is None:
+            try:
+                a.writer.finish(end_sample=end_sample, stop_wall=time.time(), ended_by=ended_by, end_reason=reason,
+                                markers_before_start=a.merger.before_start, markers_after_end=dropped)
+            except OSError as exc:
+                self._fail(exc)
+                error = f"{a.error} (at finish)"
+        result = {"base": a.writer.base, "n_samples": a.writer.n_samples, "markers": len(a.writer.markers),
+                  "gaps": a.writer.meta["mushu"]["gaps"], "markers_after_end": dropped,
+                  "markers_before_start": a.merger.before_start, "end_sample": end_sample,
+                  "ended_by": ended_by, "end_reason": reason, "error": error}
+        if error is None:
+            self.finished += 1
+        self.results[a.token] = self.last_finished = result
+        while len(self.results) > RESULTS_KEPT:
+            self.results.popitem(last=False)
+        self._close_active()
+        (log.info if ended_by == "client" else log.warning)(
+            "finished %s: %d samples, %d markers; %s", result["base"], result["n_samples"], result["markers"], reason)
+        return result
+
+    def _end_early(self, ended_by: str, reason: str) -> dict:
+        """End the recording without its client, at the last sample it has written."""
+        return self._end(self.active.next_sample, ended_by, reason)
+
+    def _expire_lease(self):
+        a = self.active
+        if a is not None and a.lease_s is not None and now_ns() - a.renewed_ns > a.lease_s * 1e9:
+            self._end_early("lease", f"its client did not renew its lease for {a.lease_s:g} s (it stopped or died)")
+
+    def _session_ended(self, session: str) -> str:
+        return (f"the amp session it recorded ({self.active.session}) ended: the amp was stopped and started "
+                f"again (session {session}) in the same process, which is not a restart")
+
+    def _amp_restarted_with(self, session: str, status: dict | None = None) -> bool | None:
+        """Did amp session ``session`` begin as the amp's process came up (True: the amp restarted), or
+        by a start command in a process that had acquired before (False)? None: the amp does not answer.
+
+        The amp's status counts the blocks its process published
+        (``blocks_published``) and those of its current session
+        (``last_seq + 1``). Only in the first session of a process are they
+        equal: one that a restarted amp began as it restored its state, or
+        that ``--start`` began. An amp that reports neither counts as
+        restarted.
+        """
+        if status is None:
+            try:
+                status = self.services.amp_status()
+            except Exception as exc:
+                log.warning("the amp does not say how session %s began: %s", session, exc)
+                return None
+        if status.get("session") != session:
+            return False  # it began yet another session since
+        published, last_seq = status.get("blocks_published"), status.get("last_seq")
+        if type(published) is not int or type(last_seq) is not int:
+            return True
+        return published == last_seq + 1
+
+    def _next_session(self, block: Block) -> bool:
+        """A block of a newer amp session: follow the restarted amp (True), or end the recording,
+        whose session ended (False). While the amp does not say which, its blocks wait in its history."""
+        session = block.header.session
+        if self._undecided is not None and self._undecided[0] == session and now_ns() < self._undecided[1]:
+            return False
+        restarted = self._amp_restarted_with(session)
+        if restarted is None:
+            self._undecided = (session, now_ns() + SESSION_RETRY_NS)
+            return False
+        self._undecided = None
+        if restarted:
+            self._new_session(block)
+            return True
+        self._end_early("session", self._session_ended(session))
+        return False
 
     def _close_active(self):
         self.active.writer.close()
@@ -251,7 +451,8 @@ class RecorderCore:
         if block.header.session != a.session:
             if a.merger.start_ns is None or block.header.t_ns <= self._end_time():
                 return  # a block of an earlier session, still queued
-            self._new_session(block)
+            if not self._next_session(block):
+                return
         if block.header.first_sample > a.next_sample:
             self.catch_up(until=block.header.first_sample, step=True)
             if a.behind or a.error is not None:
@@ -424,7 +625,8 @@ class RecorderCore:
         self._guard(self.active.writer.write_meta)
 
     def tick(self):
-        """Periodic work: a step of catching up, a clock probe when due, the meta every 10 s."""
+        """Periodic work: an expired lease, a step of catching up, a clock probe when due, the meta every 10 s."""
+        self._expire_lease()
         if self.active is not None and self.active.error is None and self.active.behind:
             self.catch_up(step=True)
         self.amp_clock.update()
@@ -459,7 +661,10 @@ class RecorderCore:
         mushu = writer.meta["mushu"]
         seg = mushu["segments"][-1]
         next_sample = seg["first_sample"] + writer.n_samples - seg["file_sample"]
-        a = Active(writer, seg["session"], mushu["first_sample"], next_sample)
+        # the lease starts again: its client has as long as ever to find the recorder back
+        a = Active(writer, seg["session"], mushu["first_sample"], next_sample,
+                   token=active.get("token") or secrets.token_hex(16), lease_s=active.get("lease_s"),
+                   client=active.get("client"))
         a.placed = {(m["session"], m["seq"]) for m in writer.markers if m["seq"] >= 0}
         a.merger.start_ns = mushu["start_monotonic_ns"]
         if mushu.get("markers_session") is not None:

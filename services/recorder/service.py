@@ -1,8 +1,9 @@
 """The recorder process: one thread and one poller around :class:`RecorderCore`.
 
 It subscribes to the amp's blocks and to the markers (always, so a
-recording starts with live data), answers its control socket, flushes the
-files every 100 ms and fsyncs them every second.
+recording starts with live data), answers its control socket, ends a
+recording whose lease ran out, flushes the files every 100 ms and fsyncs
+them every second.
 """
 
 from __future__ import annotations
