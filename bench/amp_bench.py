@@ -156,7 +156,18 @@ def fail_loudly(exc: ServiceFailed) -> int:
 STATUS_TIMEOUT_S = 10.0
 
 
-class Service:
+class _EndsOnExit:
+    """``with`` calls ``close()`` at the end, with its checks unless a KeyboardInterrupt ends the block
+    (the terminal's SIGINT reaches the services too)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        self.close(check=exc_type is None or not issubclass(exc_type, KeyboardInterrupt))
+
+
+class Service(_EndsOnExit):
     """One amp service process (``rampamp`` selected) on free loopback ports, for many runs.
 
     A lab keeps its amp service running and reconfigures it from its clients;
@@ -266,14 +277,8 @@ class Service:
         finally:
             self.log.close()
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, exc_type, *_):
-        self.close(check=exc_type is None or not issubclass(exc_type, KeyboardInterrupt))
-
-
-class Services:
+class Services(_EndsOnExit):
     """The bench's long-lived amp services: one per block period (a service option), each started at first use.
 
     Parameters
@@ -319,12 +324,6 @@ class Services:
                 failures.append(str(exc))
         if failures:
             raise ServiceFailed("\n".join(failures))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, *_):
-        self.close(check=exc_type is None or not issubclass(exc_type, KeyboardInterrupt))
 
 
 class Meter:
