@@ -6,9 +6,19 @@ Usage::
     python bench/amp_bench.py --short    # about a minute
     python bench/amp_bench.py --short --json results.json
 
-What it measures, each amp service being its own process
-(``sys.executable -m mushu_amp``, driver ``rampamp``, 64 channels) on free
-loopback TCP ports, always terminated at the end:
+The amp service runs as users run it: one long-lived process per block
+period (``sys.executable -m mushu_amp --amp rampamp --block-ms ...`` on free
+loopback TCP ports), started once per bench invocation, 1 ms blocks for the
+latency and CPU runs and ``--block-ms`` (10 ms) for the throughput runs.
+Every run is a client session of it: ``configure(fs=..., channels=64)``,
+``start()``, ``get_data()``, ``stop()``, close; CPU figures are the
+service's CPU time over the run's window (:class:`Meter`). After every run
+the bench checks that the service is still the process it started (alive,
+and ``status`` answers with its pid); one that exited, stopped answering or
+did not end with status 0 on SIGTERM at the end is a bench failure
+(:class:`ServiceFailed`, exit status 2), never restarted.
+
+What it measures (64 channels):
 
 1. **Latency** at 1 kHz in 1 ms blocks: for every block, the time from its
    first sample's acquisition (header ``t_ns``, the service's monotonic
@@ -52,6 +62,7 @@ import datetime
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -64,7 +75,8 @@ import psutil
 import zmq
 
 from mushu_client import GapWarning, get_amp
-from mushu_client.control import wait_for
+from mushu_client.control import ControlClient, wait_for
+from mushu_client.errors import ServiceUnavailable
 from mushu_client.testing import free_port
 from mushu_client.protocol import DATA, data_topic, decode_block_header, info_topic
 from mushu_amp.drivers.rampamp import ramp
@@ -117,26 +129,131 @@ def end_process(proc: subprocess.Popen, timeout: float = 10.0, terminate: bool =
         proc.wait()
 
 
-class Service:
-    """One amp service process (rampamp, not started) on free loopback ports."""
+def exit_description(code: int) -> str:
+    """A process's exit status in words: ``status 2``, or ``signal SIGSEGV`` for -11."""
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-code).name}"
+    return f"status {code}"
 
-    def __init__(self, fs: float, channels: int = CHANNELS, block_ms: float = 1.0, extra=()):
+
+class ServiceFailed(RuntimeError):
+    """A long-lived amp service of the bench exited, stopped answering, or is not the process the bench started.
+
+    The bench never starts another in its place: every run after it would
+    measure a fresh process and the failure would go unseen.
+    """
+
+
+def fail_loudly(exc: ServiceFailed) -> int:
+    """Print ``exc`` as the bench's failure, framed, on stderr; the bench's exit status for it (2)."""
+    rule = "=" * 78
+    print(f"\n{rule}\nBENCH FAILED: {exc}\n{rule}", file=sys.stderr, flush=True)
+    return 2
+
+
+#: Seconds a long-lived service has to answer ``status`` after a run.
+STATUS_TIMEOUT_S = 10.0
+
+
+class _EndsOnExit:
+    """``with`` calls ``close()`` at the end, with its checks unless a KeyboardInterrupt ends the block
+    (the terminal's SIGINT reaches the services too)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        self.close(check=exc_type is None or not issubclass(exc_type, KeyboardInterrupt))
+
+
+class Service(_EndsOnExit):
+    """One amp service process (``rampamp`` selected) on free loopback ports, for many runs.
+
+    A lab keeps its amp service running and reconfigures it from its clients;
+    so does the bench. Each run is a :meth:`client` session that configures
+    the service (``configure(fs=..., channels=...)``), starts, stops and
+    closes; after it :meth:`check` makes sure the service is still the process
+    started here. Only the block period and ``extra`` arguments are the
+    service's for life.
+
+    Parameters
+    ----------
+    block_ms : float
+        The service's block period (``--block-ms``).
+    extra : sequence of str
+        More ``mushu_amp`` arguments.
+    """
+
+    def __init__(self, block_ms: float = 1.0, extra=()):
+        self.block_ms = block_ms
         self.data = f"tcp://127.0.0.1:{free_port()}"
         self.control = f"tcp://127.0.0.1:{free_port()}"
         self.log = tempfile.TemporaryFile()
         cmd = [sys.executable, "-m", "mushu_amp", "--data", self.data, "--control", self.control,
-               "--amp", "rampamp", "--configure", json.dumps({"fs": fs, "channels": channels}),
-               "--block-ms", str(block_ms), "--log-level", "WARNING", *extra]
+               "--amp", "rampamp", "--block-ms", str(block_ms), "--log-level", "WARNING", *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log)
-        self.ps = psutil.Process(self.proc.pid)
+        self.pid = self.proc.pid
+        self.ps = psutil.Process(self.pid)
+        #: Client sessions (runs) begun, and what the last one was, for the failure's message.
+        self.runs, self.last = 0, None
+        self.failed = False
+        self._ctl = ControlClient(self.control, STATUS_TIMEOUT_S, "amp")
 
-    def connect(self, timeout: float = 15.0, **kwargs):
-        """An :class:`Amp` client for the service, once it answers (``kwargs`` go to ``get_amp``)."""
+    def ready(self, timeout: float = 15.0) -> "Service":
+        """Wait until the service answers; ServiceFailed if it exits or stays silent ``timeout`` s."""
         try:
             wait_for(self.control, "amp", timeout, self.proc)
-        except RuntimeError as exc:
-            raise RuntimeError(f"{exc}: {self.stderr()}") from None
-        return get_amp("rampamp", data=self.data, control=self.control, **{"timeout": 10.0, **kwargs})
+        except (RuntimeError, ServiceUnavailable) as exc:
+            raise self._failed(f"did not start ({exc})") from None
+        return self
+
+    @contextlib.contextmanager
+    def client(self, fs: float, channels: int = CHANNELS, **kwargs):
+        """A client session for one run: an :class:`Amp` with the service configured to ``fs`` x ``channels``.
+
+        ``kwargs`` go to ``get_amp`` (control replies within 10 s unless
+        ``timeout`` says otherwise). The client is closed afterwards and the
+        service checked (:meth:`check`), whether the run went well or not.
+        """
+        self.runs += 1
+        self.last = f"run {self.runs} ({fs:,.0f} Hz x {channels})"
+        amp, interrupted = None, False
+        try:
+            amp = get_amp("rampamp", data=self.data, control=self.control, **{"timeout": 10.0, **kwargs})
+            amp.stop()  # idle already, unless a run cut short by an error left it running
+            amp.configure(fs=fs, channels=channels)
+            yield amp
+        except KeyboardInterrupt:
+            interrupted = True  # the service had the terminal's SIGINT too: its exit is no failure
+            raise
+        finally:
+            if amp is not None:
+                amp.close()
+            if not interrupted:
+                self.check()
+
+    def check(self):
+        """Raise :class:`ServiceFailed` unless the service is alive and answers ``status`` with its pid."""
+        if self.proc.poll() is None:
+            try:
+                pid = self._ctl.call("status")["pid"]
+            except ServiceUnavailable as exc:
+                if self.proc.poll() is None:
+                    raise self._failed(f"is alive but did not answer status: {exc}") from None
+            else:
+                if pid == self.pid:
+                    return
+                raise self._failed(f"is alive, but pid {pid} answered status on its control endpoint")
+        raise self._failed(f"exited with {exit_description(self.proc.returncode)}")
+
+    def _failed(self, what: str) -> ServiceFailed:
+        self.failed = True
+        when = f"by the end of {self.last}" if self.last else "before its first run"
+        tail = self.stderr().strip()
+        return ServiceFailed(f"the long-lived amp service for {self.block_ms:g} ms blocks (pid {self.pid}) {what}, "
+                             f"{when}; the bench does not start another. "
+                             + (f"Its stderr ends:\n{tail}" if tail else "Its stderr is empty."))
 
     def cpu_s(self) -> float:
         t = self.ps.cpu_times()
@@ -146,15 +263,67 @@ class Service:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")[-2000:]
 
-    def close(self):
+    def close(self, check: bool = True):
+        """End the service (SIGTERM); with ``check``, ServiceFailed if it had exited already or did not end with 0."""
+        early = self.proc.poll()
         end_process(self.proc, 5)
-        self.log.close()
+        self._ctl.close()
+        try:
+            if check and not self.failed and early is not None:
+                raise self._failed(f"had exited with {exit_description(early)} before the bench ended it")
+            if check and not self.failed and self.proc.returncode != 0:
+                raise self._failed(f"ended with {exit_description(self.proc.returncode)} on SIGTERM "
+                                   "(0 expected; it is killed if it has not ended within 5 s)")
+        finally:
+            self.log.close()
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
+class Services(_EndsOnExit):
+    """The bench's long-lived amp services: one per block period (a service option), each started at first use.
+
+    Parameters
+    ----------
+    extra : callable, optional
+        ``extra(block_ms)``: more ``mushu_amp`` arguments for that service.
+    """
+
+    def __init__(self, extra=None):
+        self.extra = extra or (lambda _block_ms: ())
+        self.by_block: dict[float, Service] = {}
+
+    def __call__(self, block_ms: float) -> Service:
+        """The service for ``block_ms``, started and answering."""
+        if block_ms not in self.by_block:
+            # kept before it is ready: close() ends it should ready() fail
+            self.by_block[block_ms] = Service(block_ms, self.extra(block_ms))
+            self.by_block[block_ms].ready()
+        return self.by_block[block_ms]
+
+    def summary(self) -> list[dict]:
+        """Each service's block period, pid, runs served and exit status (None while it runs)."""
+        return [{"block_ms": s.block_ms, "pid": s.pid, "runs": s.runs, "exit_status": s.proc.returncode}
+                for s in self.by_block.values()]
+
+    def describe(self) -> str:
+        """One line for a bench's table: the services, their runs and how they ended."""
+        def ended(code):
+            return "running" if code is None else f"ended with {exit_description(code)}"
+
+        each = "; ".join(f"{s.block_ms:g} ms blocks: pid {s.pid}, {s.runs} run{'s' * (s.runs != 1)}, "
+                         f"{ended(s.proc.returncode)}" for s in self.by_block.values())
+        return (f"amp services: one long-lived process per block period, reconfigured by each run and the same "
+                f"process after every run ({each})")
+
+    def close(self, check: bool = True):
+        """End every service; ServiceFailed (after ending all) if one had exited or did not end with 0."""
+        failures = []
+        for svc in self.by_block.values():
+            try:
+                svc.close(check)
+            except ServiceFailed as exc:
+                failures.append(str(exc))
+        if failures:
+            raise ServiceFailed("\n".join(failures))
 
 
 class Meter:
@@ -212,6 +381,8 @@ def _check(chunks: list, k0: int = 0) -> tuple[int, bool]:
 # ---------------------------------------------------------------------------
 # 1 + 2: latency and amp CPU at 64 x 1 kHz in 1 ms blocks
 
+#: Block period of the latency and CPU runs (their service's ``--block-ms``).
+LATENCY_BLOCK_MS = 1.0
 
 #: Blocks acquired in the first WARMUP_S after start() are reported apart
 #: (``startup_max_us``): the client's first get_data calls include one-off
@@ -219,10 +390,10 @@ def _check(chunks: list, k0: int = 0) -> tuple[int, bool]:
 WARMUP_S = 0.5
 
 
-def latency_run(duration: float, fs: float = 1000, block_ms: float = 1.0, keep: bool = False,
+def latency_run(svc: Service, duration: float, fs: float = 1000, keep: bool = False,
                 markers_probe: bool = True) -> dict:
-    """One latency run of WARMUP_S + ``duration`` seconds; latencies in microseconds
-    over the blocks after the warm-up, CPU in % of one core.
+    """One latency run of WARMUP_S + ``duration`` seconds on ``svc``; latencies in
+    microseconds over the blocks after the warm-up, CPU in % of one core.
 
     With ``keep``, the result also holds every block's latency (``"latency_us"``,
     warm-up included, in block order) and when it was returned (``"returned_s"``,
@@ -236,8 +407,7 @@ def latency_run(duration: float, fs: float = 1000, block_ms: float = 1.0, keep: 
     keeps showing what the amp service and the transport add should such a
     stall come back.
     """
-    with Service(fs, CHANNELS, block_ms) as svc:
-        amp = svc.connect()
+    with svc.client(fs) as amp:
         if not markers_probe and getattr(amp, "markers_clock", None) is not None:
             amp.markers_clock.update = lambda: False
         ctx = zmq.Context.instance()
@@ -282,7 +452,6 @@ def latency_run(duration: float, fs: float = 1000, block_ms: float = 1.0, keep: 
             firsts, t_ns = _block_times(headers, side, total)
         finally:
             side.close(linger=0)
-            amp.close()
     n_checked, all_exact = _check(chunks)
     lat, acquired = [], []
     for k0, n, t_ret in returned:
@@ -341,22 +510,18 @@ def _block_times(headers: list, side, total: int, timeout: float = 3.0):
     return firsts, t_ns
 
 
-def cpu_run(duration: float, fs: float = 1000, block_ms: float = 1.0) -> dict:
-    """Amp service CPU (% of one core) while one client consumes with get_data alone."""
-    with Service(fs, CHANNELS, block_ms) as svc:
-        amp = svc.connect()
-        try:
-            amp.start()
-            settle = time.monotonic() + 0.5
-            while time.monotonic() < settle:
-                amp.get_data()
-            meter, end, n = Meter(svc), time.monotonic() + duration, 0
-            while time.monotonic() < end:
-                n += len(amp.get_data()[0])
-            cpu = meter.stop()
-            amp.stop()
-        finally:
-            amp.close()
+def cpu_run(svc: Service, duration: float, fs: float = 1000) -> dict:
+    """Amp service CPU (% of one core) while one client consumes ``svc`` with get_data alone."""
+    with svc.client(fs) as amp:
+        amp.start()
+        settle = time.monotonic() + 0.5
+        while time.monotonic() < settle:
+            amp.get_data()
+        meter, end, n = Meter(svc), time.monotonic() + duration, 0
+        while time.monotonic() < end:
+            n += len(amp.get_data()[0])
+        cpu = meter.stop()
+        amp.stop()
     return {**cpu, "samples": n}
 
 
@@ -413,54 +578,50 @@ def floor_run(duration: float, mode: str = "send", period_ns: int = 1_000_000) -
 # 3: lossless throughput
 
 
-def throughput_run(fs: float, duration: float, block_ms: float = 10.0) -> dict:
-    """Consume ``fs`` x 64 channels for ``duration`` s, verifying every value."""
-    with Service(fs, CHANNELS, block_ms) as svc:
-        amp = svc.connect()
+def throughput_run(svc: Service, fs: float, duration: float) -> dict:
+    """Consume ``fs`` x 64 channels of ``svc`` for ``duration`` s, verifying every value."""
+    with svc.client(fs) as amp:
         amp.timeout = 2.0
-        try:
-            k, ok, max_lag, aborted = 0, True, 0.0, False
-            t_get = t_check = 0.0
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", GapWarning)
-                amp.start()
-                # The service starts sample 0 just before it answers start():
-                # from here, fs samples a second are due (the error is the
-                # reply's latency, well under a millisecond).
-                t_start = time.monotonic()
-                meter = Meter(svc)
-                t0 = time.monotonic()
-                end = t0 + duration
-                while True:
-                    a = time.perf_counter()
-                    data, _markers = amp.get_data()
-                    b = time.perf_counter()
-                    n = len(data)
-                    if n:
-                        ok = ok and exact(data, k)
-                        k += n
-                    c = time.perf_counter()
-                    t_get += b - a
-                    t_check += c - b
-                    now = time.monotonic()
-                    lag = (now - t_start) - k / fs  # seconds of data due but not yet returned
-                    if now >= t0 + 0.5:  # past the start-up transient
-                        max_lag = max(max_lag, lag)
-                    if lag > ABORT_LAG_S:
-                        aborted = True
-                        break
-                    if now >= end:
-                        break
-                cpu = meter.stop()
-                timed = k
-                amp.stop()
-                while n := len(data := amp.get_data()[0]):  # the rest, up to stop()
+        k, ok, max_lag, aborted = 0, True, 0.0, False
+        t_get = t_check = 0.0
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", GapWarning)
+            amp.start()
+            # The service starts sample 0 just before it answers start():
+            # from here, fs samples a second are due (the error is the
+            # reply's latency, well under a millisecond).
+            t_start = time.monotonic()
+            meter = Meter(svc)
+            t0 = time.monotonic()
+            end = t0 + duration
+            while True:
+                a = time.perf_counter()
+                data, _markers = amp.get_data()
+                b = time.perf_counter()
+                n = len(data)
+                if n:
                     ok = ok and exact(data, k)
                     k += n
-            total = amp.status()["next_sample"]
-            lost = amp.lost_samples
-        finally:
-            amp.close()
+                c = time.perf_counter()
+                t_get += b - a
+                t_check += c - b
+                now = time.monotonic()
+                lag = (now - t_start) - k / fs  # seconds of data due but not yet returned
+                if now >= t0 + 0.5:  # past the start-up transient
+                    max_lag = max(max_lag, lag)
+                if lag > ABORT_LAG_S:
+                    aborted = True
+                    break
+                if now >= end:
+                    break
+            cpu = meter.stop()
+            timed = k
+            amp.stop()
+            while n := len(data := amp.get_data()[0]):  # the rest, up to stop()
+                ok = ok and exact(data, k)
+                k += n
+        total = amp.status()["next_sample"]
+        lost = amp.lost_samples
     elapsed = cpu["duration_s"]
     values = timed * CHANNELS
     lossless = bool(ok and k == total and lost == 0 and not caught)
@@ -469,7 +630,7 @@ def throughput_run(fs: float, duration: float, block_ms: float = 10.0) -> dict:
         **cpu,
         "fs": fs,
         "rate": fs * CHANNELS,
-        "block_ms": block_ms,
+        "block_ms": svc.block_ms,
         "received_rate": values / elapsed,
         "lossless": lossless,
         "kept_up": kept_up,
@@ -488,9 +649,9 @@ def throughput_run(fs: float, duration: float, block_ms: float = 10.0) -> dict:
     }
 
 
-def find_max_throughput(duration: float, ladder=LADDER_FS, bisect_steps: int = 2,
-                        repeats: int = 1, block_ms: float = 10.0, log=print) -> dict:
-    """Climb ``ladder`` to the first failing rate, bisect, then confirm the best rate.
+def find_max_throughput(svc: Service, duration: float, ladder=LADDER_FS, bisect_steps: int = 2,
+                        repeats: int = 1, log=print) -> dict:
+    """Climb ``ladder`` to the first failing rate, bisect, then confirm the best rate; every run on ``svc``.
 
     A failing rate is tried once more before the search treats it as failed:
     near the limit a run that falls behind early rarely recovers (larger
@@ -502,7 +663,7 @@ def find_max_throughput(duration: float, ladder=LADDER_FS, bisect_steps: int = 2
     runs = []
 
     def attempt(fs):
-        r = throughput_run(fs, duration, block_ms)
+        r = throughput_run(svc, fs, duration)
         runs.append(r)
         log(f"  throughput fs={fs:>9,.0f} Hz  {r['rate'] / 1e6:7.2f} M/s  "
             f"{'PASS' if r['passed'] else 'FAIL'}  lossless={r['lossless']} kept_up={r['kept_up']} "
@@ -582,6 +743,16 @@ def run(short: bool = True, duration: float | None = None, latency_runs: int | N
     bisect_steps, repeats : int, optional
     block_ms : float
         Block period of the service during throughput runs.
+
+    Every run is a client session of one long-lived amp service per block
+    period (:class:`Services`): latency and CPU runs share the one for
+    ``LATENCY_BLOCK_MS``, the throughput runs use the one for ``block_ms``
+    (the same service if they are equal).
+
+    Raises
+    ------
+    ServiceFailed
+        A service exited, stopped answering or was replaced during the bench.
     """
     duration = duration if duration is not None else (5.0 if short else 30.0)
     cpu_duration = min(duration, 10.0)
@@ -595,32 +766,34 @@ def run(short: bool = True, duration: float | None = None, latency_runs: int | N
     res = {"machine": machine(), "mode": "short" if short else "full",
            "durations": {"latency_s": duration, "cpu_s": cpu_duration, "throughput_s": tp_duration}}
     log(f"mushu amp bench ({res['mode']}) on {res['machine']['cpu']}, {res['machine']['cores']} cores")
-    for key, probe in (("latency", True), ("latency_no_markers_probe", False)):
-        lat = []
-        for i in range(latency_runs):
-            r = latency_run(duration, markers_probe=probe)
-            lat.append(r)
-            log(f"  {key} run {i + 1}: {r['blocks']} blocks  p50 {r['p50_us']:.0f} us  p99 {r['p99_us']:.0f} us  "
-                f"max {r['max_us']:.0f} us  startup max {r['startup_max_us']:.0f} us  "
-                f"amp CPU {r['amp_cpu_pct']:.2f}% (2 subscribers)  lossless={r['lossless']}")
-        res[key] = {
-            "runs": lat,
-            **{k: _median([r[k] for r in lat])
-               for k in ("p50_us", "p99_us", "max_us", "startup_max_us", "others_cpu_pct")},
-            "lossless": all(r["lossless"] for r in lat),
-        }
-    cpu = []
-    for i in range(cpu_runs):
-        r = cpu_run(cpu_duration)
-        cpu.append(r)
-        log(f"  cpu run {i + 1}: amp {r['amp_cpu_pct']:.2f}%  consumer {r['consumer_cpu_pct']:.2f}%")
-    res["cpu"] = {"runs": cpu, **{k: _median([r[k] for r in cpu])
-                                  for k in ("amp_cpu_pct", "consumer_cpu_pct", "others_cpu_pct")}}
-    if floor:
-        res["floor"] = {mode: floor_run(cpu_duration, mode) for mode in ("sleep", "send")}
-        log(f"  floor: sleep-only loop {res['floor']['sleep']['cpu_pct']:.2f}%, "
-            f"bare pyzmq send loop {res['floor']['send']['cpu_pct']:.2f}%")
-    res["throughput"] = find_max_throughput(tp_duration, ladder, bisect_steps, repeats, block_ms, log)
+    with Services() as amps:
+        for key, probe in (("latency", True), ("latency_no_markers_probe", False)):
+            lat = []
+            for i in range(latency_runs):
+                r = latency_run(amps(LATENCY_BLOCK_MS), duration, markers_probe=probe)
+                lat.append(r)
+                log(f"  {key} run {i + 1}: {r['blocks']} blocks  p50 {r['p50_us']:.0f} us  "
+                    f"p99 {r['p99_us']:.0f} us  max {r['max_us']:.0f} us  startup max {r['startup_max_us']:.0f} us  "
+                    f"amp CPU {r['amp_cpu_pct']:.2f}% (2 subscribers)  lossless={r['lossless']}")
+            res[key] = {
+                "runs": lat,
+                **{k: _median([r[k] for r in lat])
+                   for k in ("p50_us", "p99_us", "max_us", "startup_max_us", "others_cpu_pct")},
+                "lossless": all(r["lossless"] for r in lat),
+            }
+        cpu = []
+        for i in range(cpu_runs):
+            r = cpu_run(amps(LATENCY_BLOCK_MS), cpu_duration)
+            cpu.append(r)
+            log(f"  cpu run {i + 1}: amp {r['amp_cpu_pct']:.2f}%  consumer {r['consumer_cpu_pct']:.2f}%")
+        res["cpu"] = {"runs": cpu, **{k: _median([r[k] for r in cpu])
+                                      for k in ("amp_cpu_pct", "consumer_cpu_pct", "others_cpu_pct")}}
+        if floor:
+            res["floor"] = {mode: floor_run(cpu_duration, mode) for mode in ("sleep", "send")}
+            log(f"  floor: sleep-only loop {res['floor']['sleep']['cpu_pct']:.2f}%, "
+                f"bare pyzmq send loop {res['floor']['send']['cpu_pct']:.2f}%")
+        res["throughput"] = find_max_throughput(amps(block_ms), tp_duration, ladder, bisect_steps, repeats, log)
+    res["services"], res["services_line"] = amps.summary(), amps.describe()
     res["load_avg_end"] = os.getloadavg()
     res["table"] = table(res)
     return res
@@ -664,6 +837,7 @@ def table(res: dict) -> str:
         "see latency_run)",
         f"CPU: median over {len(cpu['runs'])} run(s) of {d['cpu_s']:g} s, one client consuming with get_data only; "
         f"other processes used {cpu['others_cpu_pct']:.0f}% of a core meanwhile",
+        res["services_line"],
         "",
         f"throughput runs ({d['throughput_s']:g} s windows; lag = how far the consumer fell behind the clock; "
         "oth % = other processes; cons ns/v = consumer CPU per value, chk ns/v = of which verification):",
@@ -690,8 +864,11 @@ def main(argv=None) -> int:
     p.add_argument("--block-ms", type=float, default=10.0, help="service block period in throughput runs")
     p.add_argument("--json", help="also write the results to this file")
     a = p.parse_args(argv)
-    res = run(short=a.short, duration=a.duration, latency_runs=a.latency_runs, cpu_runs=a.cpu_runs,
-              floor=not a.no_floor, tp_duration=a.tp_duration, block_ms=a.block_ms)
+    try:
+        res = run(short=a.short, duration=a.duration, latency_runs=a.latency_runs, cpu_runs=a.cpu_runs,
+                  floor=not a.no_floor, tp_duration=a.tp_duration, block_ms=a.block_ms)
+    except ServiceFailed as exc:
+        return fail_loudly(exc)
     print()
     print(res["table"])
     if a.json:

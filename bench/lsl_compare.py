@@ -16,20 +16,35 @@ are per process and the two sides do the same work:
 - mushu: the amp service (``python -m mushu_amp``, driver ``rampamp``) and
   consumers calling ``Amp.get_data()``, which on one host read the amp's
   local IPC endpoint, as the recorder does once it records (``--tcp``: all
-  over loopback TCP, as LSL does);
+  over loopback TCP, as LSL does). The amp service runs as users run it:
+  one long-lived process per block period (``--block-ms``, a service
+  option) for the whole bench invocation, which each run reconfigures
+  through its controlling client (``configure(fs=..., channels=...)``,
+  ``start()``, ``stop()``). After every run the bench checks that it is
+  still the same process (alive, ``status`` answering with its pid); an
+  exit, a silence or another pid fails the bench (exit status 2,
+  ``ServiceFailed``), and no service is started in its place. Only the CPU
+  and memory workload starts a fresh amp service per run (see
+  ``cpu_figures``: peak memory is per process);
 - LSL: a producer process that runs the very same ``RampAmp`` driver in the
   amp service's paced loop (same data generation, same cadence) and pushes
   each block with ``StreamOutlet.push_chunk(block, local_clock())`` at the
-  moment it was read, which is when the amp service stamps its blocks; the
-  consumers pull with ``StreamInlet.pull_chunk(timeout, min_samples=1,
-  dest_obj=preallocated, as_numpy=True)``: wait for the first sample, then
+  moment it was read, which is when the amp service stamps its blocks. It is
+  a new process for every run (an outlet is made for one stream and lives
+  in its producer's process); its start-up, like the ready amp service's,
+  is outside every measured window, which begins ``WARMUP_S`` after the
+  producer started sending, and CPU figures are CPU time deltas over that
+  window on both sides. The consumers pull with
+  ``StreamInlet.pull_chunk(timeout, min_samples=1, dest_obj=preallocated,
+  as_numpy=True)``: wait for the first sample, then
   take whatever else is there into a preallocated array, no Python lists
   (pylsl 1.18's low-latency mode: a plain timed pull waits for
   ``max_samples``, and ``timeout=0`` polling needs a sleep between polls
   that either adds latency or burns CPU). Inlets have no post-processing
   (same host, same clock) and LSL's default 360 s of buffering, capped
-  at 1 GiB per stream (``lsl_buflen``); mushu's amp keeps 10 s of history,
-  64 MiB to 1 GiB (``history_mb``).
+  at 1 GiB per stream (``lsl_buflen``); mushu's amp keeps at least 10 s of
+  history, 64 MiB to 1 GiB (``history_mb``: a long-lived service is sized
+  for the largest configuration it serves, ``history_args``).
 
 Every consumer checks every value against the ramp (a lost, repeated or
 reordered sample fails the check) and that it got exactly the samples the
@@ -68,9 +83,10 @@ Workloads:
 6. **Scaling** (mushu only, full mode): producer and consumer CPU and p99
    latency against channels, sampling rate, block size and consumers.
 
-The exit status is 1 if any run other than a throughput rung above the
-best lossless rate lost or corrupted a sample (``"all_lossless"`` in the
-JSON), 0 otherwise: never because of a speed.
+The exit status is 2 if an amp service failed (above), 1 if any run other
+than a throughput rung above the best lossless rate lost or corrupted a
+sample (``"all_lossless"`` in the JSON), 0 otherwise: never because of a
+speed.
 """
 
 from __future__ import annotations
@@ -94,7 +110,8 @@ import numpy as np
 import psutil
 import zmq
 
-from amp_bench import CHANNELS, Service, _block_times, _wait_for_info, end_process, exact, free_port, machine
+from amp_bench import (CHANNELS, Service, ServiceFailed, Services, _block_times, _wait_for_info, end_process, exact,
+                       fail_loudly, free_port, machine)
 from markers_bench import percentiles, spawn
 from mushu_client.config import setting_flag
 from mushu_client.control import ControlClient, wait_for
@@ -110,6 +127,10 @@ END_WAIT_S = 10.0
 #: Throughput ladder, sampling rates at 64 channels (x 64 = samples/s).
 LADDER_FS = (100_000, 200_000, 400_000, 800_000, 1_600_000, 3_200_000, 6_400_000)
 SHORT_LADDER_FS = (50_000,)
+#: Block period (ms) of the throughput runs; every other workload but the scaling table's uses 1 ms.
+THROUGHPUT_BLOCK_MS = 10.0
+#: (fs, channels) of the latency workloads; the markers, CPU and fan-out workloads run 64 x 1 kHz.
+LATENCY_CONFIGS = ((1000, CHANNELS), (10_000, 256))
 SYSTEMS = ("mushu", "lsl")
 
 
@@ -152,6 +173,16 @@ def lsl_buflen(fs: float, channels: int) -> int:
 def history_mb(fs: float, channels: int) -> int:
     """The amp's history for a run: 10 s of data, at least its default 64 MiB and, like LSL's buffers, at most 1 GiB."""
     return int(max(64, min(1024, 10 * fs * channels * 4 / 2**20)))
+
+
+def history_args(configs) -> tuple[str, str]:
+    """``mushu_amp`` arguments for a service that serves runs of these ``(fs, channels)``.
+
+    A service's history is fixed at its start: it gets what the most
+    demanding of them needs (:func:`history_mb`), so every run has at least
+    10 s of history, as a service started for that run alone would.
+    """
+    return ("--history-mb", str(max(history_mb(fs, channels) for fs, channels in configs)))
 
 
 def lsl_producer(spec, cmd):
@@ -457,21 +488,37 @@ def peak_mb(pid: int) -> float:
 
 
 class MushuSide:
-    """The amp service (and, if asked, the markers service and the recorder) of one session."""
+    """One session's client of the amp service (and, if asked, its markers service and recorder).
 
-    def __init__(self, stack, spec: dict, block_ms: float, markers: dict | None, recorder: bool):
+    The amp service is the long-lived one for the block period (``amps``),
+    configured by this session's controlling client (the "boss"), or, with
+    ``amps`` None, a fresh service of the session's own.
+    """
+
+    def __init__(self, stack, spec: dict, block_ms: float, markers: dict | None, recorder: bool,
+                 amps: Services | None):
         fs, channels = spec["fs"], spec["channels"]
         self.stack, self.fs, self.channels, self.recorder = stack, fs, channels, recorder
-        self.svc = stack.enter_context(Service(fs, channels, block_ms, ("--history-mb", str(history_mb(fs, channels)))))
+        if amps is None:
+            self.svc = stack.enter_context(Service(block_ms, history_args([(fs, channels)]))).ready()
+        else:
+            self.svc = amps(block_ms)
         self.producer = self.svc.ps
         self.mk = [f"tcp://127.0.0.1:{free_port()}" for _ in range(2)]  # no markers service unless asked
         self.rec_ctl = f"tcp://127.0.0.1:{free_port()}"
         self.markers = {**markers, "port": free_port()} if markers else None
         self.consumer = {"role": "mushu-consumer", "data": self.svc.data, "control": self.svc.control,
                          "markers": self.mk[0], "markers_control": self.mk[1]}
+        # Configured before the consumers connect, as a freshly started service would be; the
+        # service is checked once the session's other processes have ended (the stack unwinds).
+        self.boss = stack.enter_context(self.svc.client(fs, channels, markers=self.mk[0],
+                                                        markers_control=self.mk[1], recorder=self.rec_ctl))
+        # The boss only starts and stops: off the data topic, so that the amp publishes to the
+        # measured consumers alone, as the LSL outlet does (it would double the amp's sends).
+        self.boss._bus.unsubscribe(data_topic(self.boss.stream))
 
     def prepare(self):
-        """Start the other services and connect; the consumers start meanwhile."""
+        """Start the other services; the consumers start meanwhile."""
         stack, mk = self.stack, self.mk
         if self.markers:
             stack.callback(end_process, spawn(["mushu_markers", "--port", str(self.markers["port"]), "--data", mk[0],
@@ -483,11 +530,6 @@ class MushuSide:
                                         "--markers-data", mk[0], "--markers-control", mk[1]], self.rec_ctl))
             self.rec_status = ControlClient(self.rec_ctl, 2.0, "recorder")
             stack.callback(self.rec_status.close)
-        self.boss = self.svc.connect(markers=mk[0], markers_control=mk[1], recorder=self.rec_ctl)
-        stack.callback(self.boss.close)
-        # The boss only starts and stops: off the data topic, so that the amp publishes to the
-        # measured consumers alone, as the LSL outlet does (it would double the amp's sends).
-        self.boss._bus.unsubscribe(data_topic(self.boss.stream))
 
     def start(self):
         self.boss.start(f"bench-{uuid.uuid4().hex[:8]}" if self.recorder else None)
@@ -539,11 +581,20 @@ class LslSide:
 
 def session(system: str, fs: float, channels: int = CHANNELS, block_ms: float = 1.0, duration: float = 3.0,
             consumers: int = 1, latency: bool = False, stall=None, markers: dict | None = None,
-            recorder: bool = False) -> dict:
-    """Run one producer and its consumers for ``duration`` s (or until the marker sender is done)."""
+            recorder: bool = False, amps: Services | None = None) -> dict:
+    """Run one producer and its consumers for ``duration`` s (or until the marker sender is done).
+
+    Parameters
+    ----------
+    amps : Services, optional
+        mushu's long-lived amp services: the one for ``block_ms`` is mushu's
+        producer. None: a fresh amp service for this session alone. LSL's
+        producer is a new process per session either way.
+    """
     spec = {"fs": fs, "channels": channels, "latency": latency, "warmup": WARMUP_S}
     with contextlib.ExitStack() as stack:
-        side = (MushuSide if system == "mushu" else LslSide)(stack, spec, block_ms, markers, recorder)
+        side = (MushuSide(stack, spec, block_ms, markers, recorder, amps) if system == "mushu"
+                else LslSide(stack, spec, block_ms, markers, recorder))
         workers = []
         expect = markers["n"] + markers["burst"] if markers else None
         for i in range(consumers):
@@ -620,22 +671,25 @@ def alternate(runs: int, fn, log, name: str) -> dict:
     return out
 
 
-def latency_figures(system, fs, channels, duration):
-    s = session(system, fs, channels, 1.0, duration, latency=True)
+def latency_figures(system, fs, channels, duration, amps):
+    s = session(system, fs, channels, 1.0, duration, latency=True, amps=amps)
     c = s["consumers"][0]
     return {"p50_us": c.get("p50_us"), "p99_us": c.get("p99_us"), "max_us": c.get("max_us"),
             "lossless": c["lossless"]}
 
 
 def cpu_figures(system, duration):
+    # A fresh amp service, not a long-lived one: peak memory (VmHWM) is a process's peak since it
+    # started, and LSL's producer is a fresh process; a long-lived service's peak would be that of
+    # every earlier run on it (their histories, up to its --history-mb).
     s = session(system, 1000, CHANNELS, 1.0, duration)
     return {"producer_cpu_pct": s["producer_cpu_pct"], "consumer_cpu_pct": s["consumer_cpu_pct"][0],
             "producer_peak_mb": s["producer_peak_mb"], "consumer_peak_mb": s["consumer_peak_mb"][0],
             "lossless": s["consumers"][0]["lossless"]}
 
 
-def marker_figures(system, n, burst):
-    s = session(system, 1000, CHANNELS, 1.0, markers={"n": n, "burst": burst})
+def marker_figures(system, n, burst, amps):
+    s = session(system, 1000, CHANNELS, 1.0, markers={"n": n, "burst": burst}, amps=amps)
     seen, sent = s["consumers"][0]["seen"], s["sender"]["sent"]
     vis = [(seen[k] - t) / 1e3 for k, t in sent.items() if k in seen]
     burst_seen = [seen[f"b{i}"] for i in range(burst) if f"b{i}" in seen]
@@ -647,8 +701,8 @@ def marker_figures(system, n, burst):
             "lossless": bool(complete and s["consumers"][0]["lossless"])}
 
 
-def fanout_figures(system, duration, stall_s):
-    s = session(system, 1000, CHANNELS, 1.0, duration, consumers=8, latency=True, stall=(1.0, stall_s))
+def fanout_figures(system, duration, stall_s, amps):
+    s = session(system, 1000, CHANNELS, 1.0, duration, consumers=8, latency=True, stall=(1.0, stall_s), amps=amps)
     stalled, others = s["consumers"][0], s["consumers"][1:]
     return {"others_lost": sum(s["total"] - r["k0"] - r["samples"] for r in others),
             "others_lossless": all(r["lossless"] for r in others),
@@ -659,8 +713,8 @@ def fanout_figures(system, duration, stall_s):
             "lossless": all(r["lossless"] for r in s["consumers"])}
 
 
-def throughput_run(system, fs, duration, recorder=False):
-    s = session(system, fs, CHANNELS, 10.0, duration, recorder=recorder)
+def throughput_run(system, fs, duration, amps, recorder=False):
+    s = session(system, fs, CHANNELS, THROUGHPUT_BLOCK_MS, duration, recorder=recorder, amps=amps)
     c = s["consumers"][0]
     rec_ok = s["recording"]["exact"] and s["recorder_lag_s"] <= DRAIN_LIMIT_S if recorder else True
     return {"fs": fs, "rate": fs * CHANNELS, "passed": bool(c["lossless"] and c["kept_up"] and rec_ok),
@@ -670,22 +724,26 @@ def throughput_run(system, fs, duration, recorder=False):
             "producer_cpu_pct": s["producer_cpu_pct"], "consumer_cpu_pct": s["consumer_cpu_pct"][0]}
 
 
-def ladders(variants: dict, rates, duration, bisect_steps, log) -> dict:
+def ladders(variants: dict, rates, duration, bisect_steps, log, amps: Services) -> dict:
     """Climb ``rates`` with every variant in turn (alternating at each rung) until each fails, then bisect.
 
     A rate that was lossless but not kept up is tried once more before it
     counts as failed (near the limit single runs are bistable, see
     amp_bench.find_max_throughput); a lossy run fails its rate at once.
+    mushu's runs are sessions of the long-lived service in ``amps``; one
+    that fails (:class:`ServiceFailed`) ends the ladders and the bench.
     """
     runs = {v: [] for v in variants}
 
     def passes(v, fs):
         for _ in range(2):
             try:
-                r = throughput_run(variants[v]["system"], fs, duration, variants[v].get("recorder", False))
+                r = throughput_run(variants[v]["system"], fs, duration, amps, variants[v].get("recorder", False))
                 log(f"  throughput {v:14} {r['rate'] / 1e6:8.1f} M/s  {'PASS' if r['passed'] else 'FAIL'}  "
                     f"lossless={r['lossless']} drain {r['drain_s'] * 1e3:.0f} ms  "
                     f"producer {r['producer_cpu_pct']:.0f}%  consumer {r['consumer_cpu_pct']:.0f}%")
+            except ServiceFailed:
+                raise
             except Exception as exc:  # overload can make a service miss its reply deadline: a failed rung
                 r = {"fs": fs, "rate": fs * CHANNELS, "passed": False, "lossless": None, "error": repr(exc)[:500]}
                 log(f"  throughput {v:14} {r['rate'] / 1e6:8.1f} M/s  FAIL  {r['error']}")
@@ -718,26 +776,30 @@ SCALING = (("channels", [8, 64, 256]), ("fs", [250, 1000, 10_000]), ("block_ms",
            ("consumers", [1, 2, 4, 8]))
 
 
-def scaling(duration, log) -> list:
-    """mushu's cost against one parameter at a time, from 64 ch x 1 kHz in 1 ms blocks, one consumer
-    (that configuration is measured once and shown on every axis)."""
+def scaling_configs():
+    """``(axis, value, configuration)`` of every row of the scaling table, from 64 ch x 1 kHz in 1 ms
+    blocks and one consumer, one parameter changed at a time."""
     base = {"fs": 1000, "channels": CHANNELS, "block_ms": 1, "consumers": 1}
+    return [(axis, value, {**base, axis: value}) for axis, values in SCALING for value in values]
+
+
+def scaling(duration, log, amps: Services) -> list:
+    """mushu's cost against one parameter at a time (:func:`scaling_configs`; a configuration on
+    several axes is measured once and shown on each)."""
     measured, rows = {}, []
-    for axis, values in SCALING:
-        for value in values:
-            cfg = {**base, axis: value}
-            key = tuple(cfg.values())
-            if key not in measured:
-                s = session("mushu", duration=duration, latency=True, **cfg)
-                measured[key] = {
-                    "producer_cpu_pct": s["producer_cpu_pct"],
-                    "consumer_cpu_pct": statistics.mean(s["consumer_cpu_pct"]),
-                    **{k: _median([c.get(k) for c in s["consumers"]]) for k in ("p50_us", "p99_us")},
-                    "lossless": all(c["lossless"] for c in s["consumers"])}
-            rows.append({"axis": axis, "value": value, **measured[key]})
-            log(f"  scaling {axis}={value}: producer {rows[-1]['producer_cpu_pct']:.1f}%  consumer "
-                f"{rows[-1]['consumer_cpu_pct']:.1f}%  p50 {rows[-1]['p50_us']:.0f} us  "
-                f"p99 {rows[-1]['p99_us']:.0f} us")
+    for axis, value, cfg in scaling_configs():
+        key = tuple(cfg.values())
+        if key not in measured:
+            s = session("mushu", duration=duration, latency=True, amps=amps, **cfg)
+            measured[key] = {
+                "producer_cpu_pct": s["producer_cpu_pct"],
+                "consumer_cpu_pct": statistics.mean(s["consumer_cpu_pct"]),
+                **{k: _median([c.get(k) for c in s["consumers"]]) for k in ("p50_us", "p99_us")},
+                "lossless": all(c["lossless"] for c in s["consumers"])}
+        rows.append({"axis": axis, "value": value, **measured[key]})
+        log(f"  scaling {axis}={value}: producer {rows[-1]['producer_cpu_pct']:.1f}%  consumer "
+            f"{rows[-1]['consumer_cpu_pct']:.1f}%  p50 {rows[-1]['p50_us']:.0f} us  "
+            f"p99 {rows[-1]['p99_us']:.0f} us")
     return rows
 
 
@@ -747,8 +809,29 @@ def medians(runs: list) -> dict:
             for k, v in runs[0].items()}
 
 
+def amp_services(ladder) -> Services:
+    """mushu's long-lived amp services for one bench run: one per block period, each with the history
+    (:func:`history_args`) of every configuration it may serve (``ladder`` for the throughput runs)."""
+    served = {}
+    for block_ms, fs, channels in [*((1.0, fs, ch) for fs, ch in LATENCY_CONFIGS),
+                                   *((THROUGHPUT_BLOCK_MS, fs, CHANNELS) for fs in ladder),
+                                   *((c["block_ms"], c["fs"], c["channels"]) for _a, _v, c in scaling_configs())]:
+        served.setdefault(float(block_ms), []).append((fs, channels))
+    return Services(lambda block_ms: history_args(served[float(block_ms)]))
+
+
 def run(short: bool = False, runs: int | None = None, with_scaling: bool | None = None, log=print) -> dict:
-    """Run every workload and return the figures, with the printed table under ``"table"``."""
+    """Run every workload and return the figures, with the printed table under ``"table"``.
+
+    mushu's producer is one long-lived amp service per block period for the
+    whole run (:func:`amp_services`), but for the CPU and memory workload
+    (see :func:`cpu_figures`).
+
+    Raises
+    ------
+    ServiceFailed
+        A long-lived amp service exited, stopped answering or was replaced.
+    """
     runs = runs or (1 if short else 3)
     with_scaling = (not short) if with_scaling is None else with_scaling
     lat_s, cpu_s_, tp_s, stall_s = (2.0, 2.0, 1.0, 1.0) if short else (8.0, 5.0, 2.0, 4.0)
@@ -756,21 +839,26 @@ def run(short: bool = False, runs: int | None = None, with_scaling: bool | None 
     res = {"machine": lsl_machine(), "mode": "short" if short else "full", "runs": runs,
            "mushu_transport": "IPC" if setting_flag("MUSHU_AMP_LOCAL_IPC") else "TCP"}
     log(f"mushu vs LSL ({res['mode']}, {runs} run(s) each) on {res['machine']['cpu']}")
-    raw = res["raw"] = {
-        "latency_64x1k": alternate(runs, lambda s: latency_figures(s, 1000, 64, lat_s), log, "latency 64x1k"),
-        "latency_256x10k": alternate(runs, lambda s: latency_figures(s, 10_000, 256, lat_s / 2), log,
-                                     "latency 256x10k"),
-        "cpu": alternate(runs, lambda s: cpu_figures(s, cpu_s_), log, "cpu"),
-        "markers": alternate(runs, lambda s: marker_figures(s, n_markers, burst), log, "markers"),
-        "fanout": alternate(1 if short else 2, lambda s: fanout_figures(s, stall_s + (1.5 if short else 2.0), stall_s),
-                            log, "fan-out"),
-    }
-    res["throughput"] = ladders({"mushu": {"system": "mushu"}, "lsl": {"system": "lsl"},
-                                 "mushu+recorder": {"system": "mushu", "recorder": True}},
-                                SHORT_LADDER_FS if short else LADDER_FS, tp_s, 0 if short else 2, log)
+    ladder = SHORT_LADDER_FS if short else LADDER_FS
+    (fs1, ch1), (fs2, ch2) = LATENCY_CONFIGS
+    with amp_services(ladder) as amps:
+        raw = res["raw"] = {
+            "latency_64x1k": alternate(runs, lambda s: latency_figures(s, fs1, ch1, lat_s, amps), log,
+                                       "latency 64x1k"),
+            "latency_256x10k": alternate(runs, lambda s: latency_figures(s, fs2, ch2, lat_s / 2, amps), log,
+                                         "latency 256x10k"),
+            "cpu": alternate(runs, lambda s: cpu_figures(s, cpu_s_), log, "cpu"),
+            "markers": alternate(runs, lambda s: marker_figures(s, n_markers, burst, amps), log, "markers"),
+            "fanout": alternate(1 if short else 2, lambda s: fanout_figures(
+                s, stall_s + (1.5 if short else 2.0), stall_s, amps), log, "fan-out"),
+        }
+        res["throughput"] = ladders({"mushu": {"system": "mushu"}, "lsl": {"system": "lsl"},
+                                     "mushu+recorder": {"system": "mushu", "recorder": True}},
+                                    ladder, tp_s, 0 if short else 2, log, amps)
+        if with_scaling:
+            res["scaling"] = scaling(3.0, log, amps)
+    res["services"], res["services_line"] = amps.summary(), amps.describe()
     res["median"] = {w: {s: medians(rs) for s, rs in by.items()} for w, by in raw.items()}
-    if with_scaling:
-        res["scaling"] = scaling(3.0, log)
     lossy = [f"{w} {s} run {i + 1}" for w, by in raw.items() for s, rs in by.items()
              for i, r in enumerate(rs) if not r["lossless"]]
     lossy += [f"scaling {r['axis']}={r['value']}" for r in res.get("scaling", []) if not r["lossless"]]
@@ -838,6 +926,8 @@ def table(res: dict) -> str:
             float(fo["mushu"]["stalled_lossless"]), float(fo["lsl"]["stalled_lossless"]), "{:.0f}"),
         "",
         f"every run lossless: {res['all_lossless']}" + (f" (lossy: {', '.join(res['lossy'])})" if res["lossy"] else ""),
+        f"mushu's {res['services_line']}; the CPU and memory workload starts a fresh one each run (peak memory "
+        "is per process)",
         "throughput: rates (64 ch, 10 ms blocks) of the ladder "
         f"{', '.join(str(r) for r in sorted({r['fs'] for t in tp.values() for r in t['runs']}))} Hz; "
         f"pass = every value exact and the consumer (and recording) complete within {DRAIN_LIMIT_S:g} s "
@@ -868,7 +958,10 @@ def main(argv=None) -> int:
         return 0
     if a.tcp:  # inherited by the amp service and the workers
         os.environ["MUSHU_AMP_LOCAL_IPC"] = "0"
-    res = run(short=a.short, runs=a.runs, with_scaling=a.scaling)
+    try:
+        res = run(short=a.short, runs=a.runs, with_scaling=a.scaling)
+    except ServiceFailed as exc:
+        return fail_loudly(exc)
     print()
     print(res["table"])
     if a.json:
