@@ -603,7 +603,12 @@ class Amp:
         first = asm.next_sample
         asm.lost += lost
         self.gaps.append((first, lost))
-        warnings.warn(GapWarning(f"the amp restarted (session {asm.session} -> {h.session}): {lost} samples "
+        try:
+            origin = self._ctl.call("status").get("session_origin")
+        except ServiceUnavailable:
+            origin = None
+        how = ("another client stopped and started the amp" if origin == "command" else "the amp restarted")
+        warnings.warn(GapWarning(f"{how} (session {asm.session} -> {h.session}): {lost} samples "
                                  f"were not acquired after sample {first}; continuing with the new session"),
                       stacklevel=6)
         asm.begin(h.session, 0)

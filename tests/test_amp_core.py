@@ -97,3 +97,22 @@ def test_driver_returning_the_wrong_shape_is_an_error_not_a_corrupt_stream():
     core.driver.get_data = lambda: (np.zeros((3, 5), np.float32), [])
     assert core.acquire() == []
     assert core.state == "error" and "shape (3, 5)" in core.error
+
+
+def test_the_status_says_how_a_session_began(tmp_path):
+    state = str(tmp_path / "amp.json")
+    core = AmpCore(state_file=state)
+    core.handle("use", {"amp": "rampamp"})
+    core.handle("configure", {"kwargs": {"fs": 1000, "channels": 2}})
+    assert core.cmd_status()["session_origin"] is None
+    core.handle("start", {})
+    assert core.cmd_status()["session_origin"] == "command"  # a client's start
+    # the service comes up again (supervisord) and restores its running state: a restart
+    again = AmpCore(state_file=state)
+    assert again.restore_state()
+    assert again.cmd_status()["session_origin"] == "restored"
+    again.handle("stop", {})
+    again.handle("start", {})
+    assert again.cmd_status()["session_origin"] == "command"
+    core.cmd_stop()
+    again.cmd_stop()

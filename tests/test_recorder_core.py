@@ -92,17 +92,16 @@ def amp_core(tmp_path):
     """A core whose amp status the test changes: (core, status), with the amp's history empty."""
     core = core_with(tmp_path, lambda session, from_sample, until: iter(()))
     status = core.services.amp_status()
-    status.update(last_seq=-1, blocks_published=0)
+    status.update(last_seq=-1, session_origin="command")
     return core, status
 
 
-def acquire(core, status, session: str, blocks: int, t0: int, first_seq: int = 0):
-    """The amp acquires ``blocks`` blocks of ``session`` and the core receives them live."""
+def acquire(core, status, session: str, blocks: int, t0: int, first_seq: int = 0, origin: str = "command"):
+    """The amp acquires ``blocks`` blocks of ``session`` (begun as ``origin`` says) and the core receives them live."""
     if status["session"] != session:
-        status.update(session=session, last_seq=-1)
+        status.update(session=session, last_seq=-1, session_origin=origin)
     for seq in range(first_seq, first_seq + blocks):
         status["last_seq"] = seq
-        status["blocks_published"] += 1
         core.on_block(block_of(session, seq, t0))
 
 
@@ -146,9 +145,8 @@ def test_a_session_a_start_command_began_ends_the_recording_and_a_restart_is_a_g
 
     core.handle("record", {"name": "two", "session": OTHER, "first_sample": 2 * N})
     acquire(core, status, OTHER, 2, t0 + 10**9, first_seq=2)
-    # the amp process restarts and its first session begins as it comes up: a gap, and the recording goes on
-    status.update(blocks_published=0)
-    acquire(core, status, THIRD, 2, t0 + 2 * 10**9)
+    # the amp process restarts and restores its running state: a gap, and the recording goes on
+    acquire(core, status, THIRD, 2, t0 + 2 * 10**9, origin="restored")
     assert core.active is not None and core.active.session == THIRD
     result = core.handle("finish", {"end_sample": 2 * N, "session": THIRD})
     assert result["ended_by"] == "client"
@@ -174,7 +172,7 @@ def test_a_refusal_names_the_recording_in_progress_and_how_to_end_it(tmp_path):
                                          r"ends it\)"):
         core.handle("stop", {"name": "b"})
     # a client that started the amp again asks: the recording in progress had its session end
-    status.update(session=OTHER, last_seq=0, blocks_published=status["blocks_published"] + 1)
+    status.update(session=OTHER, last_seq=0, session_origin="command")
     assert core.handle("record", {"name": "b", "session": OTHER, "first_sample": 0})["base"].endswith("/b")
     assert core.handle("renew", {"token": token})["ended_by"] == "session"
     stopped = core.handle("stop", {"name": "b"})

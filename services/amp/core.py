@@ -152,6 +152,10 @@ class AmpCore:
         self.state = "idle"
         self.error: str | None = None
         self.session: str | None = None
+        #: How the current session began: "command" (a client's start), "restored"
+        #: (the service came up again and restored its running state: it restarted),
+        #: "startup" (--start on the command line).
+        self.session_origin: str | None = None
         self.seq = 0
         self.next_sample = 0
         self.dtype = "<f4"
@@ -337,7 +341,7 @@ class AmpCore:
         self.cmd_use(state["amp"])
         self.cmd_configure(state.get("config") or {})
         if state.get("running"):
-            self.cmd_start()
+            self.start("restored")
         log.warning("restored the last state: %s %s, %s", state["amp"], state.get("config"),
                     "running" if state.get("running") else "stopped")
         return True
@@ -401,12 +405,17 @@ class AmpCore:
         self.fs, self.channels = float(fs), channels
 
     def cmd_start(self):
+        return self.start("command")
+
+    def start(self, origin: str):
+        """Start a new session (or join the running one); ``origin`` says how it began (:attr:`session_origin`)."""
         self._need_driver()
         if self.running:
             return {**self._describe(), "first_sample": self.next_sample, "joined": True}
         self._read_driver_shape()
         self.driver.start()
         self.session = uuid.uuid4().hex
+        self.session_origin = origin
         self.seq = 0
         self.next_sample = 0
         self._markers = []
@@ -480,7 +489,7 @@ class AmpCore:
 
     def _describe(self):
         return {"amp": self.amp_name, "stream": self.stream, "state": self.state, "unit": self.unit,
-                "error": self.error, "session": self.session, "fs": self.fs,
+                "error": self.error, "session": self.session, "session_origin": self.session_origin, "fs": self.fs,
                 "channels": list(self.channels), "last_seq": self.seq - 1,
                 "next_sample": self.next_sample}
 

@@ -246,7 +246,7 @@ def main(argv=None):
             if a.configure:
                 core.cmd_configure(json.loads(a.configure))
             if a.start:
-                core.cmd_start()
+                core.start("startup")
             core.save_state()
         else:
             core.restore_state()

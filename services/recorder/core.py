@@ -394,14 +394,11 @@ class RecorderCore:
 
     def _amp_restarted_with(self, session: str, status: dict | None = None) -> bool | None:
         """Did amp session ``session`` begin as the amp's process came up (True: the amp restarted), or
-        by a start command in a process that had acquired before (False)? None: the amp does not answer.
+        by a start command (False)? None: the amp does not answer.
 
-        The amp's status counts the blocks its process published
-        (``blocks_published``) and those of its current session
-        (``last_seq + 1``). Only in the first session of a process are they
-        equal: one that a restarted amp began as it restored its state, or
-        that ``--start`` began. An amp that reports neither counts as
-        restarted.
+        The amp's status says (``session_origin``): ``restored`` (it came up
+        again and restored its running state) and ``startup`` (``--start``)
+        are restarts, ``command`` is a client's start.
         """
         if status is None:
             try:
@@ -411,10 +408,7 @@ class RecorderCore:
                 return None
         if status.get("session") != session:
             return False  # it began yet another session since
-        published, last_seq = status.get("blocks_published"), status.get("last_seq")
-        if type(published) is not int or type(last_seq) is not int:
-            return True
-        return published == last_seq + 1
+        return status.get("session_origin") != "command"
 
     def _next_session(self, block: Block) -> bool:
         """A block of a newer amp session: follow the restarted amp (True), or end the recording,
