@@ -167,14 +167,15 @@ def test_a_client_joining_after_the_marker_history_turned_over_is_told_of_no_gap
 
 
 def test_markers_stamped_before_the_stop_come_even_when_the_markers_service_publishes_them_late(
-        spawn_amp, spawn_markers):
+        spawn_amp, spawn_markers, spawn_recorder):
     import os
     import signal
     import threading
     amp_svc, mk = spawn_amp(), spawn_markers()
+    rec = spawn_recorder(amp_svc, mk)
     sender = MarkerSender("127.0.0.1", mk.port)
-    with open_amp(amp_svc, mk) as amp:
-        amp.start()
+    with open_amp(amp_svc, mk, recorder=rec.control) as amp:
+        amp.start("paused")
         r = Reader(amp)
         r.until(lambda: r.n > 100)
         sender.send("early")
@@ -194,6 +195,11 @@ def test_markers_stamped_before_the_stop_come_even_when_the_markers_service_publ
             resume.cancel()
             os.kill(mk.proc.pid, signal.SIGCONT)
         r.check_data()
+        result = amp.recording_result
     sender.close()
     assert [label for _, label in r.markers] == ["early"] + [f"paused-{i}" for i in range(10)]
     assert all(sample < r.n for sample, _ in r.markers)
+    # the recording waited for them too: the same markers on the same samples
+    recording = mushu_client.load(result["base"])
+    np.testing.assert_array_equal(recording.data, np.concatenate(r.chunks))
+    assert [(round(ms * FS / 1000), label) for ms, label in recording.markers] == r.markers

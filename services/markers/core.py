@@ -267,6 +267,8 @@ class MarkersCore:
         self.counts = dict.fromkeys(COUNTERS, 0)
         self.problem = _ProblemLog(self.counts)
         self.started_ns = now_ns()
+        #: The latest heartbeat's time: every marker stamped up to it is published.
+        self.promised_ns: int | None = None
         #: Set by the service: what it is bound to.
         self.endpoints: dict = {}
         self.commands = {"ping": self.cmd_ping, "status": self.cmd_status,
@@ -416,8 +418,10 @@ class MarkersCore:
 
     def heartbeat(self, t_ns: int | None = None) -> list:
         """The marker stream-info message: every marker stamped up to ``t_ns`` (default now) is published."""
-        return encode_marker_info(MarkerStreamInfo(self.stream, self.session, self.log.next_seq - 1,
-                                                   now_ns() if t_ns is None else t_ns))
+        t_ns = now_ns() if t_ns is None else t_ns
+        if self.promised_ns is None or t_ns > self.promised_ns:
+            self.promised_ns = t_ns
+        return encode_marker_info(MarkerStreamInfo(self.stream, self.session, self.log.next_seq - 1, t_ns))
 
     # -- control commands -------------------------------------------------
 
@@ -437,7 +441,7 @@ class MarkersCore:
             "service": "markers", "stream": self.stream, "session": self.session,
             "pid": os.getpid(), "version": __version__, "protocol": PROTOCOL_VERSION,
             "uptime_s": (now_ns() - self.started_ns) / 1e9,
-            "last_seq": self.log.next_seq - 1,
+            "last_seq": self.log.next_seq - 1, "promised_ns": self.promised_ns,
             "endpoints": dict(self.endpoints),
             "connections": self.policy.connections, "max_connections": self.policy.max_connections,
             "limits": {**self.policy.describe(), "max_label_bytes": self.max_label_bytes},

@@ -45,6 +45,8 @@ STATE_FILE = ".mushu-recorder.json"
 #: Journal ``seq`` of markers from the amplifier itself (those of the markers
 #: service have theirs, >= 0; gap markers have -1).
 AMP_MARKER_SEQ = -2
+#: Longest a finish waits for the markers service to publish the markers stamped before its end.
+MARKERS_SETTLE_NS = 3_000_000_000
 #: "No end": catch up with whatever the amp's history holds.
 END = 2**63
 #: Block times kept for placing markers that arrive after their samples.
@@ -350,7 +352,7 @@ class RecorderCore:
         a = self.active
         if a.error is None:
             self.catch_up(until=end_sample)
-            self._fill_markers()
+            self._settle_markers(end_sample)
         if a.error is None:
             if a.next_sample < end_sample:
                 self._lose(end_sample - a.next_sample, "not in the amp's history at finish")
@@ -554,6 +556,36 @@ class RecorderCore:
         sample = self._file_index(h.first_sample + offset)
         self._guard(a.writer.add_marker, sample, label, AMP_MARKER_SEQ, a.session,
                     h.t_ns + round(offset * 1e9 / h.fs))
+
+    def _settle_markers(self, end_sample: int):
+        """Take in every marker the markers service stamped up to the recording's last sample.
+
+        Its status says how far its heartbeats promise that everything
+        stamped is published (``promised_ns``); markers stamped before the
+        last sample but published later (the service is busy, or paused)
+        would otherwise miss the recording, while the client, which waits for
+        the same promise, has them. A silent service is waited for
+        :data:`MARKERS_SETTLE_NS` at most.
+        """
+        a = self.active
+        last = None
+        if end_sample > 0 and a.timeline.end_sample is not None:
+            offset = (self.amp_clock.offset_ns or 0) - (self.markers_clock.offset_ns or 0)
+            last = a.timeline.time_of(min(end_sample, a.timeline.end_sample) - 1) - offset
+        deadline = now_ns() + MARKERS_SETTLE_NS
+        while True:
+            try:
+                status = self.services.markers_status()
+            except Exception as exc:
+                log.warning("markers service unavailable: %s", exc)
+                return
+            if status is None:
+                return
+            self._fill_markers(status["session"], status["last_seq"] + 1)
+            promised = status.get("promised_ns")
+            if last is None or promised is None or promised >= last or now_ns() > deadline:
+                return
+            time.sleep(0.02)
 
     def _fill_markers(self, session: str | None = None, until: int | None = None):
         """Fetch markers the live stream did not bring (up to seq ``until``, or all)."""
