@@ -438,7 +438,8 @@ class Amp:
         if self.recording is not None and time.monotonic() >= self._next_recording_check:
             self._check_recording()
         data, segments = asm.take(len(self._channels), until)
-        markers = self._merger.place(self._timeline, segments, self._fs, self._marker_offset())
+        markers = self._merger.place(self._timeline, segments, self._fs, self._marker_offset(),
+                                     ended=self._at_end() and not asm.pending_samples)
         if self._amp_markers:
             rows, self._amp_markers = rows_of(self._amp_markers, segments)
             markers = sorted(markers + [(row * 1000.0 / self._fs, label) for row, label in rows],
@@ -613,6 +614,7 @@ class Amp:
                       stacklevel=6)
         asm.begin(h.session, 0)
         self._timeline.clear()
+        self._merger.begin_session()
         self._end_sample = None
         self._error = None
 

@@ -203,17 +203,17 @@ class MarkerMerger:
         placed.sort(key=lambda p: (p[0], p[1].seq))
         return placed
 
-    def place(self, timeline: Timeline, segments: list, fs: float, offset_ns: int = 0):
+    def place(self, timeline: Timeline, segments: list, fs: float, offset_ns: int = 0, ended: bool = False):
         """Return ``[(ms, label)]`` for the pending markers whose samples are being returned.
 
         ``segments`` are the ``[first_sample, n]`` runs of the returned rows
         (see :meth:`Assembler.take`). A marker whose sample falls in a lost
         gap lands on the next returned sample; one whose sample was returned
         before is counted ``late`` and comes at a negative ms, counting back
-        into the rows returned before, also with no rows (after the data
-        ended).
+        into the rows returned before. With no rows, late markers come only
+        once the data has ended (``ended``: every row has been returned).
         """
-        if not segments and not (self._pending and self._returned):
+        if not segments and not (ended and self._pending and self._returned):
             return []
         rows = []
         if self._pending:
@@ -239,14 +239,22 @@ class MarkerMerger:
         if len(runs) > 1024:  # runs only split at lost samples: this is over a thousand gaps
             del runs[:512]
 
+    def begin_session(self):
+        """The stream goes on with a new session, whose sample indexes start again at 0.
+
+        Markers placed from now on fall in the new session's rows: a late one
+        that belongs before its first row lands on that row, never on a row
+        of the old session that has the same index.
+        """
+        self._returned = []
+
     def _position(self, sample: int) -> int:
         """Position among the returned samples of ``sample`` (or of the first returned after it)."""
         for first, n, position in reversed(self._returned):
             if sample >= first:
                 return position + min(sample - first, n)
         if self._returned:
-            first, _n, position = self._returned[0]
-            return position - (first - sample)
+            return self._returned[0][2]
         return self.returned
 
 def rows_of(items: list, segments: list) -> tuple[list, list]:

@@ -119,3 +119,17 @@ def test_the_timeline_forgets_old_blocks_in_batches_and_keeps_the_times_it_needs
     tl.forget_before(600)
     assert tl.sample_at(0) == 600  # earlier times map to the first sample kept
     assert tl.time_of(600) == 600 * MS and tl.time_of(999) == 999 * MS and tl.end_sample == 1000
+
+
+def test_after_a_new_session_a_marker_never_lands_on_the_old_sessions_rows():
+    mm = MarkerMerger()
+    mm.start_ns = 0
+    old = timeline([(0, 0, 100)])
+    assert mm.place(old, [[0, 100]], 1000.0) == []
+    # the amp restarted: sample indexes start again at 0, the new session's first five samples were lost
+    mm.begin_session()
+    new = timeline([(5, 205 * MS, 10)])
+    mm.add(marker(0, 202 * MS))  # in the lost samples: it lands on the next returned one
+    # no rows yet (held back for markers still on their way): nothing placed before the data has ended
+    assert mm.place(new, [], 1000.0) == []
+    assert mm.place(new, [[5, 10]], 1000.0) == [(0.0, "m0")]  # the first new row, not row 2 of the old session
