@@ -80,6 +80,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import warnings
 from dataclasses import dataclass, field
 
@@ -116,7 +117,7 @@ CYCLE = [
 AMP_KILL = {"short": (0, 7), "long": (1, 7)}
 #: In the long run the chaos sessions kill services in every CHAOS_EVERY-th cycle only, so that
 #: every service also lives several cycles and its growth can be judged.
-CHAOS_EVERY = 3
+CHAOS_EVERY = 4
 FINISH_S = 2.0
 SILENCE_S = 1.0
 GROWTH = 0.20
@@ -128,10 +129,24 @@ MARKER_SETTLE_S = 1.0
 INVALID_EVERY, OVERLONG_EVERY = 40, 97
 OVERLONG_BYTES = 5000
 SERVICES = ("amp", "markers", "recorder")
+#: A get_data call longer than this has its stack taken (the innermost STACK_FRAMES frames).
+STACK_AFTER_S, STACK_FRAMES = 0.6, 8
 
 
 def now() -> float:
     return time.monotonic()
+
+
+def runqueue_s(pid: int | str = "self") -> float:
+    """Seconds the threads of process ``pid`` have waited for a CPU while runnable (Linux schedstat)."""
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return total / 1e9
 
 
 # ---------------------------------------------------------------------------
@@ -275,12 +290,25 @@ def worker(spec: dict, out_path: str) -> int:
         n_warn = n_gaps = 0
         last_data = last_line = None
         exceptions = 0
-        calls = {"n": 0, "longest": 0.0, "cpu": time.process_time()}
+        calls = {"n": 0, "longest": 0.0, "cpu": time.process_time(), "since": None, "stacks": [], "rq": runqueue_s()}
+        main_thread = threading.get_ident()
+
+        def watchdog():  # where a long get_data call is: evidence for a silence
+            while True:
+                time.sleep(0.1)
+                since = calls["since"]
+                if since is not None and now() - since > STACK_AFTER_S and len(calls["stacks"]) < 3:
+                    frame = sys._current_frames().get(main_thread)
+                    if frame is not None and calls["since"] == since:
+                        calls["stacks"].append([round(now() - since, 2), "".join(
+                            traceback.format_stack(frame)[-STACK_FRAMES:])])
+                        calls["since"] = None if len(calls["stacks"]) >= 3 else since + 0.5
+        threading.Thread(target=watchdog, daemon=True).start()
 
         def call():
             nonlocal n_warn, n_gaps, last_data, last_line, exceptions
             line = {}
-            t_call = now()
+            t_call = calls["since"] = now()
             try:
                 data, markers = amp.get_data()
             except Exception as exc:  # noqa: BLE001 - every exception is a finding
@@ -289,6 +317,7 @@ def worker(spec: dict, out_path: str) -> int:
                 time.sleep(0.05)
                 return None
             t = now()
+            calls["since"] = None
             calls["n"] += 1
             calls["longest"] = max(calls["longest"], t - t_call)
             new_warnings, n_warn = caught[n_warn:], len(caught)
@@ -317,9 +346,10 @@ def worker(spec: dict, out_path: str) -> int:
                 line["false_gaps"], check.false_gaps = check.false_gaps, []
             if len(data):
                 if last_data is not None and t - last_data > SILENCE_S / 2:
-                    line["silence"] = [last_data, t, calls["n"], calls["longest"], time.process_time() - calls["cpu"]]
+                    line["silence"] = [last_data, t, calls["n"], calls["longest"], time.process_time() - calls["cpu"],
+                                       calls["stacks"], runqueue_s() - calls["rq"]]
                 last_data = t
-                calls.update(n=0, longest=0.0, cpu=time.process_time())
+                calls.update(n=0, longest=0.0, cpu=time.process_time(), stacks=[], rq=runqueue_s())
             if line or last_line is None or t - last_line > 0.2:
                 out.write({"t": t, "p": check.pos, **line})
                 last_line = t
@@ -330,6 +360,7 @@ def worker(spec: dict, out_path: str) -> int:
             if data is not None and len(data) and check.pos == len(data):
                 print("reading", flush=True)
         end = {"t": now()}
+        last_data = None  # stop() takes its time: not a silence of the stream
         if primary:
             t = now()
             try:
@@ -601,7 +632,8 @@ class Sampler(threading.Thread):
     def __init__(self, services: Services, period: float = 1.0):
         super().__init__(daemon=True)
         self.services, self.period = services, period
-        self.samples: list[tuple] = []     # (t, service, pid, rss, fds, threads)
+        self.samples: list[tuple] = []     # (t, service, pid, rss, fds, threads, runqueue s)
+        self.load: list[tuple[float, float]] = []  # (t, 1-minute load average)
         self.marks: list[tuple] = []       # (cycle, t, service, pid, rss, fds, threads)
         self.started: dict[int, float] = {}  # pid -> first seen
         self.current: dict[str, int] = {}
@@ -618,13 +650,14 @@ class Sampler(threading.Thread):
             try:
                 p = psutil.Process(pid)
                 with p.oneshot():
-                    found[name] = (pid, info, p.memory_info().rss, p.num_fds(), p.num_threads())
+                    found[name] = (pid, info, p.memory_info().rss, p.num_fds(), p.num_threads(), runqueue_s(pid))
             except psutil.Error:
                 found[name] = (None, info)
         return found
 
     def step(self):
         t = now()
+        self.load.append((t, os.getloadavg()[0]))
         for name, got in self.measure().items():
             pid, info = got[0], got[1]
             old = self.current.get(name)
@@ -649,6 +682,19 @@ class Sampler(threading.Thread):
         self.exits.append({"service": name, "pid": pid, "t": t, "state": info.get("statename"),
                            "description": info.get("description"), "exitstatus": info.get("exitstatus"),
                            "spawnerr": info.get("spawnerr"), "log": self.services.log_tail(name)})
+
+    def around(self, a: float, b: float) -> str:
+        """Each service's wait for a CPU over about [a, b] (whole sampling periods), and the load."""
+        parts = []
+        for name in SERVICES:
+            ss = [s for s in self.samples if s[1] == name]
+            before = [s for s in ss if s[0] <= a]
+            after = [s for s in ss if s[0] >= b]
+            if before and after and before[-1][2] == after[0][2]:
+                x, y = before[-1], after[0]
+                parts.append(f"{name} waited {y[6] - x[6]:.2f} s for a CPU in {y[0] - x[0]:.1f} s")
+        load = [x for t, x in self.load if a - 1 <= t <= b + 1]
+        return "; ".join(parts + ([f"load average {max(load):.1f}"] if load else []))
 
     def mark(self, cycle: int):
         """A sample at a quiet moment (between cycles), for the growth check."""
@@ -810,6 +856,7 @@ class Soak:
         self.root = tempfile.mkdtemp(prefix="mushu-soak-")
         self.svc = Services(self.root)
         self.failures: list[Failure] = []
+        self.starved: list[tuple[float, str]] = []  # silences the machine's load explains
         self.sessions: list[dict] = []
         self.floods: list[Flood] = []
         self.consumers: list[Consumer] = []
@@ -1084,22 +1131,37 @@ class Soak:
                 ok = self.markers_really_lost(c, msg)
             elif cat == "ServiceWarning":
                 ok = overlaps(t - 2 * SILENCE_S, t, self.svc.windows("amp"))
+            elif cat == "RecordingWarning" and not inside(t, rec_down):
+                ok = True  # the recorder did not answer in time: true, and a failure of the recorder
+                self.fail("recorder did not answer the client", "the recorder answers while it runs",
+                          f"{cat}: {msg}", f"{what}, at {t - self.t0:.1f} s" + self.kills_near(t, 15))
             elif cat == "RecordingWarning":
-                ok = inside(t, rec_down)
+                ok = True
             if not ok:
                 self.fail("warning that is not true", "no warning (nothing of the kind happened)", f"{cat}: {msg}",
                           f"{what}, at {t - self.t0:.1f} s" + self.kills_near(t))
         if restarts and n_restart_warnings < len(restarts):
             self.fail("amp restart not reported", f"a GapWarning for each of {len(restarts)} amp restart(s)",
                       f"{n_restart_warnings}", what)
+        hits = [line for line in c.stderr.splitlines() if re.search(r"CURVE|SecurityError|Traceback", line)]
+        if hits and c.start:
+            self.fail("client log", "no security message (security is off) and no traceback on the client's stderr",
+                      f"{len(hits)} lines", f"{what}:\n    " + "\n    ".join(hits[:6]))
         for t, exc in c.exceptions:
             self.fail("exception in get_data", "get_data returns", exc, f"{what}, at {t - self.t0:.1f} s"
                       + self.kills_near(t))
-        for a, b, calls, longest, cpu in c.silences:
-            if b - a > SILENCE_S and not overlaps(a, b, amp_down):
-                self.fail("consumer silent", f"data at least every {SILENCE_S:g} s while the amp runs",
-                          f"no data for {b - a:.1f} s", f"{what}, from {a - self.t0:.1f} s: {calls} get_data calls, "
-                          f"the longest {longest:.2f} s, {cpu:.2f} s of CPU" + self.kills_near(a))
+        for a, b, calls, longest, cpu, stacks, waited in c.silences:
+            if b - a <= SILENCE_S or overlaps(a, b, amp_down):
+                continue
+            evidence = (f"{what}, from {a - self.t0:.1f} s: {calls} get_data calls, the longest {longest:.2f} s; "
+                        f"the client used {cpu:.2f} s of CPU and waited {waited:.2f} s for one; "
+                        + self.sampler.around(a, b) + self.kills_near(a))
+            if b - a - waited <= SILENCE_S:  # it would have had data in time, had it got a CPU
+                self.starved.append((b - a, evidence))
+                continue
+            self.fail("consumer silent", f"data at least every {SILENCE_S:g} s while the amp runs",
+                      f"no data for {b - a:.1f} s", evidence + "".join(
+                          f"\n    {at:.2f} s into the call:\n" + stack.rstrip() for at, stack in stacks[:2]))
         if c.end:
             if c.end.get("stop_error"):
                 self.fail("stop() failed", "stop() returns", c.end["stop_error"], what)
@@ -1431,7 +1493,7 @@ class Soak:
         marks = self.sampler.marks
         for name in SERVICES:
             by_pid: dict[int, list] = {}
-            for cycle, t, svc, pid, rss, fds, thr in marks:
+            for cycle, t, svc, pid, rss, fds, thr, *_ in marks:
                 if svc == name:
                     by_pid.setdefault(pid, []).append((cycle, t, rss, fds, thr))
             for pid, ms in by_pid.items():
@@ -1518,6 +1580,8 @@ class Soak:
             f"| recordings (of SIGKILLed clients) | {len(self.recordings)} "
             f"({sum(r['killed_client'] for r in self.recordings)}) |",
             f"| unexpected service exits | {len(self.sampler.exits)} |",
+            f"| client silences > {SILENCE_S:g} s the client's own wait for a CPU explains (not failures) | "
+            f"{len(self.starved)} |",
             f"| failures | {len(self.failures)} |",
             "",
             "| service | kills | unexpected exits | processes | RSS MiB first → last (last process) | "
@@ -1530,6 +1594,12 @@ class Soak:
             kinds_failed[f.what] = kinds_failed.get(f.what, 0) + 1
         if kinds_failed:
             lines += ["", "failures by kind: " + ", ".join(f"{k} {v}" for k, v in kinds_failed.items())]
+        if self.starved:
+            lines += ["", f"client silences over {SILENCE_S:g} s that the client's own wait for a CPU explains "
+                          "(the machine is shared; not counted as failures):"]
+            lines += [f"- {d:.1f} s: {ev}" for d, ev in self.starved[:5]]
+            if len(self.starved) > 5:
+                lines.append(f"- and {len(self.starved) - 5} more")
         return {"table": "\n".join(lines), "failures": [f.__dict__ for f in self.failures],
                 "machine": m, "sessions": [{k: v for k, v in s.items() if k != "spec"} | {"spec": s["spec"]}
                                            for s in self.sessions],
