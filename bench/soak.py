@@ -108,7 +108,7 @@ CYCLE = [
     dict(fs=10_000, channels=64, end="kill", reader=False, flood=True, record=False),
     dict(fs=100_000, channels=64, end="stop", reader=True, flood=True, record=False),
     dict(fs=2000, channels=256, end="kill", reader=True, flood=True, record=True),
-    dict(fs=50_000, channels=64, end="stop", reader=False, flood=True, record=False),
+    dict(fs=50_000, channels=64, end="kill", reader=False, flood=True, record=False),
     dict(fs=20_000, channels=64, end="stop", reader=False, flood=True, record=True, chaos=("recorder", "recorder")),
     dict(fs=5000, channels=32, end="kill", reader=True, flood=False, record=False),
     dict(fs=20_000, channels=64, end="stop", reader=True, flood=True, record=True, chaos=("markers",)),
@@ -137,15 +137,18 @@ def now() -> float:
     return time.monotonic()
 
 
-def runqueue_s(pid: int | str = "self") -> float:
-    """Seconds the threads of process ``pid`` have waited for a CPU while runnable (Linux schedstat)."""
+def runqueue_s(pid: int | None = None) -> float:
+    """Seconds the threads of process ``pid`` have waited for a CPU while runnable, added up (Linux
+    schedstat); without ``pid``, the calling thread's."""
+    paths = ["/proc/thread-self/schedstat"] if pid is None else \
+        [f"/proc/{pid}/task/{task}/schedstat" for task in os.listdir(f"/proc/{pid}/task")]
     total = 0
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+    for path in paths:
+        try:
+            with open(path) as f:
                 total += int(f.read().split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
+        except (OSError, ValueError, IndexError):
+            pass
     return total / 1e9
 
 
@@ -393,9 +396,15 @@ class Failure:
     expected: str
     got: str
     evidence: str
+    key: str | None = None   # failures with the same key are one finding, printed once
+    more: list = field(default_factory=list)
 
     def __str__(self):
-        return f"FAIL {self.what}\n  expected: {self.expected}\n  got:      {self.got}\n  evidence: {self.evidence}"
+        text = f"FAIL {self.what}\n  expected: {self.expected}\n  got:      {self.got}\n  evidence: {self.evidence}"
+        if self.more:
+            text += f"\n  and {len(self.more)} more like it: " + "\n    ".join(
+                f"{got}; {evidence[:300]}" for got, evidence in self.more[:4]) + (" ..." if len(self.more) > 4 else "")
+        return text
 
 
 @dataclass
@@ -692,7 +701,7 @@ class Sampler(threading.Thread):
             after = [s for s in ss if s[0] >= b]
             if before and after and before[-1][2] == after[0][2]:
                 x, y = before[-1], after[0]
-                parts.append(f"{name} waited {y[6] - x[6]:.2f} s for a CPU in {y[0] - x[0]:.1f} s")
+                parts.append(f"{name}'s threads waited {y[6] - x[6]:.2f} s for a CPU in {y[0] - x[0]:.1f} s")
         load = [x for t, x in self.load if a - 1 <= t <= b + 1]
         return "; ".join(parts + ([f"load average {max(load):.1f}"] if load else []))
 
@@ -864,11 +873,18 @@ class Soak:
         self.samples_checked = 0
         self.t0 = now()
         self.cycle_starts: list[float] = []
+        #: (cycle, pid) of the markers service at the end of a cycle whose history was full (it had
+        #: dropped its oldest markers): until then its memory grows with the history, by design.
+        self.history_full: set[tuple[int, int]] = set()
 
-    def fail(self, what, expected, got, evidence):
-        f = Failure(what, str(expected), str(got), str(evidence))
-        self.failures.append(f)
-        self.log(str(f))
+    def fail(self, what, expected, got, evidence, key: str | None = None):
+        """Note a failure; one with the key of an earlier one is added to it."""
+        if key is not None:
+            for f in self.failures:
+                if f.key == key:
+                    f.more.append((str(got), str(evidence)))
+                    return
+        self.failures.append(Failure(what, str(expected), str(got), str(evidence), key))
 
     # -- the run ---------------------------------------------------------------
 
@@ -892,6 +908,9 @@ class Soak:
                     self.session(cycle, j, spec)
                 time.sleep(1.0)
                 self.sampler.mark(cycle)
+                st = self.markers_status()
+                if st is not None and st["history"]["oldest_seq"] > 0:
+                    self.history_full.add((cycle, st["pid"]))
                 cycle += 1
                 if self.short or now() + 60 > deadline:
                     break
@@ -1029,23 +1048,28 @@ class Soak:
             f"{c.role} {sum(r[3] for r in c.runs)} samples, {len(c.markers)} markers"
             for c in self.consumers if c.session == i) + (f"; flood {len(flood.sent)} sent" if flood else ""))
 
-    def markers_counts(self, settle: bool = False) -> dict | None:
-        """The markers service's session and counters (``settle``: once they stop changing)."""
+    def markers_status(self) -> dict | None:
         ctl = ControlClient(self.svc.endpoints["markers_control"], 1.0, "markers")
         try:
-            last = None
-            for _ in range(20):
-                st = ctl.call("status")
-                got = {"session": st["session"], **st["counts"]}
-                if not settle or got == last:
-                    return got
-                last = got
-                time.sleep(0.25)
-            return last
+            return ctl.call("status")
         except ServiceUnavailable:
             return None
         finally:
             ctl.close()
+
+    def markers_counts(self, settle: bool = False) -> dict | None:
+        """The markers service's session and counters (``settle``: once they stop changing)."""
+        last = None
+        for _ in range(20):
+            st = self.markers_status()
+            if st is None:
+                return None
+            got = {"session": st["session"], **st["counts"]}
+            if not settle or got == last:
+                return got
+            last = got
+            time.sleep(0.25)
+        return last
 
     def finish_dangling(self, r: dict) -> dict:
         """A recording whose client was SIGKILLed: still running one session later? Finish it then."""
@@ -1068,6 +1092,12 @@ class Soak:
     # -- analysis ----------------------------------------------------------------
 
     def analyse(self):
+        """Every check, then every failure printed (a grouped one once, with its count)."""
+        self.checks()
+        for f in self.failures:
+            self.log(str(f))
+
+    def checks(self):
         self.check_exits()
         for c in self.consumers:
             self.check_consumer(c)
@@ -1134,12 +1164,13 @@ class Soak:
             elif cat == "RecordingWarning" and not inside(t, rec_down):
                 ok = True  # the recorder did not answer in time: true, and a failure of the recorder
                 self.fail("recorder did not answer the client", "the recorder answers while it runs",
-                          f"{cat}: {msg}", f"{what}, at {t - self.t0:.1f} s" + self.kills_near(t, 15))
+                          f"{cat}: {msg}", f"{what}, at {t - self.t0:.1f} s" + self.kills_near(t, 15), key="rec warn")
             elif cat == "RecordingWarning":
                 ok = True
             if not ok:
                 self.fail("warning that is not true", "no warning (nothing of the kind happened)", f"{cat}: {msg}",
-                          f"{what}, at {t - self.t0:.1f} s" + self.kills_near(t))
+                          f"{what}, at {t - self.t0:.1f} s" + self.kills_near(t),
+                          key="false " + re.sub(r"[0-9a-f]{32}|\d+", "N", f"{cat}: {msg}"))
         if restarts and n_restart_warnings < len(restarts):
             self.fail("amp restart not reported", f"a GapWarning for each of {len(restarts)} amp restart(s)",
                       f"{n_restart_warnings}", what)
@@ -1154,13 +1185,13 @@ class Soak:
             if b - a <= SILENCE_S or overlaps(a, b, amp_down):
                 continue
             evidence = (f"{what}, from {a - self.t0:.1f} s: {calls} get_data calls, the longest {longest:.2f} s; "
-                        f"the client used {cpu:.2f} s of CPU and waited {waited:.2f} s for one; "
+                        f"the client used {cpu:.2f} s of CPU, its main thread waited {waited:.2f} s for one; "
                         + self.sampler.around(a, b) + self.kills_near(a))
             if b - a - waited <= SILENCE_S:  # it would have had data in time, had it got a CPU
                 self.starved.append((b - a, evidence))
                 continue
             self.fail("consumer silent", f"data at least every {SILENCE_S:g} s while the amp runs",
-                      f"no data for {b - a:.1f} s", evidence + "".join(
+                      f"no data for {b - a:.1f} s", key="silent", evidence=evidence + "".join(
                           f"\n    {at:.2f} s into the call:\n" + stack.rstrip() for at, stack in stacks[:2]))
         if c.end:
             if c.end.get("stop_error"):
@@ -1307,12 +1338,13 @@ class Soak:
                     d = [b[1] - a[1] if a[0] == b[0] else None for _l, a, b in diffs]
                     num = [x for x in d if x is not None]
                     self.fail("markers on different samples", f"the {ref_name} and the {name} put each marker on "
-                              "the same sample", f"{len(diffs)} markers differ"
+                              "the same sample", f"{self.what(i)}: {len(diffs)} markers differ"
                               + (f" by {min(num):+d} to {max(num):+d} samples ({name} minus {ref_name})" if num else ""),
                               f"{self.what(i)}: " + "; ".join(
                                   f"{lab}: {ref_name} {a[1]}, {name} {b[1]} (amp session {a[0][:8]})"
                                   for lab, a, b in diffs[:4])
-                              + (f"; {moved} more on samples one of them lost (not counted)" if moved else ""))
+                              + (f"; {moved} more on samples one of them lost (not counted)" if moved else ""),
+                              key=f"markers differ {ref_name} {name}")
                 for missing_in, have, items in ((name, ref_name, only_ref), (ref_name, name, only_other)):
                     if items:
                         self.fail("marker in one consumer, not the other",
@@ -1374,7 +1406,7 @@ class Soak:
         if mushu.get("n_samples") not in (None, len(rec.data)) or size % (4 * len(rec.channels)):
             self.fail("damaged recording", f"{mushu.get('n_samples')} samples of {len(rec.channels)} channels (meta)",
                       f"{size:,} bytes in .eeg ({size / 4 / len(rec.channels):,.2f} rows of {len(rec.channels)})",
-                      f"{what}: segments {segs}")
+                      f"{what}: segments {segs}", key="eeg size")
         if client.end and client.end.get("stop_s", 0) > FINISH_S:
             self.fail("recording finished late", f"stop() returns within {FINISH_S:g} s with the files complete",
                       f"stop() took {client.end['stop_s']:.1f} s", what)
@@ -1416,7 +1448,7 @@ class Soak:
         foreign = [s for s in segs if s["session"] not in own]
         if foreign and not (amp_restarts and not client.killed):
             self.fail("recording holds another session", "only the amp sessions of its own client",
-                      f"{len(foreign)} more segment(s)", f"{what}: segments {segs}; gaps {gaps}; the client's "
+                      f"{len(foreign)} more segment(s)", key="foreign session", evidence= f"{what}: segments {segs}; gaps {gaps}; the client's "
                       f"sessions {sorted(own)}; " + (f"the recorder still ran it one session later: "
                                                      f"{r.get('dangling')}" if r.get("dangling") else ""))
         # the same samples as the client
@@ -1444,7 +1476,7 @@ class Soak:
             if g.get("reason") == "amp restarted":
                 if not amp_restarts:
                     self.fail("invented gap", "a gap only where the amp restarted or the history lost samples",
-                              f"gap {g}", f"{what}; no amp kill in this session")
+                              f"gap {g}", f"{what}; no amp kill in this session", key="invented gap")
                     continue
                 cg = (client.end or {}).get("gaps", [])
                 theirs = [x[0] + x[1] for x in cg]
@@ -1484,7 +1516,7 @@ class Soak:
                     worst = (b - start, start)
             if worst[0] > SILENCE_S + 0.3:  # the polls come every 0.25 s
                 self.fail(name, expected, f"nothing for {worst[0]:.1f} s",
-                          f"{what}, from {worst[1] - self.t0:.1f} s" + self.kills_near(worst[1], 30))
+                          f"{what}, from {worst[1] - self.t0:.1f} s" + self.kills_near(worst[1], 30), key=name)
 
     # growth, logs
 
@@ -1498,8 +1530,10 @@ class Soak:
                     by_pid.setdefault(pid, []).append((cycle, t, rss, fds, thr))
             for pid, ms in by_pid.items():
                 born = self.sampler.started.get(pid, 0.0)
-                # warm-up: the first cycle the process lived through from its beginning
-                warm = [m for m in ms if self.cycle_starts[m[0]] >= born]
+                # warm-up: the first cycle the process lived through from its beginning (for the markers
+                # service: and with its history full)
+                warm = [m for m in ms if self.cycle_starts[m[0]] >= born
+                        and (name != "markers" or (m[0], pid) in self.history_full)]
                 if len(warm) < 3:
                     continue
                 w, e = warm[0], warm[-1]
@@ -1541,7 +1575,7 @@ class Soak:
             def fmt(k, scale=1):
                 return f"{last[0][k] / scale:.0f} → {last[-1][k] / scale:.0f}"
             growth = "; ".join(f"RSS {w[2] / 2**20:.0f} → {e[2] / 2**20:.0f} MiB, fds {w[3]} → {e[3]} over "
-                               f"{n} cycles" for w, e, n in judged) or "not judged (no process lived 3 cycles)"
+                               f"{n} cycles" for w, e, n in judged) or "not judged (no process lived 3 cycles after warm-up)"
             rows.append(f"| {name} | {kills} | {exits} | {len(pids)} | {fmt(3, 2**20)} | {fmt(4)} | {fmt(5)} | {growth} |")
         return rows
 
@@ -1582,7 +1616,7 @@ class Soak:
             f"| unexpected service exits | {len(self.sampler.exits)} |",
             f"| client silences > {SILENCE_S:g} s the client's own wait for a CPU explains (not failures) | "
             f"{len(self.starved)} |",
-            f"| failures | {len(self.failures)} |",
+            f"| failures (findings; occurrences) | {len(self.failures)}; {sum(1 + len(f.more) for f in self.failures)} |",
             "",
             "| service | kills | unexpected exits | processes | RSS MiB first → last (last process) | "
             "fds | threads | growth after warm-up (end of cycle) |",
@@ -1591,9 +1625,9 @@ class Soak:
         ]
         kinds_failed = {}
         for f in self.failures:
-            kinds_failed[f.what] = kinds_failed.get(f.what, 0) + 1
+            kinds_failed[f.what] = kinds_failed.get(f.what, 0) + 1 + len(f.more)
         if kinds_failed:
-            lines += ["", "failures by kind: " + ", ".join(f"{k} {v}" for k, v in kinds_failed.items())]
+            lines += ["", "failures by kind (occurrences): " + ", ".join(f"{k} {v}" for k, v in kinds_failed.items())]
         if self.starved:
             lines += ["", f"client silences over {SILENCE_S:g} s that the client's own wait for a CPU explains "
                           "(the machine is shared; not counted as failures):"]
@@ -1631,7 +1665,8 @@ def main(argv=None) -> int:
     print()
     print(res["table"])
     if res["failures"]:
-        print(f"\n{len(res['failures'])} failure(s); each is printed above with its evidence")
+        n = sum(1 + len(f["more"]) for f in res["failures"])
+        print(f"\n{len(res['failures'])} finding(s), {n} occurrence(s); each is printed above with its evidence")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1, default=str)
