@@ -100,6 +100,8 @@ from mushu_client.recording import GAP_LABEL, load
 from mushu_client.testing import free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from amp_bench import CHECK_ROWS, machine  # noqa: E402  (bench/'s shared helpers)
 
 #: One cycle of sessions: rate, how it ends, a read-only client beside it, a
 #: marker flood, a recording, and which services are killed during it.
@@ -123,6 +125,8 @@ SILENCE_S = 1.0
 GROWTH = 0.20
 #: Markers sent this long before a markers-service kill, until it answers again, may die with it.
 KILL_MARGIN_S = 0.2
+#: And so may those sent up to this long before it that it never published: unread when it was killed.
+UNREAD_S = 1.0
 #: After a flood, time for its last markers to reach every consumer.
 MARKER_SETTLE_S = 1.0
 #: Every how many markers an invalid-UTF-8 line, and an overlong line, is sent.
@@ -224,11 +228,12 @@ class RampCheck:
             self.k = self.lower + (base - self.lower) % self.period
         i = 0
         while i < n:
-            expected = ramp(self.k, n - i, self.channels)
-            bad = np.flatnonzero((chunk[i:] != expected).any(axis=1))
+            expected = ramp(self.k, min(n - i, CHECK_ROWS), self.channels)
+            bad = np.flatnonzero((chunk[i:i + len(expected)] != expected).any(axis=1))
             if not len(bad):
-                self._run(n - i)
-                return
+                self._run(len(expected))
+                i += len(expected)
+                continue
             r = int(bad[0])
             self._run(r)
             i += r
@@ -293,7 +298,8 @@ def worker(spec: dict, out_path: str) -> int:
         n_warn = n_gaps = 0
         last_data = last_line = None
         exceptions = 0
-        calls = {"n": 0, "longest": 0.0, "cpu": time.process_time(), "since": None, "stacks": [], "rq": runqueue_s()}
+        calls = {"n": 0, "longest": 0.0, "cpu": time.process_time(), "since": None, "stacks": [], "rq": runqueue_s(),
+                 "inside": 0.0}
         main_thread = threading.get_ident()
 
         def watchdog():  # where a long get_data call is: evidence for a silence
@@ -322,6 +328,7 @@ def worker(spec: dict, out_path: str) -> int:
             t = now()
             calls["since"] = None
             calls["n"] += 1
+            calls["inside"] += t - t_call
             calls["longest"] = max(calls["longest"], t - t_call)
             new_warnings, n_warn = caught[n_warn:], len(caught)
             new_gaps, n_gaps = [tuple(g) for g in amp.gaps[n_gaps:]], len(amp.gaps)
@@ -347,12 +354,12 @@ def worker(spec: dict, out_path: str) -> int:
                 line["bad"], check.errors = check.errors[:5], []
             if check.false_gaps:
                 line["false_gaps"], check.false_gaps = check.false_gaps, []
-            if len(data):
-                if last_data is not None and t - last_data > SILENCE_S / 2:
-                    line["silence"] = [last_data, t, calls["n"], calls["longest"], time.process_time() - calls["cpu"],
-                                       calls["stacks"], runqueue_s() - calls["rq"]]
+            if len(data):  # silent: the time get_data took to return data (not this script's own checking)
+                if last_data is not None and calls["inside"] > SILENCE_S / 2:
+                    line["silence"] = [t - calls["inside"], t, calls["n"], calls["longest"],
+                                       time.process_time() - calls["cpu"], calls["stacks"], runqueue_s() - calls["rq"]]
                 last_data = t
-                calls.update(n=0, longest=0.0, cpu=time.process_time(), stacks=[], rq=runqueue_s())
+                calls.update(n=0, longest=0.0, cpu=time.process_time(), stacks=[], rq=runqueue_s(), inside=0.0)
             if line or last_line is None or t - last_line > 0.2:
                 out.write({"t": t, "p": check.pos, **line})
                 last_line = t
@@ -1156,7 +1163,10 @@ class Soak:
                 n_restart_warnings += 1
             elif cat == "GapWarning" and "samples lost" in msg:
                 ok = True  # checked against the data (false_gaps); a true loss is a failure of its own
-                self.fail("samples lost", f"{what} gets every sample", msg, f"{what}, at {t - self.t0:.1f} s")
+                self.fail("samples lost", f"{what} gets every sample", msg, f"{what}, at {t - self.t0:.1f} s; "
+                          + self.sampler.around(t - 5, t) + "".join(
+                              f"; the client waited {x[6]:.1f} s for a CPU in a {x[1] - x[0]:.1f} s silence before"
+                              for x in c.silences if t - 10 < x[1] <= t + 0.5))
             elif cat == "GapWarning" and "markers lost" in msg:
                 ok = self.markers_really_lost(c, msg)
             elif cat == "ServiceWarning":
@@ -1184,7 +1194,8 @@ class Soak:
         for a, b, calls, longest, cpu, stacks, waited in c.silences:
             if b - a <= SILENCE_S or overlaps(a, b, amp_down):
                 continue
-            evidence = (f"{what}, from {a - self.t0:.1f} s: {calls} get_data calls, the longest {longest:.2f} s; "
+            evidence = (f"{what}, for {b - a:.1f} s of get_data calls until {b - self.t0:.1f} s: {calls} calls, "
+                        f"the longest {longest:.2f} s; "
                         f"the client used {cpu:.2f} s of CPU, its main thread waited {waited:.2f} s for one; "
                         + self.sampler.around(a, b) + self.kills_near(a))
             if b - a - waited <= SILENCE_S:  # it would have had data in time, had it got a CPU
@@ -1242,6 +1253,11 @@ class Soak:
             for label, kind, transport, t in f.sent:
                 sent_by_label[label] = (f, kind, transport, t)
         uncertain_windows = self.svc.windows("markers", before=KILL_MARGIN_S, after=KILL_MARGIN_S)
+        unread_windows = self.svc.windows("markers", before=UNREAD_S)
+
+        def died(label, t):
+            """Sent just before the markers service was killed, and never published: it died unread."""
+            return inside(t, unread_windows) and label not in self.observer.published
         for f in self.floods:
             i = f.session
             consumers = self.marker_consumers(i)
@@ -1264,7 +1280,7 @@ class Soak:
                     if n > 1:
                         doubled.append(label)
                     if n == 0:
-                        if inside(t, uncertain_windows):
+                        if inside(t, uncertain_windows) or died(label, t):
                             lost_uncertain += 1
                         else:
                             lost.append((label, transport, t))
@@ -1580,7 +1596,6 @@ class Soak:
         return rows
 
     def result(self) -> dict:
-        from amp_bench import machine
         primaries = [c for c in self.consumers if c.role == "primary"]
         readers = [c for c in self.consumers if c.role == "reader"]
         sent = [s for f in self.floods for s in f.sent]
@@ -1608,6 +1623,8 @@ class Soak:
             f"| markers received: primary clients / read-only clients / recordings | {recv['primary']:,} / "
             f"{recv['reader']:,} / {recv['recording']:,} |",
             f"| markers the observer saw published | {len(self.observer.by_seq):,} |",
+            f"| markers sent around a markers-service kill that no consumer got (died with it; not failures) | "
+            f"{sum(max(f.__dict__.get('lost_uncertain', {}).values(), default=0) for f in self.floods):,} |",
             f"| kills (amp / markers / recorder) | {sum(k.service == 'amp' for k in self.svc.kills)} / "
             f"{sum(k.service == 'markers' for k in self.svc.kills)} / "
             f"{sum(k.service == 'recorder' for k in self.svc.kills)} |",
