@@ -41,9 +41,11 @@ and the evidence):
 
 - every value every client got equals the ramp; samples are lost only where
   the client says so (``GapWarning``), and every such warning has its gap;
-- every valid marker sent outside a markers-service kill window arrives
-  exactly once in every consumer that ran across its flood (each client, the
-  recording); overlong ones never; every consumer puts every marker on the
+- every valid marker arrives exactly once in every consumer that ran across
+  its flood (each client, the recording), but for those sent from
+  ``KILL_MARGIN_S`` before a markers-service kill until it answers again and
+  those sent up to ``UNREAD_S`` before it that it never published (they died
+  unread with it, and are counted); overlong ones never; every consumer puts every marker on the
   same sample (absolute sample of the amp session); the markers service's
   counters grow by what was sent;
 - every recording is complete, holds bit-exact ramp values, NaN exactly
@@ -54,10 +56,14 @@ and the evidence):
   ``ServiceWarning`` or ``RecordingWarning`` while every service answered, any
   security warning with security off) and no exception in a client;
 - no consumer silent for more than ``SILENCE_S`` while data flows (a client
-  between data, the recorder between answers or between samples written);
+  for the time its get_data calls take to return data, the recorder between
+  answers or between samples written, counted from a killed service's
+  return); a client silence its own wait for a CPU explains is listed apart,
+  with the services' waits and the load average (the machine is shared);
 - no service exit but those the harness caused; RSS and open descriptors of
   every service process do not grow by more than ``GROWTH`` after warm-up
-  (one cycle), measured at the end of each cycle (threads are reported).
+  (one whole cycle, and for the markers service a full history), measured at
+  the end of each cycle (threads are reported).
 
 The table at the end counts sessions, samples checked, markers sent and
 received, kills, recordings, exits, RSS/fd/threads per service and
