@@ -60,3 +60,18 @@ def test_short_comparison_prints_a_full_table_and_every_run_was_lossless(tmp_pat
         assert runs and all(r["lossless"] is True for r in runs), runs
     fanout = res["raw"]["fanout"]
     assert all(r["others_lost"] == 0 and r["stalled_lossless"] for rs in fanout.values() for r in rs)
+
+
+SOAK = BENCH.parent / "soak.py"
+
+
+@pytest.mark.timeout(330)
+def test_short_soak_finds_nothing_and_prints_its_table():
+    """One cycle of client sessions, floods, recordings and service kills under ``mushu up``, every value checked."""
+    proc = subprocess.run([sys.executable, str(SOAK), "--short"], capture_output=True, text=True, timeout=300)
+    out = proc.stdout
+    assert proc.returncode == 0, out[-6000:] + proc.stderr[-2000:]
+    assert "| what | count |" in out and "| service | kills |" in out, out[-3000:]
+    assert "| failures (findings; occurrences) | 0; 0 |" in out, out[-3000:]
+    sessions = next(line for line in out.splitlines() if line.startswith("| client sessions"))
+    assert "| 8 (4 / 4) |" in sessions, sessions
