@@ -32,6 +32,10 @@ from .config import DEFAULTS, setting
 
 log = logging.getLogger("mushu.process")
 
+#: Signals of a native crash, after which faulthandler has written the stacks.
+CRASH_SIGNALS = frozenset(int(getattr(signal, name)) for name in ("SIGSEGV", "SIGABRT", "SIGBUS", "SIGFPE", "SIGILL")
+                          if hasattr(signal, name))
+
 #: The marker of the service this process runs, made by :func:`setup`.
 _marker: StartMarker | None = None
 
@@ -203,10 +207,11 @@ class StartMarker:
         end = _supervisord_exit(self.path.parent, pid)
         if end is not None:
             how = f"ended at {local_time(end.time)}, supervisord says: {end.what}"
+            if end.signal not in CRASH_SIGNALS:  # killed, or an exit status: no stacks to look for
+                return f"{run} {how}"
         else:
             how = "did not exit cleanly (it crashed, was killed, or its computer stopped)"
-        return (f"{run} {how}; if it crashed natively, its threads' Python stacks follow "
-                "'Fatal Python error' in its log (its standard error)")
+        return f"{run} {how}; after a native crash its threads' Python stacks are in its log (its standard error)"
 
 
 def local_time(t: float) -> str:

@@ -149,7 +149,7 @@ def test_an_unclean_exit_is_reported_at_the_next_start_and_a_clean_one_is_not(tm
     second = start("amp", tmp_path, like=first)
     warning = next(line for line in second.text().splitlines() if UNCLEAN in line)
     assert "WARNING" in warning and f"the previous run (pid {first.proc.pid}, started " in warning
-    assert "did not exit cleanly" in warning and "Fatal Python error" in warning  # where to look
+    assert "did not exit cleanly" in warning and "stacks are in its log" in warning  # where to look
     assert marker_of(run, "amp")["pid"] == second.proc.pid
     assert second.end(signal.SIGTERM) == 0
     assert not list(run.glob("*.running")), "a clean exit removes its marker"
@@ -255,12 +255,14 @@ def test_status_counts_a_segfaulted_amp_and_its_log_says_why(up):
     assert re.search(r'File ".*services/amp/service\.py", line \d+ in _acquisition_loop', log), log
     warning = next(line for line in log.splitlines() if UNCLEAN in line)
     assert f"the previous run (pid {old}, started " in warning and "supervisord says: terminated by SIGSEGV" in warning
+    assert "stacks are in its log" in warning  # a native crash: where to look
 
     os.kill(new, signal.SIGKILL)  # and again: counted, with its own cause
     newer = running(env, "amp", not_pid=new)
     amp = status(env)["amp"]
     assert (amp["restarts"], amp["last_exit"]["cause"], amp["last_exit"]["pid"]) == (2, "SIGKILL", new), amp
-    assert f"(pid {new}, started " in log_of(env, "amp") and "terminated by SIGKILL" in log_of(env, "amp")
+    killed = next(line for line in log_of(env, "amp").splitlines() if UNCLEAN in line and f"(pid {new}," in line)
+    assert "terminated by SIGKILL" in killed and "stacks" not in killed  # killed: no stacks to look for
     assert newer != new
 
 
