@@ -434,7 +434,8 @@ class Amp:
                 break
             time.sleep(min(max(wait, 0.0005) if wait > 0 else 0.005, remaining))
         if self._end_sample is not None and self._markers_settled_at != self._end_sample and self._at_end():
-            self._settle_markers(deadline)
+            self._markers_settled_at = self._end_sample
+            self._await_markers(self._end_sample, deadline)
         if self.recording is not None and time.monotonic() >= self._next_recording_check:
             self._check_recording()
         data, segments = asm.take(len(self._channels), until)
@@ -522,20 +523,20 @@ class Amp:
             if amp_messages or not isinstance(msg, (Block, StreamInfo)):
                 self._dispatch(msg)
 
-    def _settle_markers(self, deadline: float):
-        """The data ended (stop(), or the amp's data ended): take in every marker stamped up to its last sample.
+    def _await_markers(self, end_sample: int, deadline: float):
+        """The data ended at ``end_sample`` (stop(), or the amp's end): take in every marker stamped up to
+        its last sample.
 
         The markers service says with its heartbeat how far it has published;
         markers it stamped before the last sample but publishes later (it is
-        busy, or paused) would otherwise never come: no data follows to carry
-        them. A silent service is waited for ``MARKERS_WAIT_S`` at most, and
+        busy, or paused) would otherwise never come (no data follows to carry
+        them). A silent service is waited for ``MARKERS_WAIT_S`` at most, and
         never past ``deadline``.
         """
-        self._markers_settled_at = self._end_sample
         feed, timeline = self._markers, self._timeline
-        if not feed.last_heard or not self._end_sample or timeline.end_sample is None:
+        if not feed.last_heard or not end_sample or timeline.end_sample is None:
             return
-        last = timeline.time_of(min(self._end_sample, timeline.end_sample) - 1) - self._marker_offset()
+        last = timeline.time_of(min(end_sample, timeline.end_sample) - 1) - self._marker_offset()
         bus = self._bus
         while feed.promised_ns is None or feed.promised_ns < last:
             until = min(deadline, feed.last_heard + MARKERS_WAIT_S)
@@ -596,7 +597,12 @@ class Amp:
         return self._start_time_ns if end is None else end
 
     def _new_session(self, block: Block):
-        """The amp restarted: report the samples it did not acquire, follow its new session."""
+        """The amp restarted: report the samples it did not acquire, follow its new session.
+
+        The old session's sample times are kept (``Timeline.begin_session``):
+        a marker of the old session that comes later is still placed on its
+        sample there (late, at a negative ms).
+        """
         h, asm = block.header, self._asm
         first_block = next(iter(history_blocks(self._ctl, self.stream, h.session, 0, 1)), block) \
             if h.first_sample else block
@@ -613,7 +619,7 @@ class Amp:
                                  f"were not acquired after sample {first}; continuing with the new session"),
                       stacklevel=6)
         asm.begin(h.session, 0)
-        self._timeline.clear()
+        self._timeline.begin_session()
         self._merger.begin_session()
         self._end_sample = None
         self._error = None

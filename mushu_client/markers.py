@@ -50,9 +50,29 @@ class Timeline:
         self._n: list[int] = []       # n_samples per block
         self._reach: list[int] = []   # the latest sample time of this block and every block before it
         self.period_ns = 1e6
+        #: The session before this one (:meth:`begin_session`), or None.
+        self.previous: Timeline | None = None
 
     def clear(self):
         self._first, self._t, self._n, self._reach = [], [], [], []
+        self.previous = None
+
+    def begin_session(self):
+        """The stream goes on with a new session, numbered from sample 0 again.
+
+        The ended session's times stay in :attr:`previous`, so that a marker
+        of that session that arrives later is still put on its sample there.
+        """
+        if self._first:
+            previous = Timeline()
+            previous._first, previous._t, previous._n, previous._reach = self._first, self._t, self._n, self._reach
+            previous.period_ns = self.period_ns
+            self.previous = previous
+        self._first, self._t, self._n, self._reach = [], [], [], []
+
+    def in_previous(self, t_ns: int) -> bool:
+        """True if ``t_ns`` is no later than the last sample of the previous session."""
+        return self.previous is not None and t_ns <= self.previous._reach[-1]
 
     def add(self, first_sample: int, t_ns: int, n_samples: int, fs: float):
         """Record a block; blocks must be added in sample order, without overlap."""
@@ -141,6 +161,7 @@ class MarkerMerger:
         #: n, position]`` they came in, it locates a late marker's sample.
         self.returned = 0
         self._returned: list[list[int]] = []
+        self._previous_returned: list[list[int]] = []  # the same of the session before (begin_session)
         self.before_start = 0
         self.late = 0
         self.lost = 0
@@ -177,13 +198,17 @@ class MarkerMerger:
     def drop_pending(self):
         self._pending = []
 
-    def place_samples(self, timeline: Timeline, end: int, offset_ns: int = 0) -> list[tuple[int, Marker]]:
-        """Take the pending markers whose sample is before ``end``: ``[(sample, marker)]``.
+    def place_samples(self, timeline: Timeline, end: int, offset_ns: int = 0) -> list[tuple[int, Marker, bool]]:
+        """Take the pending markers whose sample is before ``end``: ``[(sample, marker, in_previous)]``.
 
         ``offset_ns`` is added to each marker's time to bring it onto the
         stream's clock. Markers stamped before the start are counted and
-        dropped; markers whose sample has not arrived stay pending. The result
-        is in sample order, markers on one sample in ``seq`` order.
+        dropped; markers whose sample has not arrived stay pending. A marker
+        stamped no later than the previous session's last sample (an amp
+        restart since: :meth:`Timeline.begin_session`) is placed on that
+        session's sample, with ``in_previous`` True. The result is in sample
+        order (the previous session's first), markers on one sample in
+        ``seq`` order.
         """
         placed, keep = [], []
         for m in self._pending:
@@ -194,13 +219,16 @@ class MarkerMerger:
             if t <= self.start_ns - timeline.period_ns:
                 self.before_start += 1
                 continue
+            if timeline.in_previous(t):
+                placed.append((timeline.previous.sample_at(t), m, True))
+                continue
             sample = timeline.sample_at(t)
             if sample is None or sample >= end:
                 keep.append(m)
             else:
-                placed.append((sample, m))
+                placed.append((sample, m, False))
         self._pending = keep
-        placed.sort(key=lambda p: (p[0], p[1].seq))
+        placed.sort(key=lambda p: (not p[2], p[0], p[1].seq))
         return placed
 
     def place(self, timeline: Timeline, segments: list, fs: float, offset_ns: int = 0, ended: bool = False):
@@ -221,9 +249,11 @@ class MarkerMerger:
             end = segments[-1][0] + segments[-1][1] if segments else returned_end
             placed = self.place_samples(timeline, end, offset_ns)
             first = segments[0][0] if segments else end
-            late = [(self._position(sample) - self.returned, m.label) for sample, m in placed if sample < first]
+            late = [(self._position(sample, previous) - self.returned, m.label) for sample, m, previous in placed
+                    if previous or sample < first]
             self.late += len(late)
-            rows, _ = rows_of([(sample, m.label) for sample, m in placed if sample >= first], segments)
+            rows, _ = rows_of([(sample, m.label) for sample, m, previous in placed if not previous and sample >= first],
+                              segments)
             rows = late + rows
         self._remember(segments)
         return [(row * 1000.0 / fs, label) for row, label in rows]
@@ -246,15 +276,17 @@ class MarkerMerger:
         that belongs before its first row lands on that row, never on a row
         of the old session that has the same index.
         """
-        self._returned = []
+        self._previous_returned, self._returned = self._returned, []
 
-    def _position(self, sample: int) -> int:
-        """Position among the returned samples of ``sample`` (or of the first returned after it)."""
-        for first, n, position in reversed(self._returned):
+    def _position(self, sample: int, previous: bool = False) -> int:
+        """Position among the returned samples of ``sample`` (or of the first returned after it), of the
+        current session or of the ``previous`` one."""
+        runs = self._previous_returned if previous else self._returned
+        for first, n, position in reversed(runs):
             if sample >= first:
                 return position + min(sample - first, n)
-        if self._returned:
-            return self._returned[0][2]
+        if runs:
+            return runs[0][2]
         return self.returned
 
 def rows_of(items: list, segments: list) -> tuple[list, list]:

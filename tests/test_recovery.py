@@ -55,3 +55,65 @@ def test_the_client_follows_an_amp_restart_and_reports_the_samples_not_acquired(
     # the samples the amp did not acquire: about the time it was down, never less
     assert (t_up - t_down) * FS * 0.5 < lost < (t_up - t_down) * FS + 1500
     assert "samples were not acquired" in str(record[0].message)
+
+
+def test_markers_of_the_old_session_stay_on_its_samples_after_an_amp_restart(spawn_amp, spawn_markers,
+                                                                                spawn_recorder):
+    """A marker stamped before the amp died but published late (a busy markers service) lands on the old
+    session's sample, in the client and in the recording, not on the restarted amp's first sample."""
+    import os
+    args = ("--amp", "rampamp", "--configure", json.dumps({"fs": FS, "channels": 4}))
+    svc, mk = spawn_amp(*args), spawn_markers()
+    rec = spawn_recorder(svc, mk)
+    sender = mushu_client.MarkerSender("127.0.0.1", mk.port)
+    amp = mushu_client.get_amp("rampamp", data=svc.data, control=svc.control, markers=mk.data,
+                               markers_control=mk.control, recorder=rec.control, timeout=0.2)
+    chunks, markers, n = [], [], 0
+
+    def read(seconds):
+        nonlocal n
+        t_end = time.monotonic() + seconds
+        while time.monotonic() < t_end:
+            data, mks = amp.get_data()
+            markers.extend((n + round(ms * FS / 1000), label) for ms, label in mks)
+            chunks.append(data)
+            n += len(data)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GapWarning)
+        warnings.simplefilter("ignore", ServiceWarning)
+        amp.start("restart-markers")
+        read(0.5)
+        sender.send("before")
+        read(0.2)
+        os.kill(mk.proc.pid, signal.SIGSTOP)  # busy: what it receives now is stamped now, published later
+        try:
+            for i in range(5):
+                sender.send(f"old-{i}")
+            read(0.1)
+            svc.proc.send_signal(signal.SIGKILL)
+            svc.proc.wait()
+            read(0.5)
+            spawn_amp(*args, "--start", like=svc)
+            read(0.5)
+        finally:
+            os.kill(mk.proc.pid, signal.SIGCONT)
+        read(1.0)
+        sender.send("after")
+        read(0.5)
+        amp.stop()
+        read(0.3)
+        result = amp.recording_result
+    amp.close()
+    sender.close()
+    ((first, lost),) = amp.gaps  # the old session's samples are data[:first]
+    labels = [label for _, label in markers]
+    assert labels == ["before"] + [f"old-{i}" for i in range(5)] + ["after"], markers
+    assert all(sample < first for sample, label in markers if label != "after"), (first, markers)
+    recording = mushu_client.load(result["base"])
+    (gap,) = recording.gaps
+    recorded = [(round(ms * FS / 1000), label) for ms, label in recording.markers if not label.startswith("mushu:")]
+    assert [label for _, label in recorded] == labels
+    assert all(sample < gap["sample"] for sample, label in recorded if label != "after"), (gap, recorded)
+    # the same samples in both: the old session's from its first sample, the new one's after the gap
+    assert [s for s, label in recorded if label != "after"] == [s for s, label in markers if label != "after"]

@@ -519,9 +519,15 @@ class RecorderCore:
         return a.merger.start_ns + round(a.writer.n_samples * 1e9 / a.writer.fs) if end is None else end
 
     def _new_session(self, block: Block):
-        """The amp restarted: record the samples it missed as a gap, go on with its new session."""
+        """The amp restarted: record the samples it missed as a gap, go on with its new session.
+
+        The old session's sample times are kept (``Timeline.begin_session``):
+        a marker of the old session that comes later is still written on its
+        sample there.
+        """
         a = self.active
         h = block.header
+        self._place_markers(end=a.next_sample)
         first_block = next(iter(self.services.amp_history(h.session, 0, 1)), block) if h.first_sample else block
         lost = samples_not_acquired(self._end_time(), first_block.header)
         log.warning("recording %s: the amp restarted (session %s -> %s), %d samples lost",
@@ -532,7 +538,7 @@ class RecorderCore:
             {"session": h.session, "first_sample": 0, "file_sample": a.writer.n_samples})
         self._guard(a.writer.write_meta)
         a.session, a.next_sample = h.session, 0
-        a.timeline.clear()
+        a.timeline.begin_session()
 
     def _lose(self, count: int, reason: str):
         a = self.active
@@ -564,8 +570,9 @@ class RecorderCore:
         stamped is published (``promised_ns``); markers stamped before the
         last sample but published later (the service is busy, or paused)
         would otherwise miss the recording, while the client, which waits for
-        the same promise, has them. A silent service is waited for
-        :data:`MARKERS_SETTLE_NS` at most.
+        the same promise, has them. A service that does not answer is
+        waited for while it was heard from in the last
+        :data:`MARKERS_SETTLE_NS`, and never longer than that.
         """
         a = self.active
         last = None
@@ -578,9 +585,13 @@ class RecorderCore:
                 status = self.services.markers_status()
             except Exception as exc:
                 log.warning("markers service unavailable: %s", exc)
-                return
-            if status is None:
-                return
+                status = None
+            if status is None:  # busy or gone: wait for one heard from lately, not for one that is down
+                if now_ns() > min(deadline, self._markers_seen_ns + MARKERS_SETTLE_NS):
+                    return
+                time.sleep(0.02)
+                continue
+            self._markers_seen_ns = now_ns()
             self._fill_markers(status["session"], status["last_seq"] + 1)
             promised = status.get("promised_ns")
             if last is None or promised is None or promised >= last or now_ns() > deadline:
@@ -612,13 +623,16 @@ class RecorderCore:
     def _place_markers(self, end: int | None = None):
         a = self.active
         offset = (self.amp_clock.offset_ns or 0) - (self.markers_clock.offset_ns or 0)
-        for sample, m in a.merger.place_samples(a.timeline, a.next_sample if end is None else end, offset):
-            self._guard(a.writer.add_marker, self._file_index(sample), m.label, m.seq, m.session, m.t_ns)
+        for sample, m, previous in a.merger.place_samples(a.timeline, a.next_sample if end is None else end,
+                                                          offset):
+            self._guard(a.writer.add_marker, self._file_index(sample, previous), m.label, m.seq, m.session, m.t_ns)
             a.placed.add((m.session, m.seq))
         a.timeline.forget_before(a.next_sample - int(TIMELINE_S * a.writer.fs))
 
-    def _file_index(self, amp_sample: int) -> int:
-        seg = self.active.writer.meta["mushu"]["segments"][-1]
+    def _file_index(self, amp_sample: int, previous: bool = False) -> int:
+        """The file's row of ``amp_sample`` of the current amp session (``previous``: of the one before)."""
+        segments = self.active.writer.meta["mushu"]["segments"]
+        seg = segments[-2] if previous and len(segments) > 1 else segments[-1]
         return seg["file_sample"] + amp_sample - seg["first_sample"]
 
     # -- errors and periodic work ---------------------------------------------
