@@ -85,6 +85,7 @@ class Active:
     placed: set = field(default_factory=set)   # (session, seq) of markers written
     error: str | None = None
     behind: bool = False         # the last catching up stopped short: tick() takes the next step
+    fetching: object = None      # the history blocks being caught up with, across steps (an iterator)
     token: str = ""              # names the recording in renew and finish
     lease_s: float | None = None  # ended this long after the last renewal; None: runs until finished
     renewed_ns: int = field(default_factory=now_ns)
@@ -473,20 +474,28 @@ class RecorderCore:
         ``step``: stop after :data:`CATCH_UP_STEP_NS` (and at least one
         block); the live blocks that follow take the next steps. A recorder
         that cannot keep up with the amp still answers its control socket,
-        and writes what the history no longer holds as a gap.
+        and writes what the history no longer holds as a gap. The next step
+        goes on with the blocks the last one fetched (a history reply holds
+        up to 16 MiB: fetching it anew for every step would write a few of
+        its blocks per step).
         """
         a = self.active
         deadline = now_ns() + CATCH_UP_STEP_NS if step else END
         a.behind = False
-        for block in self.services.amp_history(a.session, a.next_sample, END if until is None else until):
+        if a.fetching is None:
+            a.fetching = iter(self.services.amp_history(a.session, a.next_sample, END if until is None else until))
+        for block in a.fetching:
             if a.error is not None:
-                return
+                break
             if block.header.first_sample > a.next_sample:
                 self._lose(block.header.first_sample - a.next_sample, "no longer in the amp's history")
             self._write(block, until)
+            if until is not None and a.next_sample >= until:
+                break  # as far as asked: the live blocks go on from here
             if now_ns() > deadline:
                 a.behind = True
                 return
+        a.fetching = None
 
     def _write(self, block: Block, until: int | None = None) -> int:
         a = self.active
@@ -538,6 +547,7 @@ class RecorderCore:
             {"session": h.session, "first_sample": 0, "file_sample": a.writer.n_samples})
         self._guard(a.writer.write_meta)
         a.session, a.next_sample = h.session, 0
+        a.fetching = None
         a.timeline.begin_session()
 
     def _lose(self, count: int, reason: str):
