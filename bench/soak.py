@@ -877,6 +877,7 @@ class Soak:
         self.minutes, self.short, self.rate, self.keep, self.log = minutes, short, rate, keep, log
         self.root = tempfile.mkdtemp(prefix="mushu-soak-")
         self.svc = Services(self.root)
+        self.workers: list[subprocess.Popen] = []  # every client process, to end those a cut-short run leaves
         self.failures: list[Failure] = []
         self.starved: list[tuple[float, str]] = []  # silences the machine's load explains
         self.sessions: list[dict] = []
@@ -945,6 +946,7 @@ class Soak:
         proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec), out],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(out + ".err", "w"),
                                 env=self.svc.env, cwd=self.root, text=True)
+        self.workers.append(proc)
         return proc, out
 
     def wait_reading(self, proc, what: str, timeout: float = 30.0) -> bool:
@@ -1663,6 +1665,10 @@ class Soak:
                 "kills": [k.__dict__ for k in self.svc.kills], "exits": self.sampler.exits}
 
     def close(self):
+        for proc in self.workers:  # a run cut short leaves none behind
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         if self.keep:
             shutil.copytree(self.root, self.keep, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.sock"))
         shutil.rmtree(self.root, ignore_errors=True)
@@ -1680,6 +1686,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.worker:
         return worker(json.loads(a.worker[0]), a.worker[1])
+    # SIGTERM (timeout, a CI runner) as Ctrl-C: the services go down with the harness, never left running
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     soak = Soak(a.minutes, a.short, a.marker_rate, a.keep)
     try:
         res = soak.run()
