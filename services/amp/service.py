@@ -3,8 +3,8 @@
 Two threads share the core under one lock:
 
 - the acquisition thread owns the PUB socket; while running it reads the
-  driver once per block period, publishes the stamped blocks and, about once
-  a second (and at once after a state change), the stream info;
+  driver once per block period, publishes the stamped blocks and, every quarter
+  second (and at once after a state change), the stream info;
 - the main thread owns the ROUTER control socket and answers requests.
 
 A driver that blocks in ``get_data`` (hardware) holds the lock only for that
