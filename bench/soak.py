@@ -943,10 +943,12 @@ class Soak:
 
     def spawn(self, spec: dict, name: str) -> tuple[subprocess.Popen, str]:
         out = os.path.join(self.root, f"{name}.jsonl")
-        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec), out],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(out + ".err", "w"),
-                                env=self.svc.env, cwd=self.root, text=True)
-        self.workers.append(proc)
+        with open(out + ".err", "w") as err:  # the child keeps its own descriptor of it
+            proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec), out],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                    env=self.svc.env, cwd=self.root, text=True)
+        # only the live ones: a finished worker's pipes close once nothing refers to it
+        self.workers = [p for p in self.workers if p.poll() is None] + [proc]
         return proc, out
 
     def wait_reading(self, proc, what: str, timeout: float = 30.0) -> bool:
