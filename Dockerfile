@@ -11,7 +11,9 @@ RUN apt-get update \
 
 WORKDIR /opt/mushu
 COPY pyproject.toml README.md ./
+COPY mushu_core ./mushu_core
 COPY mushu_client ./mushu_client
+COPY mushu_cli ./mushu_cli
 COPY services ./services
 RUN pip install --no-cache-dir ".[services,usb]"
 

@@ -74,12 +74,15 @@ import numpy as np
 import psutil
 import zmq
 
-from mushu_client import GapWarning, get_amp
-from mushu_client.control import ControlClient, wait_for
-from mushu_client.errors import ServiceUnavailable
-from mushu_client.testing import free_port
-from mushu_client.protocol import DATA, data_topic, decode_block_header, info_topic
 from mushu_amp.drivers.rampamp import ramp
+from mushu_client import GapWarning, get_amp
+from mushu_core.control import ControlClient, wait_for
+from mushu_core.errors import ServiceUnavailable
+from mushu_core.wire import DATA, data_topic, decode_block_header, info_topic
+
+# tests/support.py: helpers the tests and the benches share (not installed with mushu)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
+from support import free_port  # noqa: E402
 
 CHANNELS = 64
 #: Sampling rates (Hz, 64 channels) of the throughput ladder; the last pass

@@ -109,13 +109,13 @@ import warnings
 import numpy as np
 import psutil
 import zmq
-
 from amp_bench import (CHANNELS, Service, ServiceFailed, Services, _block_times, _wait_for_info, end_process, exact,
                        fail_loudly, free_port, machine)
 from markers_bench import percentiles, spawn
-from mushu_client.config import setting_flag
-from mushu_client.control import ControlClient, wait_for
-from mushu_client.protocol import data_topic
+
+from mushu_core.config import setting_flag
+from mushu_core.control import ControlClient, wait_for
+from mushu_core.wire import data_topic
 
 #: Seconds after go before latency samples and CPU count (start-up transient).
 WARMUP_S = 0.5
@@ -187,6 +187,7 @@ def history_args(configs) -> tuple[str, str]:
 
 def lsl_producer(spec, cmd):
     import pylsl
+
     from mushu_amp.drivers.rampamp import RampAmp
 
     fs, channels = spec["fs"], spec["channels"]
@@ -282,7 +283,7 @@ class Tally:
 
 def mushu_consumer(spec, cmd):
     from mushu_client import GapWarning, get_amp
-    from mushu_client.protocol import DATA, info_topic
+    from mushu_core.wire import DATA, info_topic
 
     wait_for(spec["control"], "amp", 15.0)
     amp = get_amp("rampamp", data=spec["data"], control=spec["control"], markers=spec["markers"],
@@ -311,7 +312,7 @@ def mushu_consumer(spec, cmd):
     say("ready")
     cmd.go.wait()
     amp.start()  # joins the running amp where it is
-    tally = Tally(spec, amp._asm.next_sample)  # that first sample: start()'s reply, kept by the client only
+    tally = Tally(spec, amp.first_sample)  # the first sample of the session it followed
     headers = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", GapWarning)
@@ -515,7 +516,7 @@ class MushuSide:
                                                         markers_control=self.mk[1], recorder=self.rec_ctl))
         # The boss only starts and stops: off the data topic, so that the amp publishes to the
         # measured consumers alone, as the LSL outlet does (it would double the amp's sends).
-        self.boss._bus.unsubscribe(data_topic(self.boss.stream))
+        self.boss._reader.bus.unsubscribe(data_topic(self.boss.stream))
 
     def prepare(self):
         """Start the other services; the consumers start meanwhile."""
@@ -639,7 +640,7 @@ def session(system: str, fs: float, channels: int = CHANNELS, block_ms: float = 
 
 def _verify_recording(result: dict, total: int, channels: int) -> dict:
     """Whether the recording holds every sample bit-exact; its files are removed."""
-    from mushu_client.recording import load
+    from mushu_core.recordings import load
     rec = load(result["base"], mmap=True)  # a recording that fell behind can be gigabytes of NaN gaps
     ok = not rec.gaps and len(rec.data) == total == result["n_samples"] and exact(rec.data, 0, channels)
     del rec

@@ -30,11 +30,11 @@ import time
 
 import numpy as np
 import zmq
+from amp_bench import end_process, free_port, machine
 
 import mushu_client
-from amp_bench import end_process, free_port, machine
-from mushu_client.control import wait_for
-from mushu_client.protocol import Marker, decode_message, marker_topic
+from mushu_core.control import wait_for
+from mushu_core.wire import Marker, decode_message, marker_topic
 
 
 def spawn(args, control):

@@ -28,13 +28,13 @@ import time
 
 import numpy as np
 import psutil
-
-import mushu_client
 from amp_bench import end_process, free_port, machine
 from markers_bench import spawn
+
+import mushu_client
 from mushu_amp.drivers.rampamp import ramp
-from mushu_client.control import ControlClient
-from mushu_client.recording import load
+from mushu_core.control import ControlClient
+from mushu_core.recordings import load
 
 CHANNELS = 64
 LADDER_FS = (50_000, 100_000, 200_000, 400_000, 800_000, 1_600_000)

@@ -96,18 +96,17 @@ import zmq
 
 import mushu_client
 from mushu_amp.drivers.rampamp import RAMP_MODULUS, ramp
+from mushu_cli import supervise
 from mushu_client import RecordingError
-from mushu_client.cli import supervise
-from mushu_client.control import ControlClient
-from mushu_client.errors import ServiceUnavailable
-from mushu_client.history import history_markers
-from mushu_client.protocol import Marker, decode_message, marker_topic
-from mushu_client.recording import GAP_LABEL, load
-from mushu_client.testing import free_port
+from mushu_core.control import ControlClient
+from mushu_core.errors import ServiceUnavailable
+from mushu_core.fetch import history_markers
+from mushu_core.recordings import GAP_LABEL, load
+from mushu_core.wire import Marker, decode_message, marker_topic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from amp_bench import CHECK_ROWS, machine  # noqa: E402  (bench/'s shared helpers)
+from amp_bench import CHECK_ROWS, free_port, machine  # noqa: E402  (bench/'s shared helpers)
 
 #: One cycle of sessions: rate, how it ends, a read-only client beside it, a
 #: marker flood, a recording, and which services are killed during it.
@@ -585,7 +584,7 @@ class Services:
         self.lock = threading.Lock()
 
     def mushu(self, *args, timeout=90) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "mushu_client.cli", *args], env=self.env, cwd=self.root,
+        return subprocess.run([sys.executable, "-m", "mushu_cli", *args], env=self.env, cwd=self.root,
                               capture_output=True, text=True, timeout=timeout)
 
     def rundir(self):

@@ -7,16 +7,18 @@
 >>> data, markers = amp.get_data()   # (time, channels), [(ms, label), ...]
 >>> amp.stop()
 
-Imports only pyzmq, msgpack and numpy, so it runs wherever they do.
+Imports only pyzmq, msgpack and numpy (and :mod:`mushu_core`, the wire and
+bus it shares with the services), so it runs wherever they do: a stimulus PC
+on Windows sends markers with it.
 """
 
-__version__ = "0.1.0"
+from mushu_core import __version__
+from mushu_core.errors import (AmpError, EndOfData, Forbidden, GapWarning, MushuError, RecordingError, RecordingWarning,
+                               RemoteError, SecurityError, ServiceUnavailable, ServiceWarning)
+from mushu_core.recordings import Recording, load
 
-from .amp import Amp, get_amp, get_available_amps  # noqa: E402
-from .errors import (AmpError, EndOfData, Forbidden, GapWarning, MushuError, RecordingError,  # noqa: E402
-                     RecordingWarning, RemoteError, SecurityError, ServiceUnavailable, ServiceWarning)
-from .recording import Recording, load  # noqa: E402
-from .sender import MarkerSender, send_marker  # noqa: E402
+from .amp import Amp, get_amp, get_available_amps
+from .sender import MarkerSender, send_marker
 
 __all__ = ["Amp", "get_amp", "get_available_amps", "load", "Recording", "MushuError", "ServiceUnavailable",
            "RemoteError", "SecurityError", "Forbidden", "AmpError", "EndOfData", "GapWarning", "RecordingError", "RecordingWarning", "ServiceWarning",

@@ -8,35 +8,12 @@ key press) keeps its recording; the process ending ends the renewals.
 
 from __future__ import annotations
 
-import os
-import socket
-import sys
 import threading
 import weakref
 
-from .control import ControlClient
-from .errors import ServiceUnavailable
-
-#: Seconds between renewals.
-RENEW_S = 1.0
-#: Seconds a recording outlives its client's last renewal, by default.
-LEASE_S = 10.0
-#: The shortest lease: two renewals.
-MIN_LEASE_S = 2 * RENEW_S
-
-
-def this_client() -> dict:
-    """Who records, as ``record`` tells the recorder (``mushu record status`` shows it)."""
-    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] not in ("", "-c") else "python"
-    return {"pid": os.getpid(), "host": socket.gethostname(), "program": program}
-
-
-def describe_client(client) -> str:
-    """Who started a recording, from the ``client`` map its ``record`` request carried."""
-    if not isinstance(client, dict) or not client:
-        return "a client that did not describe itself"
-    text = f"pid {client.get('pid', '?')} on host {client.get('host', '?')}"
-    return f"{text} ({client['program']})" if client.get("program") else text
+from mushu_core.control import ControlClient
+from mushu_core.errors import ServiceUnavailable
+from mushu_core.leases import RENEW_S
 
 
 class RecordingLease:
@@ -115,4 +92,4 @@ class RecordingLease:
         self._thread.join(self._ctl.timeout + 1.0)
 
 
-__all__ = ["LEASE_S", "MIN_LEASE_S", "RENEW_S", "RecordingLease", "describe_client", "this_client"]
+__all__ = ["RecordingLease"]

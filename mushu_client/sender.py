@@ -18,9 +18,9 @@ import select
 import socket
 import time
 
-from .config import setting
-from .errors import ServiceUnavailable
-from .protocol import MAX_LABEL_LENGTH
+from mushu_core.config import setting
+from mushu_core.errors import ServiceUnavailable
+from mushu_core.wire import MAX_LABEL_LENGTH
 
 PROTOCOLS = ("tcp", "udp", "zmq")
 
@@ -173,14 +173,15 @@ class _ZmqIngress:
     """
 
     def __init__(self, endpoint: str, keys: str | None, timeout: float):
-        from . import security  # pyzmq only for this transport
+        from mushu_core import security  # pyzmq only for this transport
         self.endpoint, self.timeout = endpoint, timeout
         self.keys = security.configured(keys)
         self._sock = self._watch = None
 
     def _connect(self):
         import zmq
-        from . import security
+
+        from mushu_core import security
         self._sock = zmq.Context.instance().socket(zmq.PUSH)
         self._sock.setsockopt(zmq.LINGER, int(self.timeout * 1000))
         self._sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only to a connection whose handshake completed

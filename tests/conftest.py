@@ -7,15 +7,43 @@ import subprocess
 import sys
 
 import pytest
+from support import free_port  # noqa: F401  (tests import it from here)
 
-from mushu_client.control import ControlClient, wait_for
-from mushu_client.testing import free_port  # noqa: F401  (tests import it from here)
+from mushu_core.control import ControlClient, wait_for
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _run_dir(tmp_path_factory):
-    """The services of the tests keep their start markers (mushu_client.process) in a directory of their own."""
+    """The services of the tests keep their start markers (mushu_core.process) in a directory of their own."""
     os.environ["MUSHU_RUN_DIR"] = str(tmp_path_factory.mktemp("run"))
+
+
+#: LSL discovery on this machine only, on 127.0.0.1, in a session of the tests' own.
+LSL_CONFIG = """\
+[ports]
+IPv6 = disable
+[multicast]
+ResolveScope = machine
+ListenAddress = 127.0.0.1
+[lab]
+KnownPeers = {127.0.0.1}
+SessionID = mushu-tests
+[log]
+level = -3
+"""
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _lsl_on_loopback(tmp_path_factory):
+    """LSL traffic stays on this machine: every LSL user of the tests reads this configuration.
+
+    liblsl reads ``LSLAPICFG`` once, at a process's first LSL call: it is set
+    for the whole session, before any test runs, so this process and every
+    service and bridge it starts are in the same LSL session.
+    """
+    path = tmp_path_factory.mktemp("lsl") / "lsl_api.cfg"
+    path.write_text(LSL_CONFIG)
+    os.environ["LSLAPICFG"] = str(path)
 
 
 class Service:

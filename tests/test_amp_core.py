@@ -7,7 +7,7 @@ import pytest
 
 from mushu_amp.core import BLOCK_OVERHEAD_BYTES, MAX_BLOCK_BYTES, AmpCore, History, block_cost
 from mushu_amp.drivers.rampamp import ramp
-from mushu_client.protocol import BlockHeader, ReplyFrames, decode_block_frames, encode_block_header
+from mushu_core.wire import BlockHeader, ReplyFrames, decode_block_frames, encode_block_header
 
 
 def make_block(first, n, ch=4, seq=None):

@@ -1,8 +1,6 @@
 """The amp service as a real process on real sockets, driven through the client."""
 
 import json
-
-import msgpack
 import socket
 import subprocess
 import sys
@@ -10,16 +8,16 @@ import textwrap
 import time
 import warnings
 
+import msgpack
 import numpy as np
 import pytest
 import zmq
+from conftest import free_port
 
 import mushu_client
 from mushu_amp.drivers.rampamp import ramp
 from mushu_client import AmpError, GapWarning, ServiceUnavailable
-from mushu_client.protocol import decode_reply, encode_request
-
-from conftest import free_port
+from mushu_core.wire import decode_reply, encode_request
 
 
 def get_amp(svc, name="rampamp", **kw):
@@ -98,8 +96,9 @@ def test_sinusamp_has_exact_frequency_and_continuous_phase(amp_service):
 
 
 def test_sinusamp_phase_after_hours_matches_exact_arithmetic():
-    from fractions import Fraction
     import math
+    from fractions import Fraction
+
     from mushu_amp.drivers.sinusamp import SinusAmp
     amp = SinusAmp()
     amp.configure(f=3, fs=1000, channels=1)
@@ -220,7 +219,7 @@ def test_a_driver_whose_import_fails_is_skipped_not_fatal(spawn_amp, plugin_env)
     svc = spawn_amp(env=plugin_env)
     names = mushu_client.get_available_amps(control=svc.control)
     assert {"randomamp", "sinusamp", "rampamp", "failingamp"} <= set(names) and "brokenamp" not in names
-    out = subprocess.run([sys.executable, "-m", "mushu_client.cli", "amps", "--json", "--control", svc.control],
+    out = subprocess.run([sys.executable, "-m", "mushu_cli", "amps", "--json", "--control", svc.control],
                          capture_output=True, text=True, check=True)
     broken = {a["name"]: a for a in json.loads(out.stdout)}["brokenamp"]
     assert broken["available"] is False and broken["installed"] is False
@@ -336,10 +335,10 @@ def test_get_available_amps_lists_the_simulated_drivers(amp_service):
 
 def test_mushu_amps_cli_without_a_service_lists_local_drivers():
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    out = subprocess.run([sys.executable, "-m", "mushu_client.cli", "amps", "--control", endpoint,
+    out = subprocess.run([sys.executable, "-m", "mushu_cli", "amps", "--control", endpoint,
                           "--timeout", "0.3"], capture_output=True, text=True, check=True).stdout
     assert f"No amp service answers at {endpoint}" in out and "rampamp" in out
-    js = subprocess.run([sys.executable, "-m", "mushu_client.cli", "amps", "--json", "--control", endpoint,
+    js = subprocess.run([sys.executable, "-m", "mushu_cli", "amps", "--json", "--control", endpoint,
                          "--timeout", "0.3"], capture_output=True, text=True, check=True).stdout
     available = {a["name"]: a["available"] for a in json.loads(js)}
     simulated = {"randomamp", "sinusamp", "rampamp"}

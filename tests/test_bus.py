@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import zmq
 
-from mushu_client.bus import MIN_HWM, queue_hwm, size_class, subscribe
-from mushu_client.protocol import Block, BlockHeader, StreamInfo, encode_block, encode_block_header, encode_info
+from mushu_core.bus import MIN_HWM, queue_hwm, size_class, subscribe
+from mushu_core.wire import Block, BlockHeader, StreamInfo, encode_block, encode_block_header, encode_info
 
 SESSION = "0123456789abcdef0123456789abcdef"
 

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from mushu_client import config
+from mushu_core import config
 
 try:
     import tomllib
@@ -89,7 +89,7 @@ def test_every_variable_is_a_mushu_setting():
     names = set(re.findall(r"\bMUSHU_[A-Z_]+", COMPOSE.read_text() + (REPO / "Dockerfile").read_text()))
     assert names, "no MUSHU_* variable at all?"
     unknown = names - set(config.DEFAULTS) - {"MUSHU_CONFIG"}
-    assert not unknown, f"not settings of mushu_client.config: {sorted(unknown)}"
+    assert not unknown, f"not settings of mushu_core.config: {sorted(unknown)}"
 
 
 def test_services_bind_everywhere_publish_their_ports_and_find_each_other(compose):

@@ -8,7 +8,7 @@ import pytest
 import mushu_client
 from mushu_amp.drivers.rampamp import ramp
 from mushu_client import EndOfData
-from mushu_client.recording import load
+from mushu_core.recordings import load
 
 MARKED = textwrap.dedent("""
     from mushu_amp.drivers.base import EndOfData

@@ -21,8 +21,9 @@ import pytest
 from conftest import free_port
 from test_orchestration import answers, force_down, isolated_env, mushu, supervised
 
-from mushu_client.cli import supervise
-from mushu_client.control import wait_for
+from mushu_cli import supervise
+from mushu_core import supervisor_log
+from mushu_core.control import wait_for
 
 UNCLEAN = "started again after an unclean exit"
 #: faulthandler's words for each fatal signal (a pattern: Python versions spell "floating point" two ways)
@@ -309,13 +310,13 @@ def test_restarts_come_from_supervisords_log_and_its_backups(tmp_path):
              "2025-03-02 09:20:00,010 INFO gave up: recorder entered FATAL state, too many start retries too quickly"]
     Path(f"{rd.logfile}.1").write_text("\n".join(older) + "\n")
     rd.logfile.write_text("\n".join(newer) + "\n")
-    found = supervise.restarts(rd, 200)
+    found = supervisor_log.restarts(rd.logfile, 200)
     (count, last), (rcount, rlast) = found["amp"], found["recorder"]
     assert count == 1 and last.as_dict()["exit_status"] == 2 and last.pid == 201 and last.cause == "exit status 2"
     assert last.time == time.mktime((2025, 3, 2, 9, 10, 0, 0, 0, -1)) + 0.25
     assert rcount == 0 and (rlast.signal, rlast.cause, rlast.restarted) == (77, "signal 77", False)
-    assert supervise.restarts(rd, 999) is None, "a supervisord whose start the log does not hold"
-    crash = supervise.exit_of(rd, "amp", 101)
+    assert supervisor_log.restarts(rd.logfile, 999) is None, "a supervisord whose start the log does not hold"
+    crash = supervisor_log.exit_of(rd.logfile, "amp", 101)
     assert (crash.cause, crash.signal, crash.as_dict()["core_dumped"], crash.requested) == ("SIGSEGV", 11, True, False)
-    assert supervise.exit_of(rd, "amp", 102).requested and supervise.exit_of(rd, "amp", 10) is None
+    assert supervisor_log.exit_of(rd.logfile, "amp", 102).requested and supervisor_log.exit_of(rd.logfile, "amp", 10) is None
     assert "markers" not in found

@@ -28,8 +28,8 @@ import zmq
 import mushu_client
 from mushu_amp.drivers.rampamp import ramp
 from mushu_client import MarkerSender
-from mushu_client.control import ControlClient
-from mushu_client.protocol import PROTOCOL_VERSION
+from mushu_core.control import ControlClient
+from mushu_core.wire import PROTOCOL_VERSION
 
 ROUNDS = int(os.environ.get("MUSHU_FUZZ_INPUTS", "2500"))
 SEED = int(os.environ.get("MUSHU_FUZZ_SEED", "8"))

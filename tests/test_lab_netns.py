@@ -19,7 +19,7 @@ import textwrap
 import numpy as np
 
 from mushu_amp.drivers.rampamp import ramp
-from mushu_client.recording import load
+from mushu_core.recordings import load
 
 PREFIX = f"mzl{os.getpid() % 10000}"
 SUBNET = "10.231.77"
@@ -87,7 +87,7 @@ def can_make_namespaces():
 CLIENT = textwrap.dedent("""
     import json, os, sys, time, zmq
     import mushu_client
-    from mushu_client.protocol import Block, decode_message
+    from mushu_core.wire import Block, decode_message
     e = json.loads(sys.argv[1])
     raw = zmq.Context.instance().socket(zmq.SUB)
     raw.setsockopt(zmq.RCVHWM, 0)
@@ -173,7 +173,7 @@ def test_a_lab_of_hosts_with_a_skewed_markers_clock(tmp_path):
         # the namespaces are reachable from here only through their own addresses: ask from inside
         for host, endpoint, proc in (("amp", e["amp_control"], procs[0]), ("markers", e["markers_control"], procs[1]),
                                      ("recorder", e["recorder"], procs[2])):
-            probe = lab.run("client", py, "-c", "import sys; from mushu_client.control import ControlClient as C; "
+            probe = lab.run("client", py, "-c", "import sys; from mushu_core.control import ControlClient as C; "
                             f"print(C({endpoint!r}, 10).call('ping'))", stdout=subprocess.PIPE, text=True)
             out, _ = probe.communicate(timeout=30)
             assert probe.returncode == 0 and host in out, (host, out)

@@ -1,12 +1,10 @@
 """LSL both ways with real outlets and inlets on this machine: lslamp reads an LSL stream and its
 markers through the amp service; mushu-lsl-bridge publishes a mushu stream and its markers to LSL.
 
-LSL traffic stays on this machine: a configuration file (``LSLAPICFG``, read by this process and
-inherited by the services) limits discovery to the machine scope on 127.0.0.1, with a session id of
-its own; every test names its streams uniquely.
+LSL traffic stays on this machine (``tests/conftest.py`` sets ``LSLAPICFG`` for the whole run); every
+test names its streams uniquely.
 """
 
-import os
 import subprocess
 import sys
 import threading
@@ -21,32 +19,6 @@ from mushu_amp.drivers.rampamp import ramp
 from mushu_client import MarkerSender
 
 pylsl = pytest.importorskip("pylsl")
-
-LSL_CONFIG = """\
-[ports]
-IPv6 = disable
-[multicast]
-ResolveScope = machine
-ListenAddress = 127.0.0.1
-[lab]
-KnownPeers = {127.0.0.1}
-SessionID = mushu-tests
-[log]
-level = -3
-"""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def lsl_on_loopback(tmp_path_factory):
-    path = tmp_path_factory.mktemp("lsl") / "lsl_api.cfg"
-    path.write_text(LSL_CONFIG)
-    old = os.environ.get("LSLAPICFG")
-    os.environ["LSLAPICFG"] = str(path)  # before this process's first LSL call, and for every child
-    yield
-    if old is None:
-        del os.environ["LSLAPICFG"]
-    else:
-        os.environ["LSLAPICFG"] = old
 
 
 def unique(prefix):
@@ -237,7 +209,7 @@ class FakeOutlet:
 
 
 def test_bridge_keeps_stamps_increasing_and_gives_markers_their_sample_stamp(monkeypatch):
-    from mushu_client.protocol import Block, BlockHeader, Marker
+    from mushu_core.wire import Block, BlockHeader, Marker
     from mushu_lslbridge import bridge as bridge_module
 
     b = bridge_module.LSLBridge("tcp://127.0.0.1:9", "tcp://127.0.0.1:9", None, None, name=unique("unit"))
@@ -270,6 +242,6 @@ def test_bridge_keeps_stamps_increasing_and_gives_markers_their_sample_stamp(mon
     assert pushed["in block 1"] == stamps[12]  # the first sample at or after 1102 ms: 1085 + 20 ms
     assert "after the data" not in pushed
     monkeypatch.setattr(bridge_module, "MARKER_HOLD_S", 0.0)
-    b._place_held()  # its sample did not come in time: out at its own stamp
+    b._push_waiting_markers()  # its sample did not come in time: out at its own stamp
     assert dict(b.marker_outlet.samples)["after the data"] == b.lsl_time(1500 * ms, None)
     b.close()

@@ -1,7 +1,8 @@
 """Placing markers on samples, without sockets."""
 
-from mushu_client.markers import MarkerMerger, Timeline
-from mushu_client.protocol import Marker
+from mushu_core.follow.placement import MarkerPlacer
+from mushu_core.follow.timeline import Timeline
+from mushu_core.wire import Marker
 
 S = "5" * 32
 MS = 1_000_000  # ns
@@ -40,7 +41,7 @@ def test_a_markers_sample_does_not_depend_on_the_blocks_that_arrive_after_it():
 
 def test_place_returns_ms_from_the_first_returned_sample_and_holds_back_the_rest():
     tl = timeline([(10, 10 * MS, 5)])
-    mm = MarkerMerger()
+    mm = MarkerPlacer()
     mm.start_ns = 10 * MS
     for seq, t in enumerate([10 * MS, 12 * MS + 1, 14 * MS, 14 * MS + 1]):
         mm.add(marker(seq, t))
@@ -51,7 +52,7 @@ def test_place_returns_ms_from_the_first_returned_sample_and_holds_back_the_rest
 
 def test_markers_on_one_sample_keep_their_arrival_order():
     tl = timeline([(0, 0, 10)])
-    mm = MarkerMerger()
+    mm = MarkerPlacer()
     mm.start_ns = 0
     labels = ["c", "a", "b"]
     for seq, label in enumerate(labels):
@@ -61,7 +62,7 @@ def test_markers_on_one_sample_keep_their_arrival_order():
 
 def test_markers_before_the_first_sample_are_counted_not_returned():
     tl = timeline([(0, 100 * MS, 10)])
-    mm = MarkerMerger()
+    mm = MarkerPlacer()
     mm.start_ns = 100 * MS
     mm.add(marker(0, 50 * MS))            # long before start
     mm.add(marker(1, 100 * MS - 300_000))  # within the period before the first sample: sample 0
@@ -71,7 +72,7 @@ def test_markers_before_the_first_sample_are_counted_not_returned():
 
 def test_a_marker_whose_sample_was_already_returned_comes_on_it_at_a_negative_ms_and_is_counted_late():
     tl = timeline([(0, 0, 10), (10, 10 * MS, 10)])
-    mm = MarkerMerger()
+    mm = MarkerPlacer()
     mm.start_ns = 0
     assert mm.place(tl, [[0, 10]], 1000.0) == []
     mm.add(marker(0, 3 * MS))
@@ -82,7 +83,7 @@ def test_a_marker_whose_sample_was_already_returned_comes_on_it_at_a_negative_ms
 def test_a_late_marker_counts_back_over_returned_samples_only():
     # returned: samples 0..9, then (10..19 lost) 20..29; now 30..39
     tl = timeline([(0, 0, 10), (20, 20 * MS, 10), (30, 30 * MS, 10)])
-    mm = MarkerMerger()
+    mm = MarkerPlacer()
     mm.start_ns = 0
     assert mm.place(tl, [[0, 10], [20, 10]], 1000.0) == []
     mm.add(marker(0, 5 * MS))    # sample 5: position 5 of 20 returned
@@ -94,22 +95,11 @@ def test_a_late_marker_counts_back_over_returned_samples_only():
 
 def test_rows_account_for_lost_samples_between_segments():
     tl = timeline([(0, 0, 10), (20, 20 * MS, 10)])
-    mm = MarkerMerger()
+    mm = MarkerPlacer()
     mm.start_ns = 0
     mm.add(marker(0, 22 * MS))   # sample 22 is row 12 (10 rows, then samples 20..)
     mm.add(marker(1, 15 * MS))   # in the lost gap: the next returned sample, row 10
     assert mm.place(tl, [[0, 10], [20, 10]], 1000.0) == [(10.0, "m1"), (12.0, "m0")]
-
-
-def test_sequence_tracking_across_sessions():
-    mm = MarkerMerger()
-    mm.follow(S, 5)
-    assert mm.missing_before(marker(7, 0)) == 2
-    assert not mm.add(marker(3, 0))  # already seen
-    assert mm.add(marker(5, 0)) and mm.next_seq == 6
-    other = "6" * 32
-    assert mm.missing_before(marker(2, 0, session=other)) == 2  # a restarted service: from its seq 0
-    assert mm.add(marker(0, 0, session=other)) and mm.session == other and mm.next_seq == 1
 
 
 def test_the_timeline_forgets_old_blocks_in_batches_and_keeps_the_times_it_needs():
@@ -122,7 +112,7 @@ def test_the_timeline_forgets_old_blocks_in_batches_and_keeps_the_times_it_needs
 
 
 def test_after_a_new_session_a_marker_never_lands_on_the_old_sessions_rows():
-    mm = MarkerMerger()
+    mm = MarkerPlacer()
     mm.start_ns = 0
     old = timeline([(0, 0, 100)])
     assert mm.place(old, [[0, 100]], 1000.0) == []

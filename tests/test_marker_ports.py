@@ -11,10 +11,10 @@ import socket
 import time
 
 import pytest
-
 from conftest import free_port
-from services.markers.senders import AddressList, SenderPolicy, TokenBuckets, sender_address
 from test_markers_service import HOST, start_markers  # noqa: F401 (a fixture)
+
+from services.markers.senders import AddressList, SenderPolicy, TokenBuckets, sender_address
 
 
 def start_on_all_interfaces(start_markers, *extra):
@@ -172,7 +172,7 @@ def test_connections_per_sender_are_limited(start_markers):
 
 
 def test_mushu_status_shows_the_refusal_counters():
-    from mushu_client.cli.status import _markers_details
+    from mushu_cli.status import _markers_details
     from mushu_markers.core import MarkersCore
 
     core = MarkersCore(policy=SenderPolicy(AddressList("10.0.0.1")))

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mushu_client.protocol import MAX_LABEL_LENGTH, ReplyFrames, decode_marker, decode_marker_info, decode_message
+from mushu_core.wire import MAX_LABEL_LENGTH, ReplyFrames, decode_marker, decode_marker_info, decode_message
 from mushu_markers.core import (
     MAX_LABEL_BYTES,
     LabelError,
@@ -219,7 +219,7 @@ def test_core_control_commands():
 
 from hypothesis import settings  # noqa: E402
 
-from mushu_client.protocol import dispatch, decode_reply, encode_request, serve_request  # noqa: E402
+from mushu_core.wire import decode_reply, dispatch, encode_request, serve_request  # noqa: E402
 from mushu_markers.core import COUNTERS  # noqa: E402
 
 

@@ -22,21 +22,12 @@ import msgpack
 import psutil
 import pytest
 import zmq
+from conftest import Service, free_port, wait_until_answers
 
 from mushu_client import MarkerSender, ServiceUnavailable, send_marker
-from mushu_client.protocol import (
-    MAX_LABEL_LENGTH,
-    Marker,
-    MarkerStreamInfo,
-    decode_marker,
-    decode_message,
-    encode_request,
-    info_topic,
-    marker_topic,
-)
+from mushu_core.wire import (MAX_LABEL_LENGTH, Marker, MarkerStreamInfo, decode_marker, decode_message, encode_request,
+                             info_topic, marker_topic)
 from mushu_markers.service import _is_loopback
-
-from conftest import Service, free_port, wait_until_answers
 
 CTX = zmq.Context.instance()
 HOST = "127.0.0.1"
@@ -449,7 +440,7 @@ def test_send_marker_defaults_come_from_the_environment(markers, monkeypatch):
 
 def test_cli_marker(markers):
     sub = markers.subscribe()
-    cli = [sys.executable, "-m", "mushu_client.cli", "marker"]
+    cli = [sys.executable, "-m", "mushu_cli", "marker"]
     subprocess.run([*cli, "cli ✓", "--port", str(markers.port)], check=True, timeout=30)
     subprocess.run([*cli, "cli udp", "--udp", "--port", str(markers.port)], check=True, timeout=30)
     env = {**os.environ, "MUSHU_MARKERS_PORT": str(markers.port)}

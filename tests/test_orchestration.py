@@ -23,11 +23,12 @@ import psutil
 import pytest
 from conftest import free_port
 
-from mushu_client import config, get_amp
-from mushu_client.cli import supervise
-from mushu_client.configfile import ConfigError
-from mushu_client.control import ControlClient
-from mushu_client.errors import ServiceUnavailable
+from mushu_cli import supervise
+from mushu_client import get_amp
+from mushu_core import config
+from mushu_core.configfile import ConfigError
+from mushu_core.control import ControlClient
+from mushu_core.errors import ServiceUnavailable
 
 try:
     import tomllib
@@ -61,7 +62,7 @@ def isolated_env(root: Path) -> dict[str, str]:
 
 def mushu(*args, env, timeout=60, check=True) -> subprocess.CompletedProcess:
     """Run the ``mushu`` command with ``env``."""
-    done = subprocess.run([sys.executable, "-m", "mushu_client.cli", *args], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "mushu_cli", *args], env=env, capture_output=True,
                           text=True, timeout=timeout)
     if check and done.returncode != 0:
         raise AssertionError(f"mushu {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
@@ -326,7 +327,7 @@ def test_status_without_supervisord_asks_the_services(stack, tmp_path):
 def test_status_watch_redraws_in_a_terminal(stack, tmp_path):
     script = tmp_path / "watch.sh"
     exports = "".join(f"export {k}='{v}'\n" for k, v in stack["env"].items() if k.startswith("MUSHU_"))
-    script.write_text(f"{exports}exec {sys.executable} -m mushu_client.cli status --watch --interval 0.2\n")
+    script.write_text(f"{exports}exec {sys.executable} -m mushu_cli status --watch --interval 0.2\n")
     server = f"mushu-test-{uuid.uuid4().hex[:8]}"
     tmux = ["tmux", "-L", server]
     subprocess.run([*tmux, "new-session", "-d", "-x", "180", "-y", "12", f"bash {script}"], check=True)
@@ -424,7 +425,7 @@ def test_up_some_services_then_more(tmp_path):
 def test_up_foreground_stays_attached_and_stops_on_sigterm(tmp_path):
     pytest.importorskip("supervisor")
     env = isolated_env(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "mushu_client.cli", "up", "--foreground"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "mushu_cli", "up", "--foreground"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 20
@@ -462,7 +463,7 @@ def test_up_refuses_a_foreign_service_on_its_port(tmp_path, spawn_amp):
 
 def test_up_without_supervisor_says_what_to_install(tmp_path):
     env = isolated_env(tmp_path)
-    code = ("import sys; sys.modules['supervisor'] = None; from mushu_client.cli import main; "
+    code = ("import sys; sys.modules['supervisor'] = None; from mushu_cli import main; "
             "sys.exit(main(['up']))")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2

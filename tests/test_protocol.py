@@ -6,7 +6,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from mushu_client import protocol as p
+from mushu_core import wire as p
+from mushu_core.wire import blocks
 
 
 def header(**kw):
@@ -295,17 +296,17 @@ def _near(*bounds):
        st.lists(st.tuples(st.one_of(st.integers(0, 200), st.just(0)), st.integers(0, 255)), max_size=3))
 @example(seq=256, first=65536, t_ns=2**32, n=1, flips=[(29, 65)])  # stream 'eeg' flipped to 'Aeg'
 def test_a_header_read_by_its_layout_decodes_exactly_as_msgpack_would(seq, first, t_ns, n, flips):
-    # The layout of the last header decoded (p._HeaderLayout) reads the next ones
+    # The layout of the last header decoded (blocks._HeaderLayout) reads the next ones
     # without msgpack: for any next frame, valid or corrupted, the result must be the
     # full decoder's (the same header, or a ProtocolError).
     template = raw_header(seq=300, first_sample=70000, t_ns=2**40)[1]
-    assert _decoded(template, "eeg") != "ProtocolError" and "eeg" in p._layouts
+    assert _decoded(template, "eeg") != "ProtocolError" and "eeg" in blocks._layouts
     frame = bytearray(raw_header(seq=seq, first_sample=first, t_ns=t_ns, n_samples=n)[1])
     for at, value in flips:
         if at < len(frame):
             frame[at] = value
     frame = bytes(frame)
-    layout = p._layouts["eeg"]
+    layout = blocks._layouts["eeg"]
     expected = _decoded(frame, None)  # msgpack and the field checks, no layout
     if expected != "ProtocolError" and expected.stream != "eeg":
         expected = "ProtocolError"  # a flip made it another stream's header, which topic "eeg" must refuse
@@ -317,5 +318,5 @@ def test_a_header_read_by_its_layout_decodes_exactly_as_msgpack_would(seq, first
 def test_consecutive_headers_are_read_by_their_layout():
     p.decode_block_header(raw_header(seq=1000, first_sample=3000)[1], "eeg")
     frame = raw_header(seq=1001, first_sample=3003, t_ns=987654321)[1]
-    assert p._layouts["eeg"].decode(frame) == header(seq=1001, first_sample=3003, t_ns=987654321)
+    assert blocks._layouts["eeg"].decode(frame) == header(seq=1001, first_sample=3003, t_ns=987654321)
 

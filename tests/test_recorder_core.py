@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from mushu_amp.drivers.rampamp import ramp
-from mushu_client.clock import host_clock_id, now_ns
-from mushu_client.protocol import Block, BlockHeader
-from mushu_client.recording import load
+from mushu_core.clock import host_clock_id, now_ns
+from mushu_core.recordings import load
+from mushu_core.wire import Block, BlockHeader
 from mushu_recorder.core import CATCH_UP_STEP_NS, RecorderCore, Services
 
 SESSION = "0123456789abcdef0123456789abcdef"

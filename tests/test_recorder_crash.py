@@ -14,7 +14,7 @@ import pytest
 import mushu_client
 from mushu_amp.drivers.rampamp import ramp
 from mushu_client import MarkerSender, RecordingError, RecordingWarning
-from mushu_client.recording import load
+from mushu_core.recordings import load
 from mushu_recorder.files import JOURNAL, RecordingWriter
 
 FS = 1000
@@ -170,7 +170,8 @@ def test_a_missing_directory_is_refused_before_acquisition_starts(spawn_amp, spa
 
 def test_an_amp_restart_is_a_gap_of_the_missed_samples_in_the_recording(spawn_amp, spawn_recorder):
     import zmq
-    from mushu_client.protocol import Block, decode_block_header, decode_message
+
+    from mushu_core.wire import Block, decode_block_header, decode_message
     args = ("--amp", "rampamp", "--configure", json.dumps({"fs": FS, "channels": 4}))
     amp_svc = spawn_amp(*args)
     rec = spawn_recorder(amp_svc)

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from test_recorder_crash import FS, Collector  # get_data's samples and markers at absolute positions
 
 import mushu_client
+from mushu_cli import main as cli
 from mushu_client import MarkerSender, ServiceUnavailable
-from mushu_client.cli import main as cli
-from mushu_client.recording import escape_label, load, plain_label, unescape_label
+from mushu_core.recordings import escape_label, load, plain_label, unescape_label
 from mushu_recorder.files import RecordingWriter
-from test_recorder_crash import FS, Collector  # get_data's samples and markers at absolute positions
 
 mne = pytest.importorskip("mne")
 

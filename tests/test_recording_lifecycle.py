@@ -16,16 +16,16 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import free_port
+from test_orchestration import mushu
+from test_security import as_controller, keys  # noqa: F401 (fixtures)
 
 import mushu_client
 from mushu_amp.drivers.rampamp import ramp
 from mushu_client import RecordingError, RecordingWarning
-from mushu_client.control import ControlClient
-from mushu_client.lease import RENEW_S
-from mushu_client.recording import load
-from conftest import free_port
-from test_orchestration import mushu
-from test_security import as_controller, keys  # noqa: F401 (fixtures)
+from mushu_core.control import ControlClient
+from mushu_core.leases import RENEW_S
+from mushu_core.recordings import load
 
 FS, CH = 1000, 4
 #: The lease of a killed client's recording: short, for the test's sake.

@@ -1,6 +1,6 @@
 """Property tests of the recording reader on random, truncated and corrupted files.
 
-:func:`mushu_client.recording.load` may refuse a broken recording with
+:func:`mushu_core.recordings.load` may refuse a broken recording with
 OSError or ValueError naming the file, and nothing else; what it returns
 never holds more samples than ``NAME.eeg`` has bytes for.
 """
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mushu_client.recording import escape_label, load
+from mushu_core.recordings import escape_label, load
 
 META = {"Channels": ["C3", "Cz", "C4"], "Sampling Frequency": 500.0, "Amp": "rampamp",
         "mushu": {"gaps": [{"sample": 2, "count": 1}], "units": ["uV"] * 3}}

@@ -14,8 +14,8 @@ from mushu_amp.drivers.base import EndOfData
 from mushu_amp.drivers.rampamp import ramp
 from mushu_amp.drivers.replayamp import ReplayAmp
 from mushu_client import MarkerSender
-from mushu_client.arrays import decode_array, encode_array, to_plain
-from mushu_client.recording import load
+from mushu_core.arrays import decode_array, encode_array, to_plain
+from mushu_core.recordings import load
 
 
 def replay_core(**config):

@@ -12,19 +12,19 @@ import time
 import numpy as np
 import pytest
 import zmq
+from conftest import free_port
+from test_compose import compose, environment  # noqa: F401 (compose is a fixture)
 from zmq.utils import z85
 
 import mushu_client
 from mushu_amp.drivers.rampamp import ramp
-from mushu_client import security
-from mushu_client.cli import main as cli
-from mushu_client.cli import supervise
-from mushu_client.control import ControlClient
-from mushu_client.errors import Forbidden, SecurityError, ServiceUnavailable
-from mushu_client.recording import load
+from mushu_cli import main as cli
+from mushu_cli import supervise
 from mushu_client.sender import MarkerSender
-from conftest import free_port
-from test_compose import compose, environment  # noqa: F401 (compose is a fixture)
+from mushu_core import security
+from mushu_core.control import ControlClient
+from mushu_core.errors import Forbidden, SecurityError, ServiceUnavailable
+from mushu_core.recordings import load
 
 FS, CH = 1000, 4
 
@@ -197,11 +197,9 @@ def test_a_revoked_client_is_refused_at_its_next_connection(keys, as_controller,
         ControlClient(amp_svc.control, keys=client).call("ping")
 
 
-def test_the_lsl_bridge_reads_as_a_viewer(keys, as_controller, spawn_amp, tmp_path, monkeypatch):
+def test_the_lsl_bridge_reads_as_a_viewer(keys, as_controller, spawn_amp):
     pytest.importorskip("pylsl")
-    from test_lsl import LSL_CONFIG, open_inlet, unique
-    (tmp_path / "lsl_api.cfg").write_text(LSL_CONFIG)
-    monkeypatch.setenv("LSLAPICFG", str(tmp_path / "lsl_api.cfg"))  # LSL on loopback only
+    from test_lsl import open_inlet, unique
     amp_svc = started_amp(spawn_amp, as_controller)
     name = unique("secure-bridge")
     bridge = subprocess.Popen([sys.executable, "-m", "mushu_lslbridge", "--amp-data", amp_svc.data, "--amp-control",

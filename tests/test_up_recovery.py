@@ -1,19 +1,24 @@
 """Under ``mushu up``, SIGKILL each service in turn during a recording: nothing is lost but what
-the amp could not acquire while it was down, and that gap is recorded exactly."""
+the amp could not acquire while it was down, and that gap is recorded exactly. The client, the
+recording and the LSL bridge (beside it, a consumer like the recorder) agree on every sample, the gap
+and every marker's sample."""
 
 import os
 import signal
+import subprocess
+import sys
 import time
 import warnings
 
 import numpy as np
+from test_lsl import open_inlet, unique
+from test_orchestration import answers, force_down, isolated_env, mushu, supervised
 
 import mushu_client
 from mushu_amp.drivers.rampamp import ramp
+from mushu_cli import supervise
 from mushu_client import GapWarning, MarkerSender, RecordingWarning, ServiceWarning
-from mushu_client.cli import supervise
-from mushu_client.recording import load
-from test_orchestration import answers, force_down, isolated_env, mushu, supervised
+from mushu_core.recordings import load
 
 FS = 1000
 
@@ -21,11 +26,18 @@ FS = 1000
 def test_killing_each_service_during_a_recording(tmp_path):
     env = isolated_env(tmp_path)
     mushu("up", env=env)
+    bridge = None
     try:
         amp = mushu_client.get_amp("rampamp", data=env["MUSHU_AMP_DATA"], control=env["MUSHU_AMP_CONTROL"],
                                    markers=env["MUSHU_MARKERS_DATA"], markers_control=env["MUSHU_MARKERS_CONTROL"],
                                    recorder=env["MUSHU_RECORDER_CONTROL"], timeout=0.2, marker_grace=0.2)
         amp.configure(fs=FS, channels=8)
+        name = unique("recovery")
+        bridge = subprocess.Popen([sys.executable, "-m", "mushu_lslbridge", "--amp-data", env["MUSHU_AMP_DATA"],
+                                   "--amp-control", env["MUSHU_AMP_CONTROL"], "--markers-data",
+                                   env["MUSHU_MARKERS_DATA"], "--markers-control", env["MUSHU_MARKERS_CONTROL"],
+                                   "--name", name, "--log-level", "WARNING"], env=env)
+        inlet, minlet = open_inlet(name), open_inlet(f"{name}-markers")
         sender = MarkerSender("127.0.0.1", int(env["MUSHU_MARKERS_PORT"]))
         chunks, markers, n = [], [], 0
         sent = 0
@@ -75,9 +87,14 @@ def test_killing_each_service_during_a_recording(tmp_path):
         result = amp.recording_result
         counts = amp.marker_counts
         amp.close()
-        for name in ("amp", "markers", "recorder"):
-            assert answers(env[supervise.CONTROL[name]], name) is not None
+        for service in ("amp", "markers", "recorder"):
+            assert answers(env[supervise.CONTROL[service]], service) is not None
+        lsl_data, lsl_stamps, lsl_markers = pull_all(inlet, minlet, n, len(markers))
+        assert bridge.poll() is None, "the bridge exited"
     finally:
+        if bridge is not None:
+            bridge.terminate()
+            bridge.wait(10)
         force_down(env)
 
     data = np.concatenate(chunks)
@@ -113,3 +130,35 @@ def test_killing_each_service_during_a_recording(tmp_path):
     # still on its exact sample: late or not, the file and the client have it on the same sample.
     assert counts["lost"] == 0, counts
     assert recorded == returned
+
+    # The bridge agrees: the same samples of each session (all but the old session's last block or two,
+    # which a SIGKILLed amp may not have delivered to it), the gap between them in its timestamps, and
+    # each marker at the timestamp of the sample the client put it on.
+    (restart,) = np.flatnonzero(np.diff(lsl_data[:, 0]) < 0) + 1  # the ramp starts again at 0
+    assert abs(restart - first) <= 5, (restart, first)
+    np.testing.assert_array_equal(lsl_data[:restart], ramp(0, restart, 8))
+    np.testing.assert_array_equal(lsl_data[restart:], data[first:first + len(lsl_data) - restart])
+    assert len(lsl_data) - restart >= len(data) - first - FS // 10  # what it had not pushed yet when it was asked
+    stamp_gap = (lsl_stamps[restart] - lsl_stamps[restart - 1]) * FS - 1
+    assert abs(stamp_gap - (gap["count"] + old_in_file - restart)) <= 5, (stamp_gap, gap, restart)
+    row_of = {round(t * 1e6): row for row, t in enumerate(lsl_stamps)}
+    bridged = []
+    for t, label in lsl_markers:
+        row = row_of.get(round(t * 1e6))
+        assert row is not None, f"marker {label!r} is not at a sample's timestamp"
+        bridged.append(((("old", row) if row < restart else ("new", row - restart)), label))
+    assert sorted(bridged, key=lambda m: m[1]) == sorted(returned, key=lambda m: m[1])
+
+
+def pull_all(inlet, minlet, n_samples, n_markers, timeout=10.0):
+    """Everything the bridge's outlets gave: ``(data, stamps, [(stamp, label)])``."""
+    values, stamps, markers = [], [], []
+    deadline = time.monotonic() + timeout
+    while (sum(map(len, values)) < n_samples - FS // 10 or len(markers) < n_markers) and time.monotonic() < deadline:
+        v, t = inlet.pull_chunk(timeout=0.1, max_samples=8192)
+        if t:
+            values.append(np.asarray(v, np.float32))
+            stamps += t
+        labels, mstamps = minlet.pull_chunk(timeout=0.0, max_samples=1000)
+        markers += [(ts, v[0]) for v, ts in zip(labels, mstamps)]
+    return np.concatenate(values), np.asarray(stamps), markers

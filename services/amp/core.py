@@ -9,19 +9,19 @@ request or raises the exception the caller should see. The service
 from __future__ import annotations
 
 import bisect
-import json
-import math
 import dataclasses
+import json
 import logging
+import math
 import operator
 import os
 import uuid
 
 import numpy as np
 
-from mushu_client import __version__
-from mushu_client.clock import host_clock_id, now_ns
-from mushu_client.protocol import PROTOCOL_VERSION, BlockHeader, ReplyFrames, StreamInfo, dispatch, encode_block_header
+from mushu_core import __version__
+from mushu_core.clock import host_clock_id, now_ns
+from mushu_core.wire import PROTOCOL_VERSION, BlockHeader, ReplyFrames, StreamInfo, dispatch, encode_block_header
 
 from . import drivers
 from .drivers.base import EndOfData
@@ -164,8 +164,6 @@ class AmpCore:
         self.fs = 1.0
         self.blocks_published = 0
         self.samples_published = 0
-        self.malformed_requests = 0  # not a valid control request at all
-        self.refused_requests = 0    # valid, but refused (unknown command, bad arguments, driver errors)
         self.driver_errors = 0
         self.late_driver_markers = 0
         self._markers: list[tuple[int, str]] = []  # driver markers waiting for their sample
@@ -459,8 +457,6 @@ class AmpCore:
             "config": {k: _summary(v) for k, v in self.config.items()},
             "blocks_published": self.blocks_published,
             "samples_published": self.samples_published,
-            "malformed_requests": self.malformed_requests,
-            "refused_requests": self.refused_requests,
             "driver_errors": self.driver_errors,
             "late_driver_markers": self.late_driver_markers,
             "history": {"blocks": len(self.history), "bytes": self.history.nbytes,

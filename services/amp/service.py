@@ -24,12 +24,13 @@ import time
 
 import zmq
 
-from mushu_client import process
-from mushu_client.bus import QUEUE_BYTES, host_key, local_endpoint, queue_hwm
-from mushu_client.clock import now_ns
-from mushu_client.config import setting, setting_flag, setting_float, setting_int, setting_mib
-from mushu_client.protocol import MAX_QUEUED_REQUESTS, MAX_REQUEST_BYTES, ProtocolError, data_topic, encode_info
-from mushu_client.security import Guard
+from mushu_core import process
+from mushu_core.bus import QUEUE_BYTES, host_key, local_endpoint, queue_hwm
+from mushu_core.clock import now_ns
+from mushu_core.config import setting, setting_flag, setting_float, setting_int, setting_mib
+from mushu_core.control import ControlServer
+from mushu_core.security import Guard
+from mushu_core.wire import data_topic, encode_info
 
 from .core import DEFAULT_HISTORY_BYTES, MAX_BLOCK_BYTES, READ_ONLY, STATE_COMMANDS, AmpCore
 
@@ -57,10 +58,10 @@ class AmpService:
         Bytes of blocks the PUB queues per subscriber, at most: the mark is
         ``queue_bytes`` in blocks of the largest size (``MAX_BLOCK_BYTES``) if
         that is lower than ``sndhwm``. It is set before the socket binds and
-        never changed (:func:`mushu_client.bus.queue_hwm`).
+        never changed (:func:`mushu_core.bus.queue_hwm`).
     local_ipc : bool
         Also publish on a local IPC endpoint, offered in ``status`` to the
-        clients on this host (:func:`mushu_client.bus.choose_endpoint`).
+        clients on this host (:func:`mushu_core.bus.choose_endpoint`).
     """
 
     def __init__(self, core: AmpCore, data_endpoint: str, control_endpoint: str,
@@ -77,21 +78,15 @@ class AmpService:
         except Exception:
             self.ctx.destroy(linger=0)
             raise
-        self.refusals = process.ThrottledLog(log)
         self.pub = self.ctx.socket(zmq.PUB)
         self.sndhwm = queue_hwm(queue_bytes, sndhwm, MAX_BLOCK_BYTES)
         self.pub.setsockopt(zmq.SNDHWM, self.sndhwm)
         self.pub.setsockopt(zmq.LINGER, 0)
-        self.ctl = self.ctx.socket(zmq.ROUTER)
-        self.ctl.setsockopt(zmq.LINGER, 0)
         self.guard.server(self.pub)
-        self.guard.server(self.ctl)
-        self.ctl.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
-        self.ctl.setsockopt(zmq.RCVHWM, MAX_QUEUED_REQUESTS)
         try:
             self.pub.bind(data_endpoint)
-            self.ctl.bind(control_endpoint)
-        except zmq.ZMQError as exc:
+            self.control = ControlServer(self.ctx, self.guard, control_endpoint, READ_ONLY, log, "amp service")
+        except (zmq.ZMQError, OSError) as exc:
             self.guard.close()
             self.ctx.destroy(linger=0)
             raise OSError(f"cannot bind amp service to {data_endpoint} / {control_endpoint}: {exc}") from None
@@ -141,7 +136,7 @@ class AmpService:
 
     def _control_loop(self):
         poller = zmq.Poller()
-        poller.register(self.ctl, zmq.POLLIN)
+        poller.register(self.control.sock, zmq.POLLIN)
         while not self.quit.is_set():
             if poller.poll(100):
                 self._serve()
@@ -151,17 +146,9 @@ class AmpService:
             with self.lock:
                 return self.core.handle(cmd, args)
 
-        reply, cmd, error = self.guard.serve(self.ctl, handle, READ_ONLY)
-        if error is not None:
-            with self.lock:
-                if isinstance(error, ProtocolError):
-                    self.core.malformed_requests += 1
-                else:
-                    self.core.refused_requests += 1
-            process.log_refused(self.refusals, cmd, error)
-        elif cmd in STATE_COMMANDS:
+        cmd, error = self.control.serve(handle)
+        if error is None and cmd in STATE_COMMANDS:
             self.wake.set()
-        self.ctl.send_multipart(reply, copy=False)
 
     # -- acquisition ------------------------------------------------------
 
@@ -211,8 +198,11 @@ class AmpService:
 
 def main(argv=None):
     """Console script ``mushu-amp``."""
-    p = argparse.ArgumentParser(prog="mushu-amp", description="mushu amplifier-driver service")
-    # Every default comes from mushu_client.config: argument > environment > mushu.toml > default.
+    return process.main("mushu-amp", "mushu amplifier-driver service", _arguments, _build, argv)
+
+
+def _arguments(p: argparse.ArgumentParser):
+    # Every default comes from mushu_core.config: argument > environment > mushu.toml > default.
     p.add_argument("--data", help="endpoint to bind the block publisher to (env MUSHU_AMP_DATA_BIND, "
                    "else MUSHU_AMP_DATA)")
     p.add_argument("--control", help="endpoint to bind the control socket to (env MUSHU_AMP_CONTROL_BIND, "
@@ -230,36 +220,30 @@ def main(argv=None):
                    f"(env MUSHU_AMP_QUEUE_MB, default {QUEUE_BYTES / 2**20:g})")
     p.add_argument("--state-file", help="keep the driver, its configuration and running state here and restore "
                    "them at startup (env MUSHU_AMP_STATE; none by default)")
-    process.add_common_arguments(p)
-    a = p.parse_args(argv)
-    process.setup(p, a, "mushu-amp")
 
-    try:
-        core = AmpCore(setting("MUSHU_STREAM", a.stream),
-                       history_bytes=setting_mib("MUSHU_AMP_HISTORY_MB", a.history_mb),
-                       state_file=setting("MUSHU_AMP_STATE", a.state_file) or None)
-        if setting("MUSHU_DRIVERS"):  # the driver registry reads the environment: hand it a file's value too
-            os.environ["MUSHU_DRIVERS"] = setting("MUSHU_DRIVERS")
-        if a.amp or a.configure or a.start:  # explicit arguments win over the saved state
-            if a.amp:
-                core.cmd_use(a.amp)
-            if a.configure:
-                core.cmd_configure(json.loads(a.configure))
-            if a.start:
-                core.start("startup")
-            core.save_state()
-        else:
-            core.restore_state()
-        service = AmpService(core, setting("MUSHU_AMP_DATA_BIND", a.data),
-                             setting("MUSHU_AMP_CONTROL_BIND", a.control),
-                             block_ms=setting_float("MUSHU_AMP_BLOCK_MS", a.block_ms),
-                             sndhwm=setting_int("MUSHU_AMP_SNDHWM", a.sndhwm),
-                             queue_bytes=setting_mib("MUSHU_AMP_QUEUE_MB", a.queue_mb),
-                             local_ipc=setting_flag("MUSHU_AMP_LOCAL_IPC"))
-    except Exception as exc:
-        log.error("%s", exc)
-        return 2
-    return process.serve(service)
+
+def _build(a: argparse.Namespace):
+    core = AmpCore(setting("MUSHU_STREAM", a.stream),
+                   history_bytes=setting_mib("MUSHU_AMP_HISTORY_MB", a.history_mb),
+                   state_file=setting("MUSHU_AMP_STATE", a.state_file) or None)
+    if setting("MUSHU_DRIVERS"):  # the driver registry reads the environment: hand it a file's value too
+        os.environ["MUSHU_DRIVERS"] = setting("MUSHU_DRIVERS")
+    if a.amp or a.configure or a.start:  # explicit arguments win over the saved state
+        if a.amp:
+            core.cmd_use(a.amp)
+        if a.configure:
+            core.cmd_configure(json.loads(a.configure))
+        if a.start:
+            core.start("startup")
+        core.save_state()
+    else:
+        core.restore_state()
+    return AmpService(core, setting("MUSHU_AMP_DATA_BIND", a.data),
+                      setting("MUSHU_AMP_CONTROL_BIND", a.control),
+                      block_ms=setting_float("MUSHU_AMP_BLOCK_MS", a.block_ms),
+                      sndhwm=setting_int("MUSHU_AMP_SNDHWM", a.sndhwm),
+                      queue_bytes=setting_mib("MUSHU_AMP_QUEUE_MB", a.queue_mb),
+                      local_ipc=setting_flag("MUSHU_AMP_LOCAL_IPC"))
 
 
 if __name__ == "__main__":

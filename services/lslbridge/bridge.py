@@ -12,15 +12,16 @@ what the bus dropped, and pushes:
   consumers reconnect), stamped with its acquisition time;
 - every marker to the marker outlet (type ``'Markers'``, one string
   channel, irregular rate) at the time of the sample mushu puts it on: a
-  markers-service marker on the first sample acquired at or after its stamp
-  (the client's and the recorder's rule, :mod:`mushu_client.markers`), a
-  marker the amplifier put on a sample (block header) on that sample. So
-  an LSL consumer finds each marker on the same sample as a mushu
-  recording, whether it aligns markers to the nearest sample or to the
-  next. A marker is pushed once the data holding its sample has been
-  pushed; one from before the pushed data, or whose sample has not come
-  within ``MARKER_HOLD_S`` (the amp is stopped or away), goes out at its
-  own stamp.
+  markers-service marker placed as the client and the recorder place it
+  (:class:`mushu_core.follow.placement.MarkerPlacer`: the first sample
+  acquired at or after its stamp, a late marker of a session the amp has
+  since restarted on that session's sample), a marker the amplifier put on
+  a sample (block header) on that sample. So an LSL consumer finds each
+  marker on the same sample as a mushu recording, whether it aligns markers
+  to the nearest sample or to the next. A marker is pushed once the data
+  holding its sample has been pushed; one from before the first data
+  pushed, or whose sample has not come within ``MARKER_HOLD_S`` (the amp
+  is stopped or away), goes out at its own stamp.
 
 Timestamps: mushu stamps a block with the acquisition time of its first
 sample on the amp host's monotonic clock (``t_ns``); sample ``i`` of the
@@ -50,14 +51,17 @@ import numpy as np
 import pylsl
 import zmq
 
-from mushu_client import security
-from mushu_client.clock import ClockOffset, now_ns
-from mushu_client.control import ControlClient
-from mushu_client.errors import ServiceUnavailable
-from mushu_client.history import history_blocks, history_markers
-from mushu_client.markers import Timeline
-from mushu_client.bus import RCVHWM, BusReader, subscribe
-from mushu_client.protocol import MAX_MARKER_BYTES, Block, Marker, MarkerStreamInfo, StreamInfo, data_topic, info_topic, marker_topic
+from mushu_core import security
+from mushu_core.bus import RCVHWM, BusReader, subscribe
+from mushu_core.clock import ClockOffset, now_ns
+from mushu_core.control import ControlClient
+from mushu_core.errors import ServiceUnavailable
+from mushu_core.fetch import history_blocks, history_markers
+from mushu_core.follow.markers import MarkerFollower
+from mushu_core.follow.placement import MarkerPlacer
+from mushu_core.follow.stream import BlockFollower
+from mushu_core.wire import (MAX_MARKER_BYTES, Block, Marker, MarkerStreamInfo, StreamInfo, data_topic, info_topic,
+                             marker_topic)
 
 log = logging.getLogger("mushu.lslbridge")
 
@@ -124,16 +128,15 @@ class LSLBridge:
         self.outlet = None
         self._outlet_key = None
         self.marker_outlet = self._make_marker_outlet()
-        self.session: str | None = None   # amp session followed
-        self.next_sample: int | None = None  # next sample to push; None: join at the next block
-        self._old_sessions: set = set()
-        self.msession: str | None = None  # markers session followed
-        self.next_seq = 0
-        self.timeline = Timeline()  # acquisition times (amp clock) of the samples pushed
+        #: The amp stream (this bridge is its sink), and the marker stream.
+        self.follower = BlockFollower(self, self._amp_history, TIMELINE_S)
+        self.markers = MarkerFollower(self, self._markers_history)
+        self.markers.join()  # every marker from the bridge's start on
+        self.placer = MarkerPlacer()  # its start: the first sample pushed
+        self._arrivals: dict[tuple[str, int], int] = {}  # when each marker waiting in the placer came
         self._stamps: collections.deque = collections.deque()  # (first sample, LSL stamps) per pushed block
+        self._previous_stamps: collections.deque = collections.deque()  # the same of the session before
         self._last_stamp = -math.inf
-        self._data_start_ns: int | None = None  # of the first sample pushed in this session
-        self._held: list[tuple[int, Marker]] = []  # (arrival, marker) waiting for their sample
         #: Counters: samples and markers pushed, samples lost (not in the amp's history any more).
         self.samples_pushed = self.markers_pushed = self.lost_samples = self.lost_markers = 0
         self._stop = threading.Event()
@@ -152,7 +155,7 @@ class LSLBridge:
         except ServiceUnavailable as exc:
             log.warning("%s", exc)
             return False
-        self.session, self.next_sample = status["session"], None
+        self.follower.begin(status["session"], None)  # where it is; a later session from its first sample
         if status["channels"]:
             self._ensure_outlet(status["channels"], status["fs"], [status["unit"]] * len(status["channels"]),
                                 status["amp"] or "")
@@ -160,7 +163,7 @@ class LSLBridge:
             try:
                 mstatus = self.mctl.call("status")
                 self.markers_clock.measure()
-                self.msession, self.next_seq = mstatus["session"], mstatus["last_seq"] + 1
+                self.markers.follow(mstatus["session"], mstatus["last_seq"] + 1)
             except ServiceUnavailable:
                 log.info("markers service not answering yet: its markers are followed once it does")
         return True
@@ -220,8 +223,8 @@ class LSLBridge:
         self.amp_clock.update()
         if self.mctl is not None:
             self.markers_clock.update()
-        if self._held:
-            self._place_held()
+        if self.placer.pending:
+            self._push_waiting_markers()
         if now_ns() >= self._next_lsl_offset:
             self.lsl_offset = lsl_clock_offset()
             self._next_lsl_offset = now_ns() + LSL_OFFSET_PERIOD_NS
@@ -262,72 +265,36 @@ class LSLBridge:
     def handle(self, msg):
         """Act on one decoded bus message."""
         if isinstance(msg, Block):
-            self.on_block(msg)
+            self.follower.on_block(msg)
         elif isinstance(msg, StreamInfo):
-            self.on_info(msg)
-        elif isinstance(msg, Marker):
-            self.on_marker(msg)
-        elif isinstance(msg, MarkerStreamInfo):
-            if msg.session != self.msession or msg.last_seq >= self.next_seq:
-                self._follow_markers(msg.session)
-                self._fill_markers(msg.last_seq + 1)
+            if msg.channels and msg.session == self.follower.session:
+                self._ensure_outlet(msg.channels, msg.fs, msg.units, msg.amp, msg.dtype)
+            self.follower.on_info(msg)
+        elif isinstance(msg, (Marker, MarkerStreamInfo)):
+            self.markers.on_message(msg)
 
-    # -- data ------------------------------------------------------------------------
+    # -- data: what the follower hands on -----------------------------------------------
 
-    def _follow(self, session: str) -> bool:
-        """Go to amp ``session`` if it is new; False for a session left behind."""
-        if session == self.session:
-            return True
-        if session in self._old_sessions:
-            return False
-        if self.session is not None:
-            self._old_sessions.add(self.session)
-        log.info("amp session %s: pushing it from its first sample", session)
-        self.session, self.next_sample = session, 0
-        self.timeline.clear()
-        self._stamps.clear()
-        self._data_start_ns = None
+    def _amp_history(self, session: str, from_sample: int, until: int):
+        return history_blocks(self.ctl, self.stream, session, from_sample, until)
+
+    def new_session(self, old: str | None, block: Block, not_acquired: int) -> bool:
+        """A new amp session: pushed from its first sample, its stamps after a gap."""
+        log.info("amp session %s: pushing it from its first sample (%d samples not acquired after session %s)",
+                 block.header.session, not_acquired, old)
+        self._previous_stamps, self._stamps = self._stamps, collections.deque()
         return True
 
-    def on_block(self, block: Block):
+    def lost(self, first_sample: int, count: int, reason: str):
+        log.warning("%d samples of session %s lost from sample %d (%s)", count, self.follower.session,
+                    first_sample, reason)
+        self.lost_samples += count
+
+    def samples(self, block: Block, skip: int, stop: int):
+        """Push rows ``skip:stop`` of ``block`` (the stream's next samples) with their LSL stamps."""
         h = block.header
-        if not self._follow(h.session):
-            return
-        if self.next_sample is None:  # joined a running session
-            self.next_sample = h.first_sample
-        if h.first_sample > self.next_sample:
-            self._fill(h.first_sample)
-        self._push(block)
-
-    def on_info(self, info: StreamInfo):
-        if info.channels and info.session == self.session:
-            self._ensure_outlet(info.channels, info.fs, info.units, info.amp, info.dtype)
-        if info.session is None or not self._follow(info.session):
-            return
-        if self.next_sample is not None and info.next_sample > self.next_sample:
-            self._fill(info.next_sample)  # blocks the bus dropped
-
-    def _fill(self, until: int):
-        """Push samples up to ``until`` from the amp's history; count what it no longer holds."""
-        for block in history_blocks(self.ctl, self.stream, self.session, self.next_sample, until):
-            self._skip_to(block.header.first_sample)
-            self._push(block)
-        self._skip_to(until)
-
-    def _skip_to(self, sample: int):
-        if sample > self.next_sample:
-            log.warning("%d samples of session %s lost from sample %d (not in the amp's history)",
-                        sample - self.next_sample, self.session, self.next_sample)
-            self.lost_samples += sample - self.next_sample
-            self.next_sample = sample
-
-    def _push(self, block: Block):
-        h = block.header
-        skip = self.next_sample - h.first_sample
-        if skip >= h.n_samples or skip < 0:
-            return
         self._outlet_for(block)
-        data = block.data[skip:] if skip else block.data
+        data = block.data[skip:stop]
         period = 1.0 / h.fs
         t_first_ns = h.t_ns + round(skip * 1e9 / h.fs)
         stamps = self.lsl_time(t_first_ns, self.amp_clock.offset_ns) + np.arange(len(data)) * period
@@ -337,79 +304,67 @@ class LSLBridge:
         self._last_stamp = stamps[-1]
         self.outlet.push_chunk(np.ascontiguousarray(data), stamps.tolist())
         for offset, label in h.markers:
-            if offset >= skip:
+            if skip <= offset < stop:
                 self.marker_outlet.push_sample([label], stamps[offset - skip])
                 self.markers_pushed += 1
-        self.next_sample = h.first_sample + h.n_samples
         self.samples_pushed += len(data)
-        self.timeline.add(h.first_sample + skip, t_first_ns, len(data), h.fs)
         self._stamps.append((h.first_sample + skip, stamps))
-        if self._data_start_ns is None:
-            self._data_start_ns = t_first_ns
-        if self._held:
-            self._place_held()
-        keep = self.next_sample - int(TIMELINE_S * h.fs)
-        self.timeline.forget_before(keep)
+        if self.placer.start_ns is None:
+            self.placer.start_ns = t_first_ns
+        if self.placer.pending:
+            self._push_waiting_markers()
+        keep = h.first_sample + stop - int(TIMELINE_S * h.fs)
         while len(self._stamps) > 1 and self._stamps[1][0] <= keep:
             self._stamps.popleft()
 
-    def _stamp_of(self, sample: int) -> float:
-        """The LSL timestamp a pushed ``sample`` went out with."""
-        i = max(0, bisect.bisect_right(self._stamps, sample, key=lambda b: b[0]) - 1)
-        first, stamps = self._stamps[i]
+    def _stamp_of(self, sample: int, previous: bool = False) -> float | None:
+        """The LSL timestamp a pushed ``sample`` (of the session before, if ``previous``) went out with."""
+        pushed = self._previous_stamps if previous else self._stamps
+        if not pushed:
+            return None
+        i = max(0, bisect.bisect_right(pushed, sample, key=lambda b: b[0]) - 1)
+        first, stamps = pushed[i]
         return float(stamps[min(len(stamps) - 1, max(0, sample - first))])
 
     # -- markers ------------------------------------------------------------------------
 
-    def _follow_markers(self, session: str):
-        if session != self.msession:
-            self.msession, self.next_seq = session, 0  # a new markers session: from its first marker
+    def _markers_history(self, session: str, from_seq: int, until: int):
+        if self.mctl is None:
+            return ()
+        return history_markers(self.mctl, self.marker_stream, session, from_seq, until)
 
-    def on_marker(self, m: Marker):
-        self._follow_markers(m.session)
-        if m.seq > self.next_seq:
-            self._fill_markers(m.seq)
-        if m.seq == self.next_seq:
-            self._push_marker(m)
+    def marker(self, m: Marker):
+        """The marker stream's next marker: pushed on its sample once that is pushed."""
+        self.placer.add(m)
+        self._arrivals[m.session, m.seq] = now_ns()
+        self._push_waiting_markers()
 
-    def _push_marker(self, m: Marker):
-        """Take marker ``m`` (the next in sequence): push it on its sample once that is pushed."""
-        self.next_seq = m.seq + 1
-        self._held.append((now_ns(), m))
-        self._place_held()
+    def markers_lost(self, session: str, first_seq: int, count: int):
+        log.warning("markers %d..%d of session %s lost (not in the markers history)", first_seq,
+                    first_seq + count - 1, session)
+        self.lost_markers += count
 
-    def _place_held(self):
-        """Push the held markers whose sample has been pushed, in their order."""
-        offset_ns = (self.amp_clock.offset_ns or 0) - (self.markers_clock.offset_ns or 0)
-        period_ns = self.timeline.period_ns
+    def _push_waiting_markers(self):
+        """Push the waiting markers whose sample has been pushed, and those whose sample is not coming."""
+        if self.placer.start_ns is not None:
+            offset_ns = (self.amp_clock.offset_ns or 0) - (self.markers_clock.offset_ns or 0)  # onto the amp's clock
+            early = []
+            placed = self.placer.place_samples(self.follower.timeline, self.follower.next_sample, offset_ns, early)
+            for m in early:  # before the first sample pushed
+                self._push_marker(m, None)
+            for sample, m, previous in placed:
+                self._push_marker(m, self._stamp_of(sample, previous))
         give_up = now_ns() - int(MARKER_HOLD_S * 1e9)
-        while self._held:
-            arrival, m = self._held[0]
-            t = m.t_ns + offset_ns  # on the amp's clock
-            sample = None
-            if self._data_start_ns is None or t > self._data_start_ns - period_ns:
-                if self._data_start_ns is not None:
-                    sample = self.timeline.sample_at(t)
-                if sample is None and arrival > give_up:
-                    return  # its sample is still to come
-            if sample is None:  # before the data pushed, or the data is not coming
-                stamp = self.lsl_time(m.t_ns, self.markers_clock.offset_ns)
-            else:
-                stamp = self._stamp_of(sample)
-            self.marker_outlet.push_sample([m.label], stamp)
-            self.markers_pushed += 1
-            del self._held[0]
+        for m in self.placer.expire(lambda m: self._arrivals[m.session, m.seq] <= give_up):
+            self._push_marker(m, None)
 
-    def _fill_markers(self, until: int):
-        """Push markers up to seq ``until`` from the markers service's history."""
-        for m in history_markers(self.mctl, self.marker_stream, self.msession, self.next_seq, until):
-            self.lost_markers += m.seq - self.next_seq
-            self._push_marker(m)
-        if until > self.next_seq:
-            log.warning("markers %d..%d of session %s lost (not in the markers history)",
-                        self.next_seq, until - 1, self.msession)
-            self.lost_markers += until - self.next_seq
-            self.next_seq = until
+    def _push_marker(self, m: Marker, stamp: float | None):
+        """Push ``m`` at ``stamp``; None: at its own time."""
+        del self._arrivals[m.session, m.seq]
+        if stamp is None:
+            stamp = self.lsl_time(m.t_ns, self.markers_clock.offset_ns)
+        self.marker_outlet.push_sample([m.label], stamp)
+        self.markers_pushed += 1
 
     def close(self):
         for bus in (self.bus, self.mbus):

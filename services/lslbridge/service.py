@@ -6,17 +6,20 @@ import argparse
 import logging
 import sys
 
-from mushu_client import process
-from mushu_client.config import setting
+from mushu_core import process
+from mushu_core.config import setting
 
 log = logging.getLogger("mushu.lslbridge")
 
 
 def main(argv=None):
     """Console script ``mushu-lsl-bridge``."""
-    p = argparse.ArgumentParser(prog="mushu-lsl-bridge",
-                                description="publish a mushu stream and its markers as LSL outlets")
-    # Every default comes from mushu_client.config: argument > environment > mushu.toml > default.
+    return process.main("mushu-lsl-bridge", "publish a mushu stream and its markers as LSL outlets", _arguments,
+                        _build, argv)
+
+
+def _arguments(p: argparse.ArgumentParser):
+    # Every default comes from mushu_core.config: argument > environment > mushu.toml > default.
     p.add_argument("--amp-data", help="amp service blocks (env MUSHU_AMP_DATA)")
     p.add_argument("--amp-control", help="amp service control (env MUSHU_AMP_CONTROL)")
     p.add_argument("--markers-data", help="markers service bus (env MUSHU_MARKERS_DATA)")
@@ -26,21 +29,16 @@ def main(argv=None):
     p.add_argument("--marker-stream", help="marker stream name (env MUSHU_MARKER_STREAM)")
     p.add_argument("--name", help="LSL name of the data outlet (default mushu-<stream>; markers: <name>-markers)")
     p.add_argument("--type", default="EEG", help="LSL type of the data outlet (default EEG)")
-    process.add_common_arguments(p)
-    a = p.parse_args(argv)
-    process.setup(p, a, "mushu-lsl-bridge")
-    try:
-        from .bridge import LSLBridge  # pylsl: an optional dependency
-        bridge = LSLBridge(
-            setting("MUSHU_AMP_DATA", a.amp_data), setting("MUSHU_AMP_CONTROL", a.amp_control),
-            None if a.no_markers else setting("MUSHU_MARKERS_DATA", a.markers_data),
-            None if a.no_markers else setting("MUSHU_MARKERS_CONTROL", a.markers_control),
-            stream=setting("MUSHU_STREAM", a.stream), marker_stream=setting("MUSHU_MARKER_STREAM", a.marker_stream),
-            name=a.name, lsl_type=a.type)
-    except Exception as exc:  # pylsl missing, a bad endpoint, ...
-        log.error("%s: %s", type(exc).__name__, exc)
-        return 2
-    return process.serve(bridge)
+
+
+def _build(a: argparse.Namespace):
+    from .bridge import LSLBridge  # pylsl: an optional dependency
+    return LSLBridge(
+      setting("MUSHU_AMP_DATA", a.amp_data), setting("MUSHU_AMP_CONTROL", a.amp_control),
+      None if a.no_markers else setting("MUSHU_MARKERS_DATA", a.markers_data),
+      None if a.no_markers else setting("MUSHU_MARKERS_CONTROL", a.markers_control),
+      stream=setting("MUSHU_STREAM", a.stream), marker_stream=setting("MUSHU_MARKER_STREAM", a.marker_stream),
+      name=a.name, lsl_type=a.type)
 
 
 if __name__ == "__main__":

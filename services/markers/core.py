@@ -2,7 +2,7 @@
 
 No sockets here. The service (``service.py``) reads bytes, stamps them and
 hands them to :class:`MarkersCore`, which turns them into numbered
-:class:`~mushu_client.protocol.Marker` messages, keeps the recent ones for
+:class:`~mushu_core.wire.Marker` messages, keeps the recent ones for
 late consumers and counts (and logs) everything it refuses.
 """
 
@@ -15,26 +15,12 @@ import os
 import re
 import uuid
 
-from mushu_client import clock
-from mushu_client.clock import now_ns
-from mushu_client import __version__
-from mushu_client.clock import host_clock_id
-from mushu_client.process import ThrottledLog
-from mushu_client.protocol import (
-    MAX_LABEL_LENGTH,
-    PROTOCOL_VERSION,
-    Marker,
-    MarkerStreamInfo,
-    ProtocolError,
-    ReplyFrames,
-    dispatch,
-    encode_marker,
-    encode_marker_info,
-    info_topic,
-    marker_topic,
-    split_topic,
-    unpack_map,
-)
+from mushu_core import __version__, clock
+from mushu_core.clock import host_clock_id, now_ns
+from mushu_core.process import ThrottledLog
+from mushu_core.wire import (MAX_LABEL_LENGTH, PROTOCOL_VERSION, Marker, MarkerStreamInfo, ProtocolError, ReplyFrames,
+                             dispatch, encode_marker, encode_marker_info, info_topic, marker_topic, split_topic,
+                             unpack_map)
 
 from .senders import IPAddress, SenderPolicy
 
@@ -223,7 +209,7 @@ class MarkerLog:
 
 
 class _ProblemLog:
-    """Count problems by kind and log them, throttled (:class:`mushu_client.process.ThrottledLog`)."""
+    """Count problems by kind and log them, throttled (:class:`mushu_core.process.ThrottledLog`)."""
 
     def __init__(self, counts: dict):
         self.counts = counts
@@ -454,7 +440,7 @@ class MarkersCore:
         """Markers of ``session`` from ``from_seq`` on (at most MAX_HISTORY_REPLY).
 
         The reply's extra frames are the markers' header frames, each one a
-        :func:`~mushu_client.protocol.decode_marker` input.
+        :func:`~mushu_core.wire.decode_marker` input.
         """
         if session != self.session:
             raise ValueError(f"session {session!r} is not in the history (current session {self.session!r})")

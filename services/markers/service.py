@@ -24,12 +24,13 @@ import time
 
 import zmq
 
-from mushu_client import process
-from mushu_client.bus import queue_hwm
-from mushu_client.clock import now_ns
-from mushu_client.config import setting, setting_float, setting_int, setting_mib
-from mushu_client.protocol import MAX_MARKER_BYTES, MAX_QUEUED_REQUESTS, MAX_REQUEST_BYTES
-from mushu_client.security import INGRESS_DOMAIN, Guard
+from mushu_core import process
+from mushu_core.bus import queue_hwm
+from mushu_core.clock import now_ns
+from mushu_core.config import setting, setting_float, setting_int, setting_mib
+from mushu_core.control import ControlServer
+from mushu_core.security import INGRESS_DOMAIN, Guard
+from mushu_core.wire import MAX_MARKER_BYTES
 
 from .core import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_MARKERS, MAX_LABEL_BYTES, READ_ONLY, LineFramer, MarkersCore
 from .senders import AddressList, IPAddress, SenderPolicy, sender_address
@@ -114,7 +115,7 @@ class MarkersService:
         Bytes of markers the publisher queues per subscriber, at most: the
         mark is ``queue_bytes`` in markers of the largest size
         (``MAX_MARKER_BYTES``) if that is lower than ``sndhwm``
-        (:func:`mushu_client.bus.queue_hwm`).
+        (:func:`mushu_core.bus.queue_hwm`).
     """
 
     def __init__(self, core: MarkersCore, host: str, port: int, data_endpoint: str, control_endpoint: str,
@@ -142,7 +143,8 @@ class MarkersService:
         self.poller = zmq.Poller()
         self.handlers = {}
         for sock, handler in ((self.listener, self._accept), (self.udp, self._read_udp),
-                              (self.pull, self._read_pull), (self.ctl, self._serve), (self.pub, self._subscribed)):
+                              (self.pull, self._read_pull), (self.control.sock, self._serve),
+                              (self.pub, self._subscribed)):
             self.poller.register(sock, zmq.POLLIN)
             self.handlers[sock if isinstance(sock, zmq.Socket) else sock.fileno()] = handler
 
@@ -151,19 +153,16 @@ class MarkersService:
         self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)
         self.pub.setsockopt(zmq.SNDHWM, sndhwm)  # before bind(): never changed after (bus.queue_hwm)
         self.sndhwm = sndhwm
-        self.ctl = self.ctx.socket(zmq.ROUTER)
-        self.ctl.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
-        self.ctl.setsockopt(zmq.RCVHWM, MAX_QUEUED_REQUESTS)
         self.pull = self.ctx.socket(zmq.PULL)
         self.pull.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
         self.guard.server(self.pub)
-        self.guard.server(self.ctl)
         self.guard.server(self.pull, INGRESS_DOMAIN)  # senders and controllers only
-        for sock, endpoint, name in ((self.pub, data_endpoint, "data"), (self.ctl, control_endpoint, "control"),
-                                     (self.pull, ingress_endpoint, "ingress")):
+        for sock, endpoint, name in ((self.pub, data_endpoint, "data"), (self.pull, ingress_endpoint, "ingress")):
             sock.setsockopt(zmq.LINGER, 0)
             sock.bind(endpoint)
             self.core.endpoints[name] = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.control = ControlServer(self.ctx, self.guard, control_endpoint, READ_ONLY, log, "markers service")
+        self.core.endpoints["control"] = self.control.endpoint
 
     def _bind_ingress(self, host, port):
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -324,11 +323,9 @@ class MarkersService:
             self._publish(self.core.ingest_zmq(frames, t_ns))
 
     def _serve(self):
-        reply, cmd, error = self.guard.serve(self.ctl, self.core.handle, READ_ONLY)
-        if error is not None:
-            self.core.problem("bad_requests", "control request %s refused: %s: %.300s", cmd or "(malformed)",
-                              type(error).__name__, error)
-        self.ctl.send_multipart(reply)
+        _cmd, error = self.control.serve(self.core.handle)
+        if error is not None:  # logged by the control server
+            self.core.counts["bad_requests"] += 1
 
     def _subscribed(self):
         change = self.core.subscription(self.pub.recv())
@@ -356,9 +353,12 @@ def _none_is_empty(spec: str) -> str:
 
 def main(argv=None):
     """Console script ``mushu-markers``."""
-    p = argparse.ArgumentParser(prog="mushu-markers", description="mushu markers service: TCP/UDP/ZeroMQ "
-                                "marker ingress, published as a numbered marker stream")
-    # Every default comes from mushu_client.config: argument > environment > mushu.toml > default.
+    return process.main("mushu-markers", "mushu markers service: TCP/UDP/ZeroMQ marker ingress, published as a "
+                        "numbered marker stream", _arguments, _build, argv)
+
+
+def _arguments(p: argparse.ArgumentParser):
+    # Every default comes from mushu_core.config: argument > environment > mushu.toml > default.
     p.add_argument("--host", help="interface of the TCP/UDP ingress (env MUSHU_MARKERS_HOST_BIND, else "
                    "MUSHU_MARKERS_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="TCP and UDP port (env MUSHU_MARKERS_PORT, default 12344)")
@@ -393,33 +393,27 @@ def main(argv=None):
                    help="publisher high-water mark in messages (env MUSHU_MARKERS_SNDHWM, default 100000)")
     p.add_argument("--queue-mb", type=float, help="markers the publisher queues per subscriber, at most, in MiB "
                    f"(env MUSHU_MARKERS_QUEUE_MB, default {DEFAULT_QUEUE_BYTES / 2**20:g})")
-    process.add_common_arguments(p)
-    a = p.parse_args(argv)
-    process.setup(p, a, "mushu-markers")
 
-    try:
-        policy = SenderPolicy(
-            AddressList(setting("MUSHU_MARKERS_ALLOW", a.allow), "MUSHU_MARKERS_ALLOW"),
-            setting_int("MUSHU_MARKERS_MAX_CONNECTIONS", a.max_connections),
-            setting_int("MUSHU_MARKERS_MAX_CONNECTIONS_PER_SENDER", a.max_connections_per_sender),
-            setting_float("MUSHU_MARKERS_RATE", a.rate), setting_int("MUSHU_MARKERS_BURST", a.burst),
-            AddressList(_none_is_empty(setting("MUSHU_MARKERS_RATE_EXEMPT", a.rate_exempt)),
-                        "MUSHU_MARKERS_RATE_EXEMPT"))
-        core = MarkersCore(setting("MUSHU_MARKER_STREAM", a.stream),
-                           setting_int("MUSHU_MARKERS_HISTORY_MARKERS", a.history_markers),
-                           setting_mib("MUSHU_MARKERS_HISTORY_MB", a.history_mb),
-                           policy, setting_int("MUSHU_MARKERS_MAX_LABEL_BYTES", a.max_label_bytes))
-        service = MarkersService(
-            core, setting("MUSHU_MARKERS_HOST_BIND", a.host), setting_int("MUSHU_MARKERS_PORT", a.port),
-            setting("MUSHU_MARKERS_DATA_BIND", a.data), setting("MUSHU_MARKERS_CONTROL_BIND", a.control),
-            setting("MUSHU_MARKERS_INGRESS_BIND", a.ingress),
-            idle_timeout=setting_float("MUSHU_MARKERS_IDLE_TIMEOUT", a.idle_timeout),
-            sndhwm=setting_int("MUSHU_MARKERS_SNDHWM", a.sndhwm),
-            queue_bytes=setting_mib("MUSHU_MARKERS_QUEUE_MB", a.queue_mb))
-    except Exception as exc:
-        log.error("%s", exc)
-        return 2
-    return process.serve(service)
+
+def _build(a: argparse.Namespace):
+    policy = SenderPolicy(
+        AddressList(setting("MUSHU_MARKERS_ALLOW", a.allow), "MUSHU_MARKERS_ALLOW"),
+        setting_int("MUSHU_MARKERS_MAX_CONNECTIONS", a.max_connections),
+        setting_int("MUSHU_MARKERS_MAX_CONNECTIONS_PER_SENDER", a.max_connections_per_sender),
+        setting_float("MUSHU_MARKERS_RATE", a.rate), setting_int("MUSHU_MARKERS_BURST", a.burst),
+        AddressList(_none_is_empty(setting("MUSHU_MARKERS_RATE_EXEMPT", a.rate_exempt)),
+                    "MUSHU_MARKERS_RATE_EXEMPT"))
+    core = MarkersCore(setting("MUSHU_MARKER_STREAM", a.stream),
+                       setting_int("MUSHU_MARKERS_HISTORY_MARKERS", a.history_markers),
+                       setting_mib("MUSHU_MARKERS_HISTORY_MB", a.history_mb),
+                       policy, setting_int("MUSHU_MARKERS_MAX_LABEL_BYTES", a.max_label_bytes))
+    return MarkersService(
+     core, setting("MUSHU_MARKERS_HOST_BIND", a.host), setting_int("MUSHU_MARKERS_PORT", a.port),
+     setting("MUSHU_MARKERS_DATA_BIND", a.data), setting("MUSHU_MARKERS_CONTROL_BIND", a.control),
+     setting("MUSHU_MARKERS_INGRESS_BIND", a.ingress),
+     idle_timeout=setting_float("MUSHU_MARKERS_IDLE_TIMEOUT", a.idle_timeout),
+     sndhwm=setting_int("MUSHU_MARKERS_SNDHWM", a.sndhwm),
+     queue_bytes=setting_mib("MUSHU_MARKERS_QUEUE_MB", a.queue_mb))
 
 
 if __name__ == "__main__":

@@ -2,5 +2,5 @@
 
 ``files`` writes one recording's files, ``core`` decides what goes in them
 (no sockets), ``service`` is the process around it. The file format is
-described in :mod:`mushu_client.recording`.
+described in :mod:`mushu_core.recordings`.
 """

@@ -4,7 +4,7 @@ No sockets here. The service feeds it the blocks and markers it receives and
 gives it four callables to reach the other services (history and status of
 the amp and of the markers service); the core decides what to write, fills
 gaps from the histories, places markers with the client's own rules
-(:mod:`mushu_client.markers`), and keeps on disk what a restarted recorder
+(:mod:`mushu_core.follow`), and keeps on disk what a restarted recorder
 needs to resume the recording exactly.
 
 A recording covers amp samples ``[first_sample, end_sample)`` of one amp
@@ -28,14 +28,14 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from mushu_client.clock import now_ns
-from mushu_client import __version__
-from mushu_client.clock import host_clock_id
-from mushu_client.clock import ClockOffset
-from mushu_client.lease import MIN_LEASE_S, describe_client
-from mushu_client.markers import MarkerMerger, Timeline, samples_not_acquired
-from mushu_client.protocol import PROTOCOL_VERSION, Block, Marker, dispatch
-from mushu_client.recording import EXTENSIONS, base_name
+from mushu_core import __version__
+from mushu_core.clock import ClockOffset, host_clock_id, now_ns
+from mushu_core.follow.markers import MarkerFollower
+from mushu_core.follow.placement import MarkerPlacer
+from mushu_core.follow.stream import BlockFollower
+from mushu_core.leases import MIN_LEASE_S, describe_client
+from mushu_core.recordings import EXTENSIONS, base_name
+from mushu_core.wire import PROTOCOL_VERSION, Block, Marker, dispatch
 
 from .files import JOURNAL, RecordingWriter
 
@@ -77,19 +77,36 @@ class Active:
     """The recording being written."""
 
     writer: RecordingWriter
-    session: str                 # amp session
     first_sample: int            # amp sample index of the recording's first sample
-    next_sample: int             # amp sample index to write next
-    timeline: Timeline = field(default_factory=Timeline)
-    merger: MarkerMerger = field(default_factory=MarkerMerger)
+    follower: BlockFollower      # the amp stream, followed from where the recording began
+    markers: MarkerFollower | None = None  # the marker stream, followed from where the recording began
+    placer: MarkerPlacer = field(default_factory=MarkerPlacer)
     placed: set = field(default_factory=set)   # (session, seq) of markers written
     error: str | None = None
-    behind: bool = False         # the last catching up stopped short: tick() takes the next step
-    fetching: object = None      # the history blocks being caught up with, across steps (an iterator)
     token: str = ""              # names the recording in renew and finish
     lease_s: float | None = None  # ended this long after the last renewal; None: runs until finished
     renewed_ns: int = field(default_factory=now_ns)
     client: dict | None = None   # who started it, as the client described itself
+
+    @property
+    def session(self) -> str:
+        """The amp session written now."""
+        return self.follower.session
+
+    @property
+    def next_sample(self) -> int:
+        """The amp sample to write next."""
+        return self.follower.next_sample
+
+    @property
+    def timeline(self):
+        """Acquisition times of the samples written lately."""
+        return self.follower.timeline
+
+    @property
+    def behind(self) -> bool:
+        """Catching up from the amp's history stopped at a step's end: :meth:`RecorderCore.tick` goes on."""
+        return self.follower.behind
 
 
 #: Commands any listed client may send; record, renew, finish and stop need the controller role
@@ -117,8 +134,6 @@ class RecorderCore:
         self._markers_seen_ns = -(10**18)  # when the markers service was last heard from
         self.last_error: str | None = None
         self.finished = 0
-        self.malformed_requests = 0  # not a valid control request at all
-        self.refused_requests = 0    # valid, but refused (unknown command, bad arguments, ...)
         self.started_ns = now_ns()
         #: Where the service reads the amp's blocks (for status).
         self.amp_data: str | None = None
@@ -227,10 +242,11 @@ class RecorderCore:
         self._measure_markers_clock()
         units = [amp.get("unit", "uV")] * len(amp["channels"])
         writer = RecordingWriter.create(base, amp["channels"], amp["fs"], amp["amp"], units, mushu)
-        self.active = Active(writer, session, first_sample, first_sample, token=secrets.token_hex(16),
+        follower = BlockFollower(self, self.services.amp_history, TIMELINE_S)
+        follower.begin(session, first_sample, start_ns=now_ns() + (self.amp_clock.offset_ns or 0))
+        self.active = Active(writer, first_sample, follower, token=secrets.token_hex(16),
                              lease_s=lease_s, client=client)
-        if markers_session is not None:
-            self.active.merger.follow(markers_session, markers_next_seq)
+        self.active.markers = self._follow_markers(markers_session, markers_next_seq)
         self._save_state()
         log.info("recording %s: amp session %s from sample %d", base, session, first_sample)
         self.catch_up(step=True)  # the amp runs on: the live blocks take the next steps
@@ -284,7 +300,7 @@ class RecorderCore:
         if session is not None and session != a.session:
             first = next(iter(self.services.amp_history(session, 0, 1)), None)
             if first is not None:
-                self._next_session(first)
+                a.follower.on_block(first)  # a restart (follow it) or another client's session (the end)
             if self.active is not a:  # its amp session had ended
                 return self._result_of(a.token)
             if a.session != session:  # the amp could not say: finish at what it has
@@ -325,7 +341,6 @@ class RecorderCore:
                 "data_dir": self.data_dir, "state": "idle" if a is None else ("error" if a.error else "recording"),
                 "recording": rec, "last_error": self.last_error, "finished": self.finished,
                 "last_finished": self.last_finished,
-                "malformed_requests": self.malformed_requests, "refused_requests": self.refused_requests,
                 "amp_data": self.amp_data, "uptime_s": (now_ns() - self.started_ns) / 1e9}
 
     def _need_active(self) -> Active:
@@ -355,22 +370,20 @@ class RecorderCore:
             self.catch_up(until=end_sample)
             self._settle_markers(end_sample)
         if a.error is None:
-            if a.next_sample < end_sample:
-                self._lose(end_sample - a.next_sample, "not in the amp's history at finish")
             self._place_markers(end=end_sample)
             self._store_offsets()
-        dropped = len(a.merger._pending)
+        dropped = a.placer.pending
         error = a.error
         if error is None:
             try:
                 a.writer.finish(end_sample=end_sample, stop_wall=time.time(), ended_by=ended_by, end_reason=reason,
-                                markers_before_start=a.merger.before_start, markers_after_end=dropped)
+                                markers_before_start=a.placer.before_start, markers_after_end=dropped)
             except OSError as exc:
                 self._fail(exc)
                 error = f"{a.error} (at finish)"
         result = {"base": a.writer.base, "n_samples": a.writer.n_samples, "markers": len(a.writer.markers),
                   "gaps": a.writer.meta["mushu"]["gaps"], "markers_after_end": dropped,
-                  "markers_before_start": a.merger.before_start, "end_sample": end_sample,
+                  "markers_before_start": a.placer.before_start, "end_sample": end_sample,
                   "ended_by": ended_by, "end_reason": reason, "error": error}
         if error is None:
             self.finished += 1
@@ -413,23 +426,6 @@ class RecorderCore:
             return False  # it began yet another session since
         return status.get("session_origin") != "command"
 
-    def _next_session(self, block: Block) -> bool:
-        """A block of a newer amp session: follow the restarted amp (True), or end the recording,
-        whose session ended (False). While the amp does not say which, its blocks wait in its history."""
-        session = block.header.session
-        if self._undecided is not None and self._undecided[0] == session and now_ns() < self._undecided[1]:
-            return False
-        restarted = self._amp_restarted_with(session)
-        if restarted is None:
-            self._undecided = (session, now_ns() + SESSION_RETRY_NS)
-            return False
-        self._undecided = None
-        if restarted:
-            self._new_session(block)
-            return True
-        self._end_early("session", self._session_ended(session))
-        return False
-
     def _close_active(self):
         self.active.writer.close()
         self.active = None
@@ -441,130 +437,108 @@ class RecorderCore:
     # -- data -----------------------------------------------------------------
 
     def on_block(self, block: Block):
-        """Write the part of a live block that belongs to the recording."""
+        """A live block: what of it belongs to the recording is written (the follower fetches what is missing)."""
         a = self.active
         if a is None or a.error is not None:
             return
-        if block.header.session != a.session:
-            if a.merger.start_ns is None or block.header.t_ns <= self._end_time():
-                return  # a block of an earlier session, still queued
-            if not self._next_session(block):
-                return
-        if block.header.first_sample > a.next_sample:
-            self.catch_up(until=block.header.first_sample, step=True)
-            if a.behind or a.error is not None:
-                return  # behind: this block, too, comes from the history, at a later step
-            if block.header.first_sample > a.next_sample:  # the history did not answer, or had none
-                self._lose(block.header.first_sample - a.next_sample, "not fetched from the amp's history")
-        self._write(block)
+        a.follower.on_block(block, deadline_ns=now_ns() + CATCH_UP_STEP_NS)
 
     def on_marker(self, marker: Marker):
         self._markers_seen_ns = now_ns()
         a = self.active
         if a is None or a.error is not None:
             return
-        if a.merger.missing_before(marker):
-            self._fill_markers(marker.session, marker.seq)
-        self._add_marker(marker)
+        a.markers.on_message(marker)
         self._place_markers()
 
     def catch_up(self, until: int | None = None, step: bool = False):
         """Fetch from the amp's history what the recording misses, up to ``until``.
 
         ``step``: stop after :data:`CATCH_UP_STEP_NS` (and at least one
-        block); the live blocks that follow take the next steps. A recorder
-        that cannot keep up with the amp still answers its control socket,
-        and writes what the history no longer holds as a gap. The next step
-        goes on with the blocks the last one fetched (a history reply holds
-        up to 16 MiB: fetching it anew for every step would write a few of
-        its blocks per step).
+        block); the live blocks and :meth:`tick` take the next steps. A
+        recorder that cannot keep up with the amp still answers its control
+        socket, and writes what the history no longer holds as a gap.
         """
         a = self.active
-        deadline = now_ns() + CATCH_UP_STEP_NS if step else END
-        a.behind = False
-        if a.fetching is None:
-            a.fetching = iter(self.services.amp_history(a.session, a.next_sample, END if until is None else until))
-        for block in a.fetching:
-            if a.error is not None:
-                break
-            if block.header.first_sample > a.next_sample:
-                self._lose(block.header.first_sample - a.next_sample, "no longer in the amp's history")
-            self._write(block, until)
-            if until is not None and a.next_sample >= until:
-                break  # as far as asked: the live blocks go on from here
-            if now_ns() > deadline:
-                a.behind = True
-                return
-        a.fetching = None
+        deadline = now_ns() + CATCH_UP_STEP_NS if step else None
+        if a.follower.behind:
+            a.follower.catch_up(END if until is None else until, deadline)
+        elif until is not None:
+            a.follower.fill(until, deadline)
+        else:
+            a.follower.fill(END, deadline)
 
-    def _write(self, block: Block, until: int | None = None) -> int:
+    # -- what the follower hands on ---------------------------------------------
+
+    def samples(self, block: Block, skip: int, stop: int):
+        """Rows ``skip:stop`` of ``block`` are the recording's next samples: write them."""
         a = self.active
         h = block.header
-        skip = max(0, a.next_sample - h.first_sample)
-        stop = h.n_samples if until is None else min(h.n_samples, until - h.first_sample)
-        if skip >= stop:
-            return 0
         if a.writer.meta["mushu"]["start_monotonic_ns"] is None:
             a.writer.meta["mushu"]["start_monotonic_ns"] = h.t_ns + round(skip * 1e9 / h.fs)
-            a.merger.start_ns = a.writer.meta["mushu"]["start_monotonic_ns"]
+            a.placer.start_ns = a.writer.meta["mushu"]["start_monotonic_ns"]
             self._guard(a.writer.write_meta)
         try:
             a.writer.append(block.data[skip:stop])
         except OSError as exc:
             self._fail(exc)
-            return 0
-        a.timeline.add(h.first_sample + skip, h.t_ns + round(skip * 1e9 / h.fs), stop - skip, h.fs)
-        a.next_sample = h.first_sample + stop
+            return
         for offset, label in h.markers:
             if skip <= offset < stop:
                 self._add_amp_marker(h, offset, label)
         self._place_markers()
-        return stop - skip
 
-    def _end_time(self) -> int:
-        """Acquisition time of the sample after the last one written."""
+    def lost(self, first_sample: int, count: int, reason: str):
+        """Samples the amp's history no longer holds: written as a gap (NaN), listed in the meta."""
         a = self.active
-        end = a.timeline.end_ns()
-        return a.merger.start_ns + round(a.writer.n_samples * 1e9 / a.writer.fs) if end is None else end
+        log.warning("recording %s: %d samples lost at amp sample %d (%s)", a.writer.base, count, first_sample, reason)
+        self._guard(a.writer.append_gap, count, reason, amp_sample=first_sample, session=a.session)
 
-    def _new_session(self, block: Block):
-        """The amp restarted: record the samples it missed as a gap, go on with its new session.
-
-        The old session's sample times are kept (``Timeline.begin_session``):
-        a marker of the old session that comes later is still written on its
-        sample there.
-        """
+    def new_session(self, old: str | None, block: Block, not_acquired: int) -> bool | None:
+        """A block of a newer amp session: follow the restarted amp behind a gap (True), or end the
+        recording, whose session ended (False). While the amp does not say which, its blocks wait in
+        its history (None)."""
+        session = block.header.session
+        if self._undecided is not None and self._undecided[0] == session and now_ns() < self._undecided[1]:
+            return None
+        restarted = self._amp_restarted_with(session)
+        if restarted is None:
+            self._undecided = (session, now_ns() + SESSION_RETRY_NS)
+            return None
+        self._undecided = None
         a = self.active
-        h = block.header
+        if not restarted:
+            self._end_early("session", self._session_ended(session))
+            return False
+        # The old session's sample times stay (Timeline.begin_session): a marker of it that comes
+        # later is still written on its sample there.
         self._place_markers(end=a.next_sample)
-        first_block = next(iter(self.services.amp_history(h.session, 0, 1)), block) if h.first_sample else block
-        lost = samples_not_acquired(self._end_time(), first_block.header)
         log.warning("recording %s: the amp restarted (session %s -> %s), %d samples lost",
-                    a.writer.base, a.session, h.session, lost)
-        if lost:
-            self._guard(a.writer.append_gap, lost, "amp restarted", session=a.session, new_session=h.session)
+                    a.writer.base, old, session, not_acquired)
+        if not_acquired:
+            self._guard(a.writer.append_gap, not_acquired, "amp restarted", session=old, new_session=session)
         a.writer.meta["mushu"]["segments"].append(
-            {"session": h.session, "first_sample": 0, "file_sample": a.writer.n_samples})
+            {"session": session, "first_sample": 0, "file_sample": a.writer.n_samples})
         self._guard(a.writer.write_meta)
-        a.session, a.next_sample = h.session, 0
-        a.fetching = None
-        a.timeline.begin_session()
-
-    def _lose(self, count: int, reason: str):
-        a = self.active
-        log.warning("recording %s: %d samples lost at amp sample %d (%s)", a.writer.base, count, a.next_sample, reason)
-        self._guard(a.writer.append_gap, count, reason, amp_sample=a.next_sample, session=a.session)
-        a.next_sample += count
+        return True
 
     # -- markers --------------------------------------------------------------
 
-    def _add_marker(self, marker: Marker):
+    def _follow_markers(self, session: str | None, next_seq: int) -> MarkerFollower:
+        """The marker stream of a recording, from ``next_seq`` of ``session`` (where its client began) on."""
+        follower = MarkerFollower(self, self.services.markers_history)
+        follower.join(session, next_seq)
+        return follower
+
+    def marker(self, marker: Marker):
+        """The marker stream's next marker (MarkerFollower): to be placed, unless it is written already."""
         a = self.active
-        if (marker.session, marker.seq) in a.placed:
-            if marker.session != a.merger.session or marker.seq >= a.merger.next_seq:
-                a.merger.follow(marker.session, marker.seq + 1)
-            return
-        a.merger.add(marker)
+        if (marker.session, marker.seq) not in a.placed:  # before a crash the recording may have it
+            a.placer.add(marker)
+
+    def markers_lost(self, session: str, first_seq: int, count: int):
+        log.warning("recording %s: markers %d..%d of session %s are no longer in the markers history",
+                    self.active.writer.base, first_seq, first_seq + count - 1, session)
 
     def _add_amp_marker(self, h, offset: int, label: str):
         """A marker the amplifier put on its sample (in the block header)."""
@@ -620,20 +594,13 @@ class RecorderCore:
             if status is None:
                 return
             session, until = status["session"], status["last_seq"] + 1
-        if a.merger.session != session:
-            a.merger.follow(session, 0)
-        for m in self.services.markers_history(session, a.merger.next_seq, until):
-            self._add_marker(m)
-        if a.merger.next_seq < until:
-            log.warning("markers %d..%d of session %s are no longer in the markers history",
-                        a.merger.next_seq, until - 1, session)
-            a.merger.skip_to(until)
+        a.markers.fill(session, until)
         self._place_markers()
 
     def _place_markers(self, end: int | None = None):
         a = self.active
         offset = (self.amp_clock.offset_ns or 0) - (self.markers_clock.offset_ns or 0)
-        for sample, m, previous in a.merger.place_samples(a.timeline, a.next_sample if end is None else end,
+        for sample, m, previous in a.placer.place_samples(a.timeline, a.next_sample if end is None else end,
                                                           offset):
             self._guard(a.writer.add_marker, self._file_index(sample, previous), m.label, m.seq, m.session, m.t_ns)
             a.placed.add((m.session, m.seq))
@@ -677,7 +644,7 @@ class RecorderCore:
     def tick(self):
         """Periodic work: an expired lease, a step of catching up, a clock probe when due, the meta every 10 s."""
         self._expire_lease()
-        if self.active is not None and self.active.error is None and self.active.behind:
+        if self.active is not None and self.active.error is None and self.active.follower.behind:
             self.catch_up(step=True)
         self.amp_clock.update()
         if now_ns() - self._markers_seen_ns < 5_000_000_000:  # never block on a service that is not there
@@ -712,13 +679,14 @@ class RecorderCore:
         seg = mushu["segments"][-1]
         next_sample = seg["first_sample"] + writer.n_samples - seg["file_sample"]
         # the lease starts again: its client has as long as ever to find the recorder back
-        a = Active(writer, seg["session"], mushu["first_sample"], next_sample,
+        follower = BlockFollower(self, self.services.amp_history, TIMELINE_S)
+        follower.begin(seg["session"], next_sample, start_ns=mushu["start_monotonic_ns"])
+        a = Active(writer, mushu["first_sample"], follower,
                    token=active.get("token") or secrets.token_hex(16), lease_s=active.get("lease_s"),
                    client=active.get("client"))
         a.placed = {(m["session"], m["seq"]) for m in writer.markers if m["seq"] >= 0}
-        a.merger.start_ns = mushu["start_monotonic_ns"]
-        if mushu.get("markers_session") is not None:
-            a.merger.follow(mushu["markers_session"], mushu["markers_first_seq"])
+        a.placer.start_ns = mushu["start_monotonic_ns"]
+        a.markers = self._follow_markers(mushu.get("markers_session"), mushu.get("markers_first_seq", 0))
         self.active = a
         stored = mushu.get("clock_offsets_ns", {})
         self.amp_clock.history = list(stored.get("amp", []))

@@ -1,6 +1,6 @@
 """Writing one recording so that every file is readable at every moment.
 
-The format is described in :mod:`mushu_client.recording`. Besides the five
+The format is described in :mod:`mushu_core.recordings`. Besides the five
 recording files, a journal ``NAME.journal`` (JSON lines, one per marker
 placed, with its sample, sequence number and session) lets a restarted
 recorder resume the recording exactly; it is removed when the recording is
@@ -17,8 +17,7 @@ import os
 
 import numpy as np
 
-from mushu_client.recording import (GAP_LABEL, SAMPLE_DTYPE, escape_label, escape_vmrk,
-                                    recording_paths)
+from mushu_core.recordings import GAP_LABEL, SAMPLE_DTYPE, escape_label, escape_vmrk, recording_paths
 
 JOURNAL = ".journal"
 VMRK_HEADER = """Brain Vision Data Exchange Marker File, Version 1.0
@@ -30,7 +29,7 @@ DataFile={eeg}
 [Marker Infos]
 ; Each entry: Mk<Marker number>=<Type>,<Description>,<Position in data points>,
 ; <Size in data points>, <Channel number (0 = marker is related to all channels)>
-; Descriptions are escaped as in mushu_client.recording (a comma is \\1).
+; Descriptions are escaped as in mushu_core.recordings (a comma is \\1).
 Mk1=New Segment,,1,1,0,{date}
 """
 

@@ -15,15 +15,15 @@ import sys
 
 import zmq
 
-from mushu_client import process
-from mushu_client.clock import now_ns
-from mushu_client.config import setting, setting_mib
-from mushu_client.control import ControlClient
-from mushu_client.errors import ServiceUnavailable
-from mushu_client.history import history_blocks, history_markers
-from mushu_client.bus import QUEUE_BYTES, choose_endpoint, subscribe
-from mushu_client.protocol import MAX_MARKER_BYTES, MAX_QUEUED_REQUESTS, MAX_REQUEST_BYTES, Block, Marker, ProtocolError, data_topic, marker_topic
-from mushu_client.security import Guard
+from mushu_core import process
+from mushu_core.bus import QUEUE_BYTES, choose_endpoint, subscribe
+from mushu_core.clock import now_ns
+from mushu_core.config import setting, setting_mib
+from mushu_core.control import ControlClient, ControlServer
+from mushu_core.errors import ServiceUnavailable
+from mushu_core.fetch import history_blocks, history_markers
+from mushu_core.security import Guard
+from mushu_core.wire import MAX_MARKER_BYTES, Block, Marker, data_topic, marker_topic
 
 from .core import READ_ONLY, RecorderCore, Services
 
@@ -43,7 +43,6 @@ class RecorderService:
                  queue_bytes: int = QUEUE_BYTES):
         self.ctx = zmq.Context.instance()
         self.guard = Guard(self.ctx, {"control": control})
-        self.refusals = process.ThrottledLog(log)
         self.stream, self.marker_stream = stream, marker_stream
         self.amp_ctl = ControlClient(amp_control, 2.0, "amp", self.guard.keys)
         self.markers_ctl = ControlClient(markers_control, 0.5, "markers", self.guard.keys)
@@ -57,17 +56,11 @@ class RecorderService:
         self.bus = subscribe([amp_data, markers_data], [data_topic(stream), marker_topic(marker_stream)],
                              self.guard.keys, queue_bytes=queue_bytes, message_bytes=MAX_MARKER_BYTES)
         self.amp_data = self.core.amp_data = amp_data
-        self.ctl = self.ctx.socket(zmq.ROUTER)
-        self.ctl.setsockopt(zmq.LINGER, 0)
-        self.guard.server(self.ctl)
-        self.ctl.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
-        self.ctl.setsockopt(zmq.RCVHWM, MAX_QUEUED_REQUESTS)
         try:
-            self.ctl.bind(control)
-        except zmq.ZMQError as exc:
+            self.control = ControlServer(self.ctx, self.guard, control, READ_ONLY, log, "recorder")
+        except OSError:
             self.guard.close()
-            raise OSError(f"cannot bind the recorder's control socket to {control}: {exc}") from None
-        self.control = control
+            raise
         self.quit = False
 
     # -- the other services ---------------------------------------------------
@@ -118,24 +111,18 @@ class RecorderService:
             resumed = None
         if resumed:
             log.warning("resumed recording %s after a restart", resumed)
-        log.info("recorder: control on %s, data directory %s", self.control, self.core.data_dir)
+        log.info("recorder: control on %s, data directory %s", self.control.endpoint, self.core.data_dir)
         next_flush = now_ns() + FLUSH_NS
         next_sync = now_ns() + SYNC_NS
         pollin = zmq.POLLIN
         while not self.quit:
             # The bus reader may replace its socket (bus.BusReader): poll the ones it has now.
-            ready = {sock for sock, _ in zmq.zmq_poll([(s, pollin) for s in (*self.bus.sockets, self.ctl)], 100)}
+            polled = [(s, pollin) for s in (*self.bus.sockets, self.control.sock)]
+            ready = {sock for sock, _ in zmq.zmq_poll(polled, 100)}
             if ready.intersection(self.bus.sockets):
                 self._drain()
-            if self.ctl in ready:
-                reply, cmd, error = self.guard.serve(self.ctl, self.core.handle, READ_ONLY)
-                if error is not None:
-                    if isinstance(error, ProtocolError):
-                        self.core.malformed_requests += 1
-                    else:
-                        self.core.refused_requests += 1
-                    process.log_refused(self.refusals, cmd, error)
-                self.ctl.send_multipart(reply, copy=False)
+            if self.control.sock in ready:
+                self.control.serve(self.core.handle)
             self.core.tick()
             now = now_ns()
             if now >= next_flush:
@@ -146,7 +133,7 @@ class RecorderService:
                 next_sync = now + SYNC_NS
         self.core.sync()
         self.bus.close()
-        self.ctl.close(linger=0)
+        self.control.close()
         self.amp_ctl.close()
         self.markers_ctl.close()
         self.guard.close()
@@ -172,8 +159,11 @@ class RecorderService:
 
 def main(argv=None):
     """Console script ``mushu-recorder``."""
-    p = argparse.ArgumentParser(prog="mushu-recorder", description="mushu file recorder")
-    # Every default comes from mushu_client.config: argument > environment > mushu.toml > default.
+    return process.main("mushu-recorder", "mushu file recorder", _arguments, _build, argv)
+
+
+def _arguments(p: argparse.ArgumentParser):
+    # Every default comes from mushu_core.config: argument > environment > mushu.toml > default.
     p.add_argument("--data-dir", help="directory of relative recording names (env MUSHU_DATA_DIR, default ./data)")
     p.add_argument("--control", help="endpoint to bind the control socket to (env MUSHU_RECORDER_CONTROL_BIND, "
                    "else MUSHU_RECORDER_CONTROL)")
@@ -185,20 +175,15 @@ def main(argv=None):
     p.add_argument("--marker-stream", help="marker stream name (env MUSHU_MARKER_STREAM)")
     p.add_argument("--queue-mb", type=float, help="blocks queued from the amp, at most, in MiB "
                    f"(env MUSHU_RECORDER_QUEUE_MB, default {QUEUE_BYTES / 2**20:g})")
-    process.add_common_arguments(p)
-    a = p.parse_args(argv)
-    process.setup(p, a, "mushu-recorder")
-    try:
-        service = RecorderService(
-            setting("MUSHU_DATA_DIR", a.data_dir), setting("MUSHU_RECORDER_CONTROL_BIND", a.control),
-            setting("MUSHU_AMP_DATA", a.amp_data), setting("MUSHU_AMP_CONTROL", a.amp_control),
-            setting("MUSHU_MARKERS_DATA", a.markers_data), setting("MUSHU_MARKERS_CONTROL", a.markers_control),
-            setting("MUSHU_STREAM", a.stream), setting("MUSHU_MARKER_STREAM", a.marker_stream),
-            setting_mib("MUSHU_RECORDER_QUEUE_MB", a.queue_mb))
-    except Exception as exc:
-        log.error("%s", exc)
-        return 2
-    return process.serve(service)
+
+
+def _build(a: argparse.Namespace):
+    return RecorderService(
+     setting("MUSHU_DATA_DIR", a.data_dir), setting("MUSHU_RECORDER_CONTROL_BIND", a.control),
+     setting("MUSHU_AMP_DATA", a.amp_data), setting("MUSHU_AMP_CONTROL", a.amp_control),
+     setting("MUSHU_MARKERS_DATA", a.markers_data), setting("MUSHU_MARKERS_CONTROL", a.markers_control),
+     setting("MUSHU_STREAM", a.stream), setting("MUSHU_MARKER_STREAM", a.marker_stream),
+     setting_mib("MUSHU_RECORDER_QUEUE_MB", a.queue_mb))
 
 
 if __name__ == "__main__":

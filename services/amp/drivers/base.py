@@ -6,11 +6,10 @@ import time
 
 import numpy as np
 
-
-class EndOfData(Exception):
-    """Raised by ``get_data`` when the data source has no more samples (a replay
-    reached its end). The amp service then stops with state ``'ended'`` and
-    clients see :class:`mushu_client.EndOfData` once they have read everything."""
+# A driver's get_data raises EndOfData when its source has no more samples (a
+# replay reached its end): the amp service then stops with state 'ended', and
+# clients raise the same error once they have read everything.
+from mushu_core.errors import EndOfData  # noqa: F401
 
 
 class Amplifier:

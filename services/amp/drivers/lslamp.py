@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pylsl
 
-from mushu_client.protocol import MAX_LABEL_LENGTH
+from mushu_core.wire import MAX_LABEL_LENGTH
 
 from .base import Amplifier
 

@@ -10,10 +10,10 @@ import time
 
 import numpy as np
 
-from mushu_client.arrays import decode_array, is_encoded
-from mushu_client.config import setting
-from mushu_client.protocol import MAX_LABEL_LENGTH
-from mushu_client.recording import load
+from mushu_core.arrays import decode_array, is_encoded
+from mushu_core.config import setting
+from mushu_core.recordings import load
+from mushu_core.wire import MAX_LABEL_LENGTH
 
 from .base import Amplifier, EndOfData
 
@@ -81,7 +81,7 @@ class ReplayAmp(Amplifier):
         ----------
         data : array-like, shape (n_samples, n_channels)
             The samples: an ndarray, a nested list, or the map
-            :func:`mushu_client.arrays.encode_array` makes (the client sends
+            :func:`mushu_core.arrays.encode_array` makes (the client sends
             numpy arrays that way). Replayed as float32.
         marker : list of (float, str)
             ``(ms relative to the first sample of data, label)``.

@@ -1,0 +1,5 @@
+import sys
+
+from mushu_cli import main
+
+sys.exit(main())

@@ -1,0 +1,50 @@
+"""``mushu amps``: the drivers and whether each is available."""
+
+from __future__ import annotations
+
+import json
+
+from mushu_core.config import setting
+from mushu_core.control import ControlClient
+from mushu_core.errors import ServiceUnavailable
+
+NAME = "amps"
+HELP = "list the amplifier drivers and whether each is available"
+
+
+def add_arguments(p):
+    p.add_argument("--json", action="store_true", help="print a JSON list for scripts")
+    p.add_argument("--control", help="amp service control endpoint (env MUSHU_AMP_CONTROL)")
+    p.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for the service")
+
+
+def run(args) -> int:
+    endpoint = setting("MUSHU_AMP_CONTROL", args.control)
+    ctl = ControlClient(endpoint, args.timeout, "amp")
+    try:
+        amps, source = ctl.call("amps"), f"the amp service at {endpoint}"
+    except ServiceUnavailable:
+        amps, source = _local_amps(), None
+    finally:
+        ctl.close()
+    if args.json:
+        print(json.dumps([{**a, "source": "service" if source else "local"} for a in amps]))
+        return 0
+    if source:
+        print(f"Amplifiers as {source} sees them:")
+    else:
+        print(f"No amp service answers at {endpoint}; the drivers installed on this computer:")
+    width = max((len(a["name"]) for a in amps), default=4)
+    for a in amps:
+        state = "available" if a["available"] else ("not installed" if not a["installed"] else "not available")
+        reason = f"  ({a['reason']})" if a.get("reason") else ""
+        print(f"  {a['name']:<{width}}  {state}{reason}")
+    return 0
+
+
+def _local_amps():
+    try:
+        from mushu_amp.drivers import describe_amps
+    except ImportError:  # a client-only install
+        return []
+    return describe_amps()

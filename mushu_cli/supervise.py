@@ -1,0 +1,220 @@
+"""supervisord for ``mushu up``, ``down`` and ``status``: run directory, configuration, XML-RPC.
+
+The run directory (``MUSHU_RUN_DIR``; by default ``$XDG_RUNTIME_DIR/mushu``,
+else ``mushu-<uid>`` in the temporary directory) holds the rendered
+``supervisord.conf``, supervisord's unix socket, pid file and log, one log
+per service, and each running service's start marker
+(:class:`mushu_core.process.StartMarker`). supervisord's log also tells
+how each service exited (:func:`restarts`, :func:`exit_of`).
+
+Talking to supervisord needs only the standard library (XML-RPC over its
+unix socket), so ``mushu status`` and ``mushu down`` work without the
+``supervisor`` package; only ``mushu up`` needs it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shlex
+import socket
+import string
+import sys
+import xmlrpc.client
+from pathlib import Path
+
+from mushu_core import process, security
+from mushu_core.config import resolved
+
+#: program name -> module run as ``python -m``; also the order of ``status``.
+PROGRAMS = {"amp": "mushu_amp", "markers": "mushu_markers", "recorder": "mushu_recorder"}
+#: program name -> the variable of its control endpoint (to connect to).
+CONTROL = {"amp": "MUSHU_AMP_CONTROL", "markers": "MUSHU_MARKERS_CONTROL", "recorder": "MUSHU_RECORDER_CONTROL"}
+TEMPLATE = Path(__file__).with_name("supervisord.conf.template")
+#: supervisord with a quicker main loop (see that file), run by path.
+LAUNCHER = str(Path(__file__).with_name("supervisord_run.py"))
+#: AF_UNIX path limit on Linux (108 bytes with the terminating NUL).
+MAX_SOCKET_PATH = 107
+
+
+class RunDir:
+    """The files of one supervised mushu: ``conf``, ``socket``, ``pidfile``, ``logfile``, ``log(name)``."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path).absolute()
+        self.conf = self.path / "supervisord.conf"
+        self.socket = self.path / "supervisord.sock"
+        self.pidfile = self.path / "supervisord.pid"
+        self.logfile = self.path / "supervisord.log"
+
+    def log(self, name: str) -> Path:
+        """The log file of service ``name``."""
+        return self.path / f"{name}.log"
+
+    def create(self):
+        """Make the directory (mode 0700); refuse one that belongs to someone else or a too long socket path."""
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if hasattr(os, "getuid") and self.path.stat().st_uid != os.getuid():
+            raise PermissionError(f"the run directory {self.path} belongs to another user; set MUSHU_RUN_DIR")
+        if len(os.fsencode(self.socket)) > MAX_SOCKET_PATH:
+            raise ValueError(f"the run directory {self.path} is too long a path for a unix socket; "
+                             "set MUSHU_RUN_DIR to a shorter one")
+
+    def __str__(self):
+        return str(self.path)
+
+
+def run_dir() -> RunDir:
+    """The run directory the settings name (:func:`mushu_core.process.run_dir_path`), not created."""
+    return RunDir(process.run_dir_path())
+
+
+# -- configuration ------------------------------------------------------------
+
+def environment(rd: RunDir) -> dict[str, str]:
+    """Every setting, resolved as this process sees it, for the services' environment.
+
+    Relative paths (the data and key directories) are made absolute against the
+    working directory, which is also the services' working directory.
+    """
+    env = resolved()
+    env["MUSHU_RUN_DIR"] = str(rd.path)
+    env["MUSHU_DATA_DIR"] = os.path.abspath(env["MUSHU_DATA_DIR"])
+    if env["MUSHU_KEYS"]:  # CURVE: the services' key directory (docs/security.md)
+        env["MUSHU_KEYS"] = os.path.abspath(env["MUSHU_KEYS"])
+        security.service_keys(env["MUSHU_KEYS"])  # broken: one error now, not three services that die
+    # a restarted amp goes on with the driver, configuration and state it had
+    env["MUSHU_AMP_STATE"] = env.get("MUSHU_AMP_STATE") or str(rd.path / "amp-state.json")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _escape(value: str) -> str:
+    """A value for supervisord's configuration: ``%`` is its interpolation character."""
+    return str(value).replace("%", "%%")
+
+
+def _env_option(env: dict[str, str]) -> str:
+    """supervisord's ``environment=`` value: ``KEY="value",...``.
+
+    Its parser does not unescape quotes, so a value with a double quote or a
+    line break cannot be passed and is refused.
+    """
+    items = []
+    for key, value in sorted(env.items()):
+        if '"' in value or "\n" in value or "\r" in value:
+            raise ValueError(f"{key}={value!r}: supervisord cannot pass a value with a double quote or line break")
+        items.append(f'{key}="{_escape(value)}"')
+    return ",".join(items)
+
+
+def render(rd: RunDir, env: dict[str, str], foreground: bool = False, services=tuple(PROGRAMS)) -> str:
+    """The supervisord configuration for ``rd`` from the packaged template.
+
+    Only ``services`` start with supervisord; the others can be started
+    later. In the foreground (containers, debugging) the services log to
+    supervisord's standard output; else each to its file in the run directory.
+    """
+    fields = {
+        "socket": _escape(rd.socket), "pidfile": _escape(rd.pidfile), "logfile": _escape(rd.logfile),
+        "run_dir": _escape(rd.path), "cwd": _escape(os.getcwd()), "nodaemon": str(foreground).lower(),
+        "python": _escape(shlex.quote(sys.executable)), "environment": _env_option(env),
+        "log_maxbytes": "0" if foreground else "10MB",
+    }
+    for name in PROGRAMS:
+        fields[f"{name}_log"] = "/dev/stdout" if foreground else _escape(rd.log(name))
+        fields[f"{name}_autostart"] = str(name in services).lower()
+    return string.Template(TEMPLATE.read_text()).substitute(fields)
+
+
+# -- talking to supervisord ------------------------------------------------------
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class _UnixTransport(xmlrpc.client.Transport):
+    def __init__(self, path: str, timeout: float):
+        super().__init__()
+        self._path, self._timeout = path, timeout
+
+    def make_connection(self, host):
+        conn = _UnixConnection(self._path, self._timeout)
+        self._connection = (host, conn)  # so that close() closes it
+        return conn
+
+
+def rpc(rd: RunDir, timeout: float = 5.0) -> xmlrpc.client.ServerProxy:
+    """An XML-RPC proxy to the supervisord of ``rd`` (``proxy.supervisor.getState()``, ...)."""
+    return xmlrpc.client.ServerProxy("http://localhost", transport=_UnixTransport(str(rd.socket), timeout))
+
+
+def processes(rd: RunDir, timeout: float = 2.0) -> dict[str, dict] | None:
+    """supervisord's process info by program name, or None if no supervisord answers at ``rd``."""
+    if not rd.socket.exists():
+        return None
+    try:
+        with rpc(rd, timeout) as proxy:
+            infos = proxy.supervisor.getAllProcessInfo()
+    except (OSError, xmlrpc.client.Error, http.client.HTTPException):
+        return None
+    return {info["name"]: info for info in infos}
+
+
+def supervisord_pid(rd: RunDir) -> int | None:
+    """The pid in ``rd``'s pid file if that process is alive (and, where /proc tells, a supervisord)."""
+    try:
+        pid = int(rd.pidfile.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    cmdline = _cmdline(pid)
+    if cmdline is not None and "supervisord" not in cmdline:
+        return None  # the pid was reused
+    return pid
+
+
+def _cmdline(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return None
+
+
+def leftovers(rd: RunDir) -> list[int]:
+    """Processes of this run directory still alive: supervisord and the services it started.
+
+    Found through ``/proc`` (Linux): the services carry ``MUSHU_RUN_DIR`` in
+    their environment, supervisord its configuration file on its command
+    line. Empty where there is no ``/proc``.
+    """
+    marker = f"MUSHU_RUN_DIR={rd.path}".encode()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*") if Path("/proc").is_dir() else ():
+        pid = int(entry.name)
+        if pid == os.getpid():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ours = str(rd.conf).encode() in cmdline or (marker in env and any(
+            m.encode() in cmdline for m in PROGRAMS.values()))
+        if ours and cmdline:  # a zombie has an empty command line: nothing to stop
+            found.append(pid)
+    return found
+
+

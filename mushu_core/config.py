@@ -1,0 +1,215 @@
+"""Every setting of mushu: its environment variable, its key in the configuration file, its default.
+
+A setting is looked up in this order, the first that has it wins:
+
+1. an explicit value (a command-line argument, a function argument);
+2. its environment variable (``MUSHU_...``; an empty one counts as unset);
+3. the configuration file (TOML: ``$MUSHU_CONFIG``, else ``./mushu.toml`` if
+   present; see :mod:`mushu_core.configfile`);
+4. its default. Everything defaults to localhost, so that zero configuration
+   works on one machine.
+
+Every service, the client, ``mushu up`` (supervisord) and docker-compose read
+settings this way. The file key of ``MUSHU_<SECTION>_<KEY>`` is ``key`` in
+``[section]`` (``MUSHU_AMP_HISTORY_MB`` is ``history_mb`` in ``[amp]``); the
+few older names that do not follow this pattern are in :data:`ALIASES`.
+
+Bind and connect endpoints: a service *binds* its sockets to the
+``..._BIND`` variables and everything else *connects* to the variables
+without ``_BIND``. A ``..._BIND`` variable defaults to the value of its
+connect variable, which is right on one machine; in a container or on a lab
+network the service binds e.g. ``tcp://0.0.0.0:12345`` while its clients
+connect to ``tcp://amp-host:12345``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from mushu_core import configfile
+from mushu_core.configfile import ConfigError
+
+#: variable -> default. ``None``: a bind variable, whose default is the value
+#: of the variable without ``_BIND``.
+DEFAULTS = {
+    "MUSHU_AMP_DATA": "tcp://127.0.0.1:12345",
+    "MUSHU_AMP_DATA_BIND": None,
+    "MUSHU_AMP_CONTROL": "tcp://127.0.0.1:12346",
+    "MUSHU_AMP_CONTROL_BIND": None,
+    "MUSHU_STREAM": "eeg",
+    # amp service tuning (its command-line defaults)
+    "MUSHU_AMP_HISTORY_MB": "64",
+    "MUSHU_AMP_SNDHWM": "10000",
+    # and at most this many MiB of blocks per subscriber (large blocks: fewer messages)
+    "MUSHU_AMP_QUEUE_MB": "256",
+    "MUSHU_AMP_BLOCK_MS": "1",
+    # the amp also publishes on a local IPC endpoint, which clients on its
+    # host and network namespace use instead of TCP (0: TCP only)
+    "MUSHU_AMP_LOCAL_IPC": "1",
+    # where the amp keeps its driver, configuration and running state, to
+    # restore them after a restart (empty: not kept; `mushu up` sets one)
+    "MUSHU_AMP_STATE": "",
+    "MUSHU_DRIVERS": "",
+    # markers service: bus endpoints, its ZeroMQ ingress, and the TCP/UDP
+    # ingress (libmushu's port 12344, on loopback unless configured).
+    "MUSHU_MARKERS_DATA": "tcp://127.0.0.1:12347",
+    "MUSHU_MARKERS_DATA_BIND": None,
+    "MUSHU_MARKERS_CONTROL": "tcp://127.0.0.1:12348",
+    "MUSHU_MARKERS_CONTROL_BIND": None,
+    "MUSHU_MARKERS_INGRESS": "tcp://127.0.0.1:12349",
+    "MUSHU_MARKERS_INGRESS_BIND": None,
+    "MUSHU_MARKERS_HOST": "127.0.0.1",
+    "MUSHU_MARKERS_HOST_BIND": None,
+    "MUSHU_MARKERS_PORT": "12344",
+    "MUSHU_MARKER_STREAM": "markers",
+    "MUSHU_MARKERS_HISTORY_MARKERS": "100000",
+    "MUSHU_MARKERS_HISTORY_MB": "32",
+    "MUSHU_MARKERS_SNDHWM": "100000",
+    # and at most this many MiB of markers per subscriber (a 4 KiB label each, at worst)
+    "MUSHU_MARKERS_QUEUE_MB": "64",
+    "MUSHU_MARKERS_MAX_CONNECTIONS": "256",
+    # marker port hardening: allowed senders (empty: everyone), limits per
+    # sender address, and the senders without a rate limit (this host)
+    "MUSHU_MARKERS_ALLOW": "",
+    "MUSHU_MARKERS_MAX_CONNECTIONS_PER_SENDER": "64",
+    "MUSHU_MARKERS_MAX_LABEL_BYTES": "4096",
+    "MUSHU_MARKERS_RATE": "1000",
+    "MUSHU_MARKERS_BURST": "1000",
+    "MUSHU_MARKERS_RATE_EXEMPT": "127.0.0.0/8,::1",
+    "MUSHU_MARKERS_IDLE_TIMEOUT": "300",
+    # recorder: its control socket, and where relative recording names go
+    # (on the recorder's host).
+    "MUSHU_RECORDER_CONTROL": "tcp://127.0.0.1:12350",
+    "MUSHU_RECORDER_CONTROL_BIND": None,
+    "MUSHU_DATA_DIR": "data",
+    # blocks the recorder queues from the amp, at most, in MiB (then it refetches from the history)
+    "MUSHU_RECORDER_QUEUE_MB": "256",
+    # mushu up/down/status: the supervisord run directory (empty:
+    # $XDG_RUNTIME_DIR/mushu, else mushu-<uid> in the temporary directory),
+    # and the services' log level.
+    "MUSHU_RUN_DIR": "",
+    "MUSHU_LOG_LEVEL": "INFO",
+    # CURVE encryption and client keys (docs/security.md): the key directory
+    # ('mushu keys init DIR' for the services, DIR/clients/NAME for a
+    # client). Empty: off.
+    "MUSHU_KEYS": "",
+}
+
+#: Sections of the configuration file.
+SECTIONS = ("amp", "markers", "recorder", "run", "security")
+
+#: Variables whose file key does not follow ``MUSHU_<SECTION>_<KEY>``.
+ALIASES = {
+    "MUSHU_STREAM": ("amp", "stream"),
+    "MUSHU_DRIVERS": ("amp", "drivers"),
+    "MUSHU_MARKER_STREAM": ("markers", "stream"),
+    "MUSHU_DATA_DIR": ("recorder", "data_dir"),
+    "MUSHU_LOG_LEVEL": ("run", "log_level"),
+    "MUSHU_KEYS": ("security", "keys"),
+}
+
+BIND_SUFFIX = "_BIND"
+
+
+def file_key(name: str) -> tuple[str, str] | None:
+    """The ``(section, key)`` of variable ``name`` in the configuration file, or None."""
+    if name in ALIASES:
+        return ALIASES[name]
+    section, _, key = name.removeprefix("MUSHU_").partition("_")
+    if section.lower() in SECTIONS and key:
+        return section.lower(), key.lower()
+    return None
+
+
+def _file_variables() -> dict[tuple[str, str], str]:
+    keys = {}
+    for name in DEFAULTS:
+        key = file_key(name)
+        if key is not None:
+            keys[key] = name
+    return keys
+
+
+def _lookup(name: str, value) -> tuple[object, str]:
+    """``(value, where it came from)`` for setting ``name``."""
+    if value is not None:
+        return value, "argument"
+    env = os.environ.get(name)
+    if env:
+        return env, "environment"
+    default = DEFAULTS[name]  # KeyError: a name mushu does not know
+    path = configfile.config_path()
+    if path is not None:
+        key = file_key(name)
+        found = configfile.read(path, set(_file_variables())).get(key) if key else None
+        if found:
+            return found, f"{path} [{key[0]}] {key[1]}"
+    if default is None and name.endswith(BIND_SUFFIX):
+        return _lookup(name[:-len(BIND_SUFFIX)], None)
+    return default, "default"
+
+
+def setting(name: str, value: str | None = None) -> str:
+    """Return ``value`` if given, else the environment variable ``name``, else the file's value, else its default.
+
+    Raises
+    ------
+    KeyError
+        If mushu knows no setting ``name``.
+    ConfigError
+        If the configuration file cannot be read or has unknown keys.
+    """
+    return _lookup(name, value)[0]
+
+
+def source(name: str, value: str | None = None) -> str:
+    """Where :func:`setting` finds ``name``: ``argument``, ``environment``, the file and key, or ``default``."""
+    return _lookup(name, value)[1]
+
+
+def setting_int(name: str, value: int | str | None = None) -> int:
+    """:func:`setting` as an integer; a value that is none raises ValueError naming its source."""
+    return _convert(name, value, int, "an integer")
+
+
+def setting_float(name: str, value: float | str | None = None) -> float:
+    """:func:`setting` as a number; a value that is none raises ValueError naming its source."""
+    return _convert(name, value, float, "a number")
+
+
+def setting_mib(name: str, value: float | str | None = None) -> int:
+    """:func:`setting` as a size in MiB, returned in bytes; a value that is no number raises ValueError."""
+    return int(setting_float(name, value) * 2**20)
+
+
+def setting_flag(name: str, value: bool | str | None = None) -> bool:
+    """:func:`setting` as a yes/no (1/0, true/false, yes/no, on/off); anything else raises ValueError."""
+    if isinstance(value, bool):
+        return value
+    return _convert(name, value, _flag, "1/0, true/false, yes/no or on/off")
+
+
+def _flag(raw: str) -> bool:
+    word = str(raw).strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(word)
+
+
+def _convert(name, value, kind, what):
+    raw, where = _lookup(name, value)
+    try:
+        return kind(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={raw!r} (from {where}) is not {what}") from None
+
+
+def resolved() -> dict[str, str]:
+    """Every setting's value as :func:`setting` finds it now (bind variables resolved)."""
+    return {name: setting(name) for name in DEFAULTS}
+
+
+__all__ = ["DEFAULTS", "SECTIONS", "ALIASES", "ConfigError", "file_key", "setting", "setting_int",
+           "setting_float", "source", "resolved"]
