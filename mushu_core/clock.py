@@ -61,6 +61,59 @@ def now_ns() -> int:
     return time.monotonic_ns() + _offset_ns
 
 
+class WallToMonotonic:
+    """Maps wall-clock stamps (a packet's kernel receive stamp) onto :func:`now_ns`, without a race.
+
+    Reading the monotonic clock and then the wall clock to compute a stamp's
+    age is wrong by however long the thread was preempted between the two
+    reads. Here the offset between the clocks is measured as NTP measures a
+    peer's: the wall clock read between two monotonic reads, the probe with
+    the shortest span of several kept (its error is half that span, tens of
+    ns), and measured again every ``refresh_s`` (the wall clock is slewed).
+
+    Parameters
+    ----------
+    refresh_s : float
+        Seconds a measurement is used for.
+    probes : int
+        Probes per measurement.
+    """
+
+    def __init__(self, refresh_s: float = 1.0, probes: int = 5):
+        self.refresh_ns = int(refresh_s * 1e9)
+        self.probes = probes
+        self._offset = 0
+        self._until = 0
+
+    def offset(self) -> int:
+        """Wall clock minus :func:`now_ns`, in ns."""
+        mono = time.monotonic_ns
+        if mono() >= self._until:
+            best = None
+            for _ in range(self.probes):
+                m1 = mono()
+                wall = time.time_ns()
+                m2 = mono()
+                if best is None or m2 - m1 < best[0]:
+                    best = (m2 - m1, wall - (m1 + m2) // 2)
+            self._offset = best[1] - _offset_ns
+            self._until = mono() + self.refresh_ns
+        return self._offset
+
+    def to_monotonic(self, wall_ns: int, read_ns: int) -> int:
+        """``wall_ns`` on the :func:`now_ns` clock; ``read_ns`` (its read's :func:`now_ns`) if that is impossible.
+
+        A stamp after its read, or more than 10 s before it, means the wall
+        clock was stepped: the read time is taken, and the offset measured
+        again.
+        """
+        t = wall_ns - self.offset()
+        if read_ns - 10_000_000_000 < t <= read_ns:
+            return t
+        self._until = 0
+        return read_ns
+
+
 class ClockOffset:
     """Continuous estimate of a remote clock's offset: ``remote = local + offset_ns``.
 

@@ -205,6 +205,17 @@ class Fields:
             raise ProtocolError(f"{self.what}: field {key!r}={v!r} must be a positive finite number")
         return float(v)
 
+    def opt_positive(self, key):
+        return None if self.m.get(key) is None else self.positive(key)
+
+    def opt_finite(self, key):
+        v = self.m.get(key)
+        if v is None:
+            return None
+        if type(v) not in (int, float) or not math.isfinite(v):
+            raise ProtocolError(f"{self.what}: field {key!r}={v!r} must be a finite number")
+        return float(v)
+
     def str_list(self, key, length=None):
         v = self._get(key)
         if type(v) is not list or not all(type(s) is str and len(s) <= 256 for s in v):

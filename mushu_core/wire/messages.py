@@ -36,6 +36,13 @@ class StreamInfo:
         Sender's monotonic clock when the message was sent.
     error : str or None
         The driver's error when ``state == 'error'``.
+    fs_measured : float or None
+        The device's effective sampling rate on the amp host's clock, as the
+        amp's clock model measures it (``fs`` when the driver knows its
+        sample times); None before the first read of a session, or from an
+        amp that does not say.
+    drift_ppm : float or None
+        ``fs_measured`` against ``fs``, in parts per million.
     """
 
     stream: str
@@ -50,6 +57,8 @@ class StreamInfo:
     next_sample: int = 0
     t_ns: int = 0
     error: str | None = None
+    fs_measured: float | None = None
+    drift_ppm: float | None = None
 
 
 STATES = ("idle", "running", "ended", "error")
@@ -72,6 +81,7 @@ def encode_info(info: StreamInfo) -> list:
         "next_sample": info.next_sample,
         "t_ns": info.t_ns,
         "error": info.error,
+        **({} if info.fs_measured is None else {"fs_measured": info.fs_measured, "drift_ppm": info.drift_ppm}),
     })]
 
 
@@ -102,6 +112,8 @@ def decode_info(frame_or_map, stream: str | None = None) -> StreamInfo:
         next_sample=f.int("next_sample", 0, 2**63 - 1),
         t_ns=f.int("t_ns", -(2**63), 2**63 - 1),
         error=f.opt_str("error"),
+        fs_measured=f.opt_positive("fs_measured"),
+        drift_ppm=f.opt_finite("drift_ppm"),
     )
     if stream is not None and info.stream != stream:
         raise ProtocolError(f"stream info: stream {info.stream!r} does not match topic stream {stream!r}")

@@ -25,6 +25,7 @@ from mushu_core.wire import PROTOCOL_VERSION, BlockHeader, ReplyFrames, StreamIn
 
 from . import drivers
 from .drivers.base import EndOfData
+from .timing import ClockModel, ExactClock, host_wake_ns
 
 log = logging.getLogger("mushu.amp")
 
@@ -166,6 +167,7 @@ class AmpCore:
         self.samples_published = 0
         self.driver_errors = 0
         self.late_driver_markers = 0
+        self.clock: ClockModel | ExactClock | None = None  # of the session
         self._markers: list[tuple[int, str]] = []  # driver markers waiting for their sample
         self.started_ns = now_ns()
         self._amps: tuple[int, list] | None = None  # (when, what cmd_amps found)
@@ -205,17 +207,15 @@ class AmpCore:
         n = data.shape[0]
         if n == 0:
             return []
-        # The last sample was acquired by the time the read returned; the
-        # earlier ones one sample period apart before it.
-        period_ns = 1e9 / self.fs
-        t_first = t_read - round((n - 1) * period_ns)
+        clock = self.clock  # when each sample was acquired (mushu_amp.timing)
+        clock.observe(self.next_sample + n, t_read)
         step = max(1, MAX_BLOCK_BYTES // max(1, data.strides[0]))
         out = []
         for i in range(0, n, step):
             chunk = data[i:i + step] if n > step else data  # usually one block: no view
             header = BlockHeader(self.stream, self.session, self.seq, self.next_sample,
                                  chunk.shape[0], chunk.shape[1], self.fs, self.dtype,
-                                 t_first + round(i * period_ns),
+                                 clock.time_of(self.next_sample),
                                  self._take_markers(chunk.shape[0]) if self._markers else ())
             frame = encode_block_header(header)
             self.history.append(header, frame, chunk)
@@ -292,7 +292,9 @@ class AmpCore:
             state=self.state, fs=float(self.fs), dtype=self.dtype,
             channels=list(self.channels), units=[self.unit] * len(self.channels),
             last_seq=self.seq - 1, next_sample=self.next_sample,
-            t_ns=now_ns(), error=self.error)
+            t_ns=now_ns(), error=self.error,
+            **({} if self.clock is None or not self.clock.reads else
+               {"fs_measured": self.clock.rate, "drift_ppm": round(self.clock.drift_ppm, 3)}))
 
     @property
     def unit(self) -> str:
@@ -412,6 +414,7 @@ class AmpCore:
             return {**self._describe(), "first_sample": self.next_sample, "joined": True}
         self._read_driver_shape()
         self.driver.start()
+        self.clock = self._clock()
         self.session = uuid.uuid4().hex
         self.session_origin = origin
         self.seq = 0
@@ -422,6 +425,14 @@ class AmpCore:
         log.info("started %s: session %s, %g Hz, %d channels",
                  self.amp_name, self.session, self.fs, len(self.channels))
         return {**self._describe(), "first_sample": 0, "joined": False}
+
+    def _clock(self):
+        """The session's sample clock: the driver's, if it knows its sample times; else fitted to its reads."""
+        known = self.driver.clock() if hasattr(self.driver, "clock") else None
+        if known is not None:
+            return ExactClock(*known)
+        # The read returns at least the device's latency and this host's wake-up after the acquisition.
+        return ClockModel(self.fs, int(getattr(self.driver, "latency_ns", 0) or 0) + host_wake_ns())
 
     def cmd_stop(self):
         self._need_driver()
@@ -459,6 +470,7 @@ class AmpCore:
             "samples_published": self.samples_published,
             "driver_errors": self.driver_errors,
             "late_driver_markers": self.late_driver_markers,
+            "clock": None if self.clock is None else self.clock.status(),
             "history": {"blocks": len(self.history), "bytes": self.history.nbytes,
                         "limit_bytes": self.history.limit_bytes,
                         "oldest_sample": self.history.oldest_sample},

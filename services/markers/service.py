@@ -20,13 +20,12 @@ import logging
 import socket
 import struct
 import sys
-import time
 
 import zmq
 
 from mushu_core import process
 from mushu_core.bus import queue_hwm
-from mushu_core.clock import now_ns
+from mushu_core.clock import WallToMonotonic, now_ns
 from mushu_core.config import setting, setting_float, setting_int, setting_mib
 from mushu_core.control import ControlServer
 from mushu_core.security import INGRESS_DOMAIN, Guard
@@ -52,6 +51,10 @@ SO_TIMESTAMPNS = 35
 _TIMESPEC = struct.Struct("@ll")
 
 
+#: The kernel's packet stamps onto the monotonic clock (this service's one thread uses it).
+_WALL = WallToMonotonic()
+
+
 def _enable_kernel_stamps(sock: socket.socket):
     """Ask the kernel to stamp each received packet (Linux); elsewhere a no-op."""
     if sys.platform.startswith("linux"):
@@ -67,17 +70,15 @@ def _recv_stamped(sock: socket.socket) -> tuple[bytes, object, int]:
     The arrival time is the kernel's receive stamp where there is one (so a
     busy service still stamps a marker when its packet arrived, not when the
     service got round to reading it), else the time of the read. The
-    kernel's stamp is on the wall clock; only the packet's age is taken
-    from it and subtracted from :func:`now_ns`.
+    kernel's stamp is on the wall clock: :data:`_WALL` maps it onto
+    :func:`now_ns`.
     """
     data, ancdata, _flags, addr = sock.recvmsg(READ_BYTES, 64)
     t_ns = now_ns()
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= _TIMESPEC.size:
             sec, nsec = _TIMESPEC.unpack_from(payload)
-            age = time.time_ns() - (sec * 1_000_000_000 + nsec)
-            if 0 <= age < 10_000_000_000:  # a wall clock step between stamp and now: keep the read time
-                t_ns -= age
+            t_ns = _WALL.to_monotonic(sec * 1_000_000_000 + nsec, t_ns)
     return data, addr, t_ns
 
 

@@ -35,7 +35,7 @@ from mushu_core.follow.placement import MarkerPlacer
 from mushu_core.follow.stream import BlockFollower
 from mushu_core.leases import MIN_LEASE_S, describe_client
 from mushu_core.recordings import EXTENSIONS, base_name
-from mushu_core.wire import PROTOCOL_VERSION, Block, Marker, dispatch
+from mushu_core.wire import PROTOCOL_VERSION, Block, Marker, StreamInfo, dispatch
 
 from .files import JOURNAL, RecordingWriter
 
@@ -442,6 +442,13 @@ class RecorderCore:
         if a is None or a.error is not None:
             return
         a.follower.on_block(block, deadline_ns=now_ns() + CATCH_UP_STEP_NS)
+
+    def on_info(self, info: StreamInfo):
+        """The amp's stream info: the device's measured rate goes into the recording's meta."""
+        a = self.active
+        if a is not None and info.session == a.session and info.fs_measured is not None:
+            a.writer.meta["mushu"]["fs_measured"] = info.fs_measured
+            a.writer.meta["mushu"]["drift_ppm"] = info.drift_ppm
 
     def on_marker(self, marker: Marker):
         self._markers_seen_ns = now_ns()

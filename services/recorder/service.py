@@ -23,7 +23,7 @@ from mushu_core.control import ControlClient, ControlServer
 from mushu_core.errors import ServiceUnavailable
 from mushu_core.fetch import history_blocks, history_markers
 from mushu_core.security import Guard
-from mushu_core.wire import MAX_MARKER_BYTES, Block, Marker, data_topic, marker_topic
+from mushu_core.wire import MAX_MARKER_BYTES, Block, Marker, StreamInfo, data_topic, info_topic, marker_topic
 
 from .core import READ_ONLY, RecorderCore, Services
 
@@ -53,7 +53,7 @@ class RecorderService:
             markers_history=self._markers_history,
             amp_time=lambda: self.amp_ctl.call("time"),
             markers_time=lambda: self.markers_ctl.request("time", timeout=0.2)[0]))
-        self.bus = subscribe([amp_data, markers_data], [data_topic(stream), marker_topic(marker_stream)],
+        self.bus = subscribe([amp_data, markers_data], [data_topic(stream), info_topic(stream), marker_topic(marker_stream)],
                              self.guard.keys, queue_bytes=queue_bytes, message_bytes=MAX_MARKER_BYTES)
         self.amp_data = self.core.amp_data = amp_data
         try:
@@ -150,6 +150,8 @@ class RecorderService:
                 self.core.on_block(msg)
             elif isinstance(msg, Marker):
                 self.core.on_marker(msg)
+            elif isinstance(msg, StreamInfo):
+                self.core.on_info(msg)
             if now_ns() > deadline:
                 return
 

@@ -27,10 +27,27 @@ class Amplifier:
         Named configurations, ``[label, kwargs-for-configure]``.
     unit : str
         Physical unit of every channel's values.
+    latency_ns : int
+        The device's least delay, in ns, from acquiring a sample to the
+        return of the read that delivers it (a fixed USB or filter delay),
+        if known: the amp service subtracts it from the times it fits
+        (:mod:`mushu_amp.timing`).
     """
 
     presets: list = []
     unit = "uV"
+    latency_ns = 0
+
+    def clock(self):
+        """``(t0_ns, fs)`` if the driver knows when its samples were acquired, else None.
+
+        Sample ``k`` of the run ``start()`` began was acquired at
+        ``t0_ns + k * 1e9 / fs`` on this host's ``time.monotonic_ns()``
+        clock. A driver that returns None (a hardware device, whose clock
+        only its reads reveal) has its sample times fitted from its reads
+        (:class:`mushu_amp.timing.ClockModel`). Asked after ``start()``.
+        """
+        return None
 
     def configure(self, **kwargs):
         """Configure the amplifier (mode, sampling frequency, channels, ...)."""
@@ -91,6 +108,9 @@ class SimulatedAmplifier(Amplifier):
     def start(self):
         self._t0 = time.monotonic_ns()
         self._next = 0
+
+    def clock(self):
+        return self._t0, self.fs  # sample k is due, and made, k / fs after start()
 
     def get_data(self):
         elapsed = time.monotonic_ns() - self._t0

@@ -139,6 +139,10 @@ class ReplayAmp(Amplifier):
         self._pos = 0
         self._t0 = time.monotonic_ns()
 
+    def clock(self):
+        """In real time, sample ``k`` is replayed ``k / fs`` after the start (its block when its last one is)."""
+        return (self._t0, self.fs) if self.realtime else None
+
     def get_data(self):
         n = len(self._data)
         pos = self._pos
