@@ -53,8 +53,9 @@ class RecorderService:
             markers_history=self._markers_history,
             amp_time=lambda: self.amp_ctl.call("time"),
             markers_time=lambda: self.markers_ctl.request("time", timeout=0.2)[0]))
-        self.bus = subscribe([amp_data, markers_data], [data_topic(stream), info_topic(stream), marker_topic(marker_stream)],
-                             self.guard.keys, queue_bytes=queue_bytes, message_bytes=MAX_MARKER_BYTES)
+        topics = [data_topic(stream), info_topic(stream), marker_topic(marker_stream)]
+        self.bus = subscribe([amp_data, markers_data], topics, self.guard.keys, queue_bytes=queue_bytes,
+                             message_bytes=MAX_MARKER_BYTES)
         self.amp_data = self.core.amp_data = amp_data
         try:
             self.control = ControlServer(self.ctx, self.guard, control, READ_ONLY, log, "recorder")
