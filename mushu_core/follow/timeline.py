@@ -16,8 +16,9 @@ class Timeline:
     """Acquisition times of a stream's recent samples, from the blocks' stamps.
 
     Each block's samples are timed from its own stamp, so the times of
-    consecutive blocks may overlap where a read was delayed more than the
-    next one. A marker's sample is decided in sample order (see
+    consecutive blocks may overlap (where the amp's clock line moved down
+    between them, or an amp of another implementation stamps blocks by
+    their reads). A marker's sample is decided in sample order (see
     :meth:`sample_at`), so that it depends only on the blocks up to that
     sample: every consumer puts it on the same sample, whenever its later
     blocks arrive.
@@ -75,9 +76,9 @@ class Timeline:
     def end_ns(self, recent: int = 64) -> int | None:
         """Acquisition time of the sample after the last one recorded; None if none is.
 
-        A block is stamped when the driver's read returns, so every stamp is
-        late by that read's delay and never early. The estimate takes the
-        least-delayed stamp of the last ``recent`` blocks, not the last one.
+        A stamp can be late (an amp that stamps a block by its read) but
+        not early: the estimate takes the earliest of the last ``recent``
+        blocks' stamps, carried to the end on the nominal rate.
         """
         if not self._first:
             return None

@@ -571,6 +571,7 @@ class RecorderCore:
             offset = (self.amp_clock.offset_ns or 0) - (self.markers_clock.offset_ns or 0)
             last = a.timeline.time_of(min(end_sample, a.timeline.end_sample) - 1) - offset
         deadline = now_ns() + MARKERS_SETTLE_NS
+        settled = None
         while True:
             try:
                 status = self.services.markers_status()
@@ -579,15 +580,19 @@ class RecorderCore:
                 status = None
             if status is None:  # busy or gone: wait for one heard from lately, not for one that is down
                 if now_ns() > min(deadline, self._markers_seen_ns + MARKERS_SETTLE_NS):
-                    return
+                    break
                 time.sleep(0.02)
                 continue
             self._markers_seen_ns = now_ns()
-            self._fill_markers(status["session"], status["last_seq"] + 1)
+            settled = status
             promised = status.get("promised_ns")
             if last is None or promised is None or promised >= last or now_ns() > deadline:
-                return
+                break
             time.sleep(0.02)
+        # Once, when the promise covers the last sample: during a flood each fetch would bring
+        # thousands of markers that the live stream brings anyway.
+        if settled is not None:
+            self._fill_markers(settled["session"], settled["last_seq"] + 1)
 
     def _fill_markers(self, session: str | None = None, until: int | None = None):
         """Fetch markers the live stream did not bring (up to seq ``until``, or all)."""
