@@ -15,6 +15,7 @@ import logging
 import math
 import operator
 import os
+import threading
 import uuid
 
 import numpy as np
@@ -168,6 +169,7 @@ class AmpCore:
         self.driver_errors = 0
         self.late_driver_markers = 0
         self.clock: ClockModel | ExactClock | None = None  # of the session
+        self._calibrate_wake = False
         self._markers: list[tuple[int, str]] = []  # driver markers waiting for their sample
         self.started_ns = now_ns()
         self._amps: tuple[int, list] | None = None  # (when, what cmd_amps found)
@@ -209,6 +211,9 @@ class AmpCore:
             return []
         clock = self.clock  # when each sample was acquired (mushu_amp.timing)
         clock.observe(self.next_sample + n, t_read)
+        if self._calibrate_wake and clock.fitted:
+            self._calibrate_wake = False
+            threading.Thread(target=_calibrate_wake, args=(clock,), name="wake-calibration", daemon=True).start()
         step = max(1, MAX_BLOCK_BYTES // max(1, data.strides[0]))
         out = []
         for i in range(0, n, step):
@@ -429,10 +434,14 @@ class AmpCore:
     def _clock(self):
         """The session's sample clock: the driver's, if it knows its sample times; else fitted to its reads."""
         known = self.driver.clock() if hasattr(self.driver, "clock") else None
+        self._calibrate_wake = known is None
         if known is not None:
             return ExactClock(*known)
-        # The read returns at least the device's latency and this host's wake-up after the acquisition.
-        return ClockModel(self.fs, int(getattr(self.driver, "latency_ns", 0) or 0) + host_wake_ns())
+        # A read returns at least the device's latency and this host's wake-up after the acquisition;
+        # the wake-up is measured again with waits as long as the reads' once they are known.
+        model = ClockModel(self.fs, int(getattr(self.driver, "latency_ns", 0) or 0))
+        model.wake_ns = host_wake_ns()
+        return model
 
     def cmd_stop(self):
         self._need_driver()
@@ -506,3 +515,14 @@ def _summary(value):
     """A configuration value as status shows it: large values (replay data) only described."""
     size = len(json.dumps(value, default=str))
     return value if size <= 1024 else f"<{type(value).__name__} of {size} bytes>"
+
+
+def _calibrate_wake(model: ClockModel):
+    """Measure this host's wake-up after waits as long as the device's reads wait, for ``model``.
+
+    It sleeps for about ten read intervals, so it runs in a thread of its own beside the acquisition;
+    setting ``model.wake_ns`` (one attribute, from here only) is atomic for the thread that reads it.
+    """
+    interval = model.read_interval_ns()
+    if interval:
+        model.wake_ns = host_wake_ns(probes=10, sleep_s=min(interval, 20_000_000) / 1e9)

@@ -94,8 +94,13 @@ class ClockModel:
         self.window_bins = max(MIN_BINS, round(window_s / bin_s))
         self.max_latency_ns = max_latency_ns
         self.reanchor_samples = max(1, round(reanchor_s * self.fs))
+        #: The host's wake-up time after a wait as long as the device's reads wait, subtracted too
+        #: (:func:`host_wake_ns`); set from outside once the reads' interval is known.
+        self.wake_ns = 0
         self.reads = 0
         self.anchors = 0
+        self._intervals: collections.deque = collections.deque(maxlen=64)  # between recent reads
+        self._last_read: int | None = None
         self._bins: collections.deque = collections.deque()  # [bin, sample, t] of each bin's earliest read
         self._s_ref = 0  # the line: t(sample) = t_ref + (sample - s_ref) * period
         self._t_ref = 0.0
@@ -107,8 +112,11 @@ class ClockModel:
     def observe(self, end_sample: int, t_read_ns: int):
         """A read returned samples up to ``end_sample`` (exclusive) at ``t_read_ns``."""
         self.reads += 1
+        if self._last_read is not None:
+            self._intervals.append(t_read_ns - self._last_read)
+        self._last_read = t_read_ns
         last = end_sample - 1
-        t = float(t_read_ns - self.latency_ns)
+        t = float(t_read_ns)  # the line is fitted to the reads; the latency is taken off in time_of
         if self.anchors == 0:
             self._anchor(last, t)
             return
@@ -128,7 +136,18 @@ class ClockModel:
 
     def time_of(self, sample: int) -> int:
         """Acquisition time of ``sample`` (an index of this session), in ns of the monotonic clock."""
-        return round(self._line(sample))
+        return round(self._line(sample)) - self.latency_ns - self.wake_ns
+
+    @property
+    def fitted(self) -> bool:
+        """True once the period is fitted rather than the nominal one."""
+        return len(self._bins) >= MIN_BINS
+
+    def read_interval_ns(self) -> int | None:
+        """The median time between the recent reads (how long a read waits), or None before two."""
+        if not self._intervals:
+            return None
+        return int(np.median(self._intervals))
 
     @property
     def period_ns(self) -> float:
@@ -147,8 +166,8 @@ class ClockModel:
 
     def status(self) -> dict:
         return {"model": "fitted", "fs_nominal": self.fs, "fs_measured": self.rate,
-                "drift_ppm": round(self.drift_ppm, 3), "latency_ns": self.latency_ns, "reads": self.reads,
-                "anchors": self.anchors, "fitted": len(self._bins) >= MIN_BINS}
+                "drift_ppm": round(self.drift_ppm, 3), "latency_ns": self.latency_ns, "wake_ns": self.wake_ns,
+                "reads": self.reads, "anchors": self.anchors, "fitted": self.fitted}
 
     # -- inside -----------------------------------------------------------------
 
