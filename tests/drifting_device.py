@@ -19,12 +19,16 @@ import time
 
 import numpy as np
 
-from mushu_amp.drivers.base import Amplifier
+from mushu_amp.drivers.base import SimulatedAmplifier
 from mushu_amp.drivers.rampamp import ramp
 
 
-class DriftingAmp(Amplifier):
-    """Chunked delivery with random latency, clock drift and optional stalls; see the module docstring."""
+class DriftingAmp(SimulatedAmplifier):
+    """Chunked delivery with random latency, clock drift and optional stalls; see the module docstring.
+
+    Its channels, rate and availability are a simulated amplifier's; its sample times are its own
+    secret, as a hardware device's are (:meth:`clock` is None).
+    """
 
     def __init__(self):
         self.fs, self.channels, self.chunk = 1000.0, 8, 8
@@ -45,6 +49,9 @@ class DriftingAmp(Amplifier):
         self.stalls = [(float(a), float(b)) for a, b in stalls]
         self.latency_ns = int(float(declared_latency_ms) * 1e6)
         self.reads_log, self._reads = reads_log, []
+
+    def clock(self):
+        return None  # the amp service fits its clock to the reads, as for hardware
 
     def start(self):
         self._rng = np.random.default_rng(self.seed)
@@ -99,13 +106,3 @@ class DriftingAmp(Amplifier):
     def stop(self):
         if self.reads_log:
             np.save(self.reads_log, np.array(self._reads, np.int64).reshape(-1, 2))
-
-    def get_channels(self):
-        return [f"Ch_{i}" for i in range(self.channels)]
-
-    def get_sampling_frequency(self):
-        return self.fs
-
-    @staticmethod
-    def is_available():
-        return True
