@@ -352,7 +352,7 @@ class StreamReader:
             if skip <= offset < stop:
                 self._amp_markers.append((h.first_sample + offset, label))
         if self.placer.start_ns is None:
-            self.placer.start_ns = h.t_ns + round(skip * 1e9 / h.fs)
+            self.placer.start_ns = h.time_of(skip)
 
     def lost(self, first_sample: int, count: int, reason: str):
         self.gaps.append((first_sample, count))

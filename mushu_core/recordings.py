@@ -1,6 +1,6 @@
 r"""mushu's recording files: names, label escaping and the reader (numpy only).
 
-A recording ``NAME`` is five files that describe one sample file:
+A recording ``NAME`` is six files that describe one sample file:
 
 - ``NAME.eeg``: float32, little-endian, sample-major (sample 0 channel
   0..N-1, sample 1, ...), no header: libmushu's layout, and byte for byte
@@ -11,6 +11,15 @@ A recording ``NAME`` is five files that describe one sample file:
   ``Amp``, and mushu's additions under ``"mushu"`` (see the recorder).
 - ``NAME.vhdr`` and ``NAME.vmrk``: BrainVision header and markers for the
   same ``NAME.eeg``, so MNE-Python and EEGLAB open the recording as it is.
+- ``NAME.times``: when each block of samples was acquired, one text line per
+  block, ``<sample> <n_samples> <t_ns> <t_read_ns>``: the block starts at
+  ``sample`` of ``NAME.eeg``, ``t_ns`` is its first sample's acquisition
+  time as the amp's clock model stamped it and ``t_read_ns`` the raw time
+  the driver's read that delivered it returned (``-`` if the amp did not
+  say), both in integer ns of the amp host's monotonic clock. Blocks of one
+  read share ``t_read_ns``; offline analysis can refit the sample clock from
+  these pairs. Lines starting with ``#`` are comments. Older recordings
+  have no such file. See :meth:`Recording.block_times`.
 
 Samples that were lost (and could not be refetched) are written as NaN, so
 every sample stays at its true position, and listed in the meta's
@@ -49,7 +58,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-EXTENSIONS = (".eeg", ".marker", ".meta", ".vhdr", ".vmrk")
+EXTENSIONS = (".eeg", ".marker", ".meta", ".vhdr", ".vmrk", ".times")
 SAMPLE_DTYPE = np.dtype("<f4")
 GAP_LABEL = "mushu:gap"
 
@@ -112,7 +121,7 @@ def unescape_label(text: str) -> str:
 
 
 def recording_paths(name: str) -> dict[str, str]:
-    """The five file paths of recording ``name`` (a path without extension)."""
+    """The six file paths of recording ``name`` (a path without extension)."""
     return {ext: name + ext for ext in EXTENSIONS}
 
 
@@ -143,6 +152,7 @@ class Recording:
     fs: float
     channels: list
     meta: dict = field(default_factory=dict)
+    _times_path: str = field(default="", repr=False)
 
     @property
     def gaps(self) -> list:
@@ -152,6 +162,26 @@ class Recording:
     def marker_samples(self) -> list:
         """``[(sample index, label)]``: each marker on the sample it was written for."""
         return [(round(ms * self.fs / 1000.0), label) for ms, label in self.markers]
+
+    def block_times(self) -> np.ndarray:
+        """When each block of samples was acquired, from ``NAME.times``.
+
+        Returns
+        -------
+        ndarray
+            One row per block, a structured array with integer fields
+            ``sample`` (its first sample in ``data``), ``n`` (its samples),
+            ``t_ns`` (its first sample's stamped acquisition time) and
+            ``t_read_ns`` (when the driver's read that delivered it returned,
+            0 where the amp did not say), in ns of the amp host's monotonic
+            clock. Empty for recordings without a ``NAME.times``.
+
+        Raises
+        ------
+        ValueError
+            If a line is not four integers (the last may be ``-``).
+        """
+        return read_block_times(self._times_path) if self._times_path else np.zeros(0, BLOCK_TIMES_DTYPE)
 
     def __iter__(self):  # data, markers, fs, channels = load(path)
         return iter((self.data, self.markers, self.fs, self.channels))
@@ -203,7 +233,32 @@ def load(path: str, mmap: bool = False) -> Recording:
                 except ValueError:  # UnicodeDecodeError included
                     raise ValueError(f"{paths['.marker']} line {number}: {line[:80]!r} is not "
                                      f"'<ms> <UTF-8 label>'") from None
-    return Recording(data, markers, fs, channels, meta)
+    times = paths[".times"] if os.path.exists(paths[".times"]) else ""
+    return Recording(data, markers, fs, channels, meta, times)
+
+
+BLOCK_TIMES_DTYPE = np.dtype([("sample", "<i8"), ("n", "<i8"), ("t_ns", "<i8"), ("t_read_ns", "<i8")])
+
+
+def read_block_times(path: str) -> np.ndarray:
+    """The rows of a ``NAME.times`` file (see :meth:`Recording.block_times`); a torn last line is left out."""
+    rows = []
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.endswith(b"\n"):
+                break  # torn last line
+            if line.startswith(b"#") or not line.strip():
+                continue
+            fields = line.split()
+            try:
+                if len(fields) != 4:
+                    raise ValueError
+                rows.append((int(fields[0]), int(fields[1]), int(fields[2]),
+                             0 if fields[3] == b"-" else int(fields[3])))
+            except ValueError:
+                raise ValueError(f"{path} line {number}: {line[:80]!r} is not "
+                                 f"'<sample> <n_samples> <t_ns> <t_read_ns or ->'") from None
+    return np.array(rows, BLOCK_TIMES_DTYPE)
 
 
 def _read_meta(path: str) -> dict:

@@ -1,11 +1,13 @@
 """Checks shared by the hardware-driver tests (test_gusbamp.py, test_epoc.py)."""
 
+import json
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support import published_blocks
 
 import mushu_client
 from mushu_amp.drivers import usbdev
@@ -101,3 +103,22 @@ def vanishing_device_reaches_client_and_status(spawn_amp, factory, amp_name, wor
         assert got > 0
         status = amp.status()
         assert status["state"] == "error" and f"ConnectionError: {words}" in status["error"]
+
+
+def stamp_errors(spawn_amp, tmp_path, factory, amp_name, index_of, seconds=5.0, **configure):
+    """Stamp error (ns, stamped minus true acquisition time) of every block after the model's first
+    2.5 s, and the session's clock status, from a service whose driver sees ``factory``'s late, drifting
+    device (its truth written to a file). ``index_of(data)`` says which device sample a block's first row is.
+    """
+    truth = tmp_path / f"truth-{factory}.json"
+    svc = spawn_amp(env={"PYTHONPATH": TESTS, usbdev.ENV_BACKEND: f"usb_fakes:{factory}",
+                         "MUSHU_TEST_USB_TRUTH": str(truth)})
+    blocks, clock = published_blocks(svc, amp_name, seconds, **configure)
+    t = json.loads(truth.read_text())
+    skipped = {index_of(b.data) - b.header.first_sample for b in blocks}
+    assert len(skipped) == 1, f"the device dropped samples: {sorted(skipped)}"
+    start = blocks[0].header.t_ns + 2.5e9
+    errors = [b.header.t_ns - (t["t0_ns"] + index_of(b.data) * t["period_ns"])
+              for b in blocks if b.header.t_ns >= start]
+    assert len(errors) > 50, len(errors)
+    return np.array(errors), clock

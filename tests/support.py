@@ -40,3 +40,34 @@ def free_port(host: str = "127.0.0.1") -> int:
         _handed_out.add(port)
         return port
     raise RuntimeError(f"no free port found on {host} in {first}-{low - 1}")
+
+
+def published_blocks(svc, amp_name: str, seconds: float, **configure) -> tuple[list, dict]:
+    """Configure and start ``amp_name`` on the amp service ``svc`` (its ``data``/``control``
+    endpoints), and return every block it published in ``seconds`` (decoded, headers included)
+    and its session clock's status, then stop it."""
+    import time
+
+    import zmq
+
+    import mushu_client
+    from mushu_core.wire import data_topic, decode_message
+
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, data_topic("eeg"))
+    sub.connect(svc.data)
+    amp = mushu_client.get_amp(amp_name, data=svc.data, control=svc.control)
+    blocks = []
+    try:
+        amp.configure(**configure)
+        amp.start()
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if sub.poll(100):
+                blocks.append(decode_message(sub.recv_multipart()))
+        clock = amp.status()["clock"]
+        amp.stop()
+    finally:
+        amp.close()
+        sub.close(0)
+    return blocks, clock

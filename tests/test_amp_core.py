@@ -116,3 +116,18 @@ def test_the_status_says_how_a_session_began(tmp_path):
     assert again.cmd_status()["session_origin"] == "command"
     core.cmd_stop()
     again.cmd_stop()
+
+
+def test_commands_do_not_wait_for_a_busy_disk(tmp_path, monkeypatch):
+    # An fsync waits for the disk: seconds while a recording writes to it. The state file is for
+    # a restarted process (the page cache serves it), so saving it must not wait.
+    monkeypatch.setattr("os.fsync", lambda fd: time.sleep(2.0))
+    core = AmpCore(state_file=str(tmp_path / "amp.json"))
+    t = time.monotonic()
+    core.handle("use", {"amp": "rampamp"})
+    core.handle("configure", {"kwargs": {"fs": 1000, "channels": 2}})
+    core.handle("start", {})
+    core.handle("stop", {})
+    assert time.monotonic() - t < 1.0
+    again = AmpCore(state_file=str(tmp_path / "amp.json"))
+    assert again.restore_state() and again.config == {"fs": 1000, "channels": 2}

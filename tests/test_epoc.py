@@ -7,7 +7,7 @@ import pytest
 
 from hardware_checks import fresh_usb_backend  # noqa: F401 (an autouse fixture)
 from hardware_checks import (amp_through_service, available_only_with_its_device, collect, count_until_silence_error,
-                             read_for, read_until_error, unplugging_wakes_a_waiting_read,
+                             read_for, read_until_error, stamp_errors, unplugging_wakes_a_waiting_read,
                              vanishing_device_reaches_client_and_status)
 from mushu_amp.drivers.epoc import EEG, Epoc, battery_percent, epoc_key
 from usb_fakes import EPOC_SERIAL, EpocEmulator, FakeBackend, epoc_fields
@@ -170,3 +170,12 @@ def test_service_reads_an_emulated_epoc(spawn_amp):
 
 def test_service_reports_a_vanished_epoc_to_the_client(spawn_amp):
     vanishing_device_reaches_client_and_status(spawn_amp, "epoc_vanishing_backend", "epoc", "Emotiv EPOC disconnected")
+
+
+def test_a_late_drifting_epoc_is_stamped_at_acquisition_less_what_is_declared(spawn_amp, tmp_path):
+    # reports arrive 2-4 ms after they were acquired; the headset's clock is 100 ppm fast
+    errors, clock = stamp_errors(spawn_amp, tmp_path, "epoc_late_backend", "epoc",
+                                 lambda data: int(data[0, 0]),  # F3 holds the report's number
+                                 latency_ms=2.0)
+    assert clock["model"] == "fitted" and clock["latency_ns"] == 2_000_000
+    assert np.abs(errors).max() < 1e6 and abs(np.median(errors)) < 0.5e6, np.percentile(errors, [0, 50, 100])

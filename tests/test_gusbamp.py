@@ -10,7 +10,7 @@ import usb.core
 
 from hardware_checks import fresh_usb_backend  # noqa: F401 (an autouse fixture)
 from hardware_checks import (amp_through_service, available_only_with_its_device, collect, count_until_silence_error,
-                             read_for, read_until_error, unplugging_wakes_a_waiting_read,
+                             read_for, read_until_error, stamp_errors, unplugging_wakes_a_waiting_read,
                              vanishing_device_reaches_client_and_status)
 from mushu_amp.drivers import gtec_filters
 from mushu_amp.drivers.gusbamp import SUPPORTED_FS, GUSBamp
@@ -281,3 +281,17 @@ def test_one_get_data_after_stop_returns_every_sample_up_to_the_stop(spawn_amp):
 def test_service_reports_a_vanished_gusbamp_to_the_client(spawn_amp):
     vanishing_device_reaches_client_and_status(spawn_amp, "gusbamp_vanishing_backend", "gusbamp",
                                                "g.USBamp disconnected")
+
+
+@pytest.mark.parametrize("declared_ms", [0.0, 2.0])
+def test_a_late_drifting_gusbamp_is_stamped_at_acquisition_less_what_is_declared(spawn_amp, tmp_path, declared_ms):
+    # transfers arrive 2-4 ms after their last frame; the device's clock is 100 ppm fast
+    errors, clock = stamp_errors(spawn_amp, tmp_path, "gusbamp_late_backend", "gusbamp",
+                                 lambda data: (int(data[0, 16]) - 16) // 17,  # the trigger channel counts frames
+                                 fs=1200, latency_ms=declared_ms)
+    assert clock["model"] == "fitted" and clock["latency_ns"] == declared_ms * 1e6
+    assert abs(clock["drift_ppm"] - 100) < 40, clock
+    if declared_ms:  # what is left is the spread of the least latency over the fit
+        assert np.abs(errors).max() < 1e6 and abs(np.median(errors)) < 0.5e6, np.percentile(errors, [0, 50, 100])
+    else:  # the device's least latency, which only a declaration can tell
+        assert np.median(errors) > 1.5e6, np.percentile(errors, [0, 50, 100])

@@ -13,6 +13,7 @@ import uuid
 
 import numpy as np
 import pytest
+from support import published_blocks
 
 import mushu_client
 from mushu_amp.drivers.rampamp import ramp
@@ -36,17 +37,23 @@ def eeg_outlet(name, fs, labels, unit="microvolts"):
 
 
 class Pusher(threading.Thread):
-    """Pushes ramp samples at ``fs`` with exact LSL timestamps, and a marker on every 50th sample."""
+    """Pushes ramp samples at ``fs`` with exact LSL timestamps, and a marker on every 50th sample.
 
-    def __init__(self, outlet, fs, channels, marker_outlet=None):
+    Sample ``k`` is stamped ``t0 + k / fs`` and pushed ``lag`` seconds later, as a device that delivers
+    its samples late stamps them with their acquisition time.
+    """
+
+    def __init__(self, outlet, fs, channels, marker_outlet=None, lag=0.0):
         super().__init__(daemon=True)
         self.outlet, self.fs, self.channels, self.marker_outlet = outlet, fs, channels, marker_outlet
+        self.lag, self.t0 = lag, None
         self.halt = threading.Event()
 
     def run(self):
-        t0, k = pylsl.local_clock(), 0
+        start, k = pylsl.local_clock(), 0
+        self.t0 = t0 = start - self.lag
         while not self.halt.is_set():
-            due = int((pylsl.local_clock() - t0) * self.fs) + 1
+            due = int((pylsl.local_clock() - start) * self.fs) + 1
             if due > k:
                 self.outlet.push_chunk(ramp(k, due - k, self.channels), [t0 + i / self.fs for i in range(k, due)])
                 for i in range(k, due):
@@ -92,6 +99,22 @@ def test_lslamp_reads_labels_units_data_and_markers_on_their_samples(amp_service
         assert abs(k0 + sample - int(label[1:])) <= 1, (sample, label)
     sent = [i for i in range(k0 + 1, k0 + len(data) - 10) if i % 50 == 25]
     assert sorted(int(label[1:]) for _, label in markers)[:len(sent)] == sent  # none lost
+
+
+def test_lslamp_stamps_each_sample_with_its_lsl_timestamp_not_its_arrival(amp_service):
+    name, fs, lag = unique("mushu-eeg"), 500, 0.03
+    pusher = Pusher(eeg_outlet(name, fs, ["A", "B"]), fs, 2, lag=lag)  # samples arrive 30 ms after their stamp
+    pusher.start()
+    try:
+        blocks, clock = published_blocks(amp_service, "lslamp", 2.0, name=name, marker_type=None, timeout=1.0)
+    finally:
+        pusher.halt.set()
+    assert len(blocks) > 20 and clock["model"] == "stamped" and abs(clock["drift_ppm"]) < 1000
+    for b in blocks:
+        k = int(b.data[0, 0]) // 2  # the ramp holds each sample's index
+        stamped = (pusher.t0 + k / fs) * 1e9  # pylsl.local_clock() is the monotonic clock
+        assert abs(b.header.t_ns - stamped) < 0.5e6, (k, b.header.t_ns - stamped)
+        assert b.header.t_read_ns - b.header.time_of(b.header.n_samples - 1) > 0.8 * lag * 1e9  # read late
 
 
 def test_lslamp_without_a_stream_fails_fast_and_without_markers_still_reads(amp_service):

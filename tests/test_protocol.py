@@ -42,6 +42,14 @@ def test_block_round_trip_keeps_every_field_and_value():
     np.testing.assert_array_equal(b.data, data)
 
 
+def test_a_blocks_read_time_travels_and_readers_that_ignore_it_see_the_same_block():
+    frames, _ = block_frames(t_read_ns=123999999)
+    assert p.decode_message(frames).header == header(t_read_ns=123999999)
+    m = msgpack.unpackb(frames[1])
+    assert m["t_read_ns"] == 123999999 and {k: v for k, v in m.items() if k != "t_read_ns"} == \
+        msgpack.unpackb(block_frames()[0][1])  # an optional field: everything else is as without it
+
+
 @pytest.mark.parametrize("dtype", [">f4", "<f8", "<i2", ">i4", "|u1", "<u8"])
 def test_explicit_byte_orders_decode_to_the_same_values(dtype):
     frames, data = block_frames(dtype=dtype)
@@ -67,6 +75,8 @@ def test_explicit_byte_orders_decode_to_the_same_values(dtype):
     ({"session": "xyz"}, "'session'"),
     ({"stream": "other"}, "does not match topic"),
     ({"t_ns": KeyError}, "missing field 't_ns'"),
+    ({"t_read_ns": "soon"}, "'t_read_ns' must be an integer"),
+    ({"t_read_ns": 2**64 - 1}, "'t_read_ns'"),
     ({"n_samples": 4}, "payload is 24 bytes"),
 ])
 def test_malformed_block_headers_are_rejected_naming_the_field(change, words):
@@ -293,15 +303,18 @@ def _near(*bounds):
 @settings(max_examples=1000, deadline=None)
 @given(_near((256, 65535), (0, 2**64 - 1)), _near((65536, 2**32 - 1), (0, 2**64 - 1)),
        _near((2**32, 2**63 - 1), (-(2**63), 2**64 - 1)), _near((0, 127), (128, 70000)),
-       st.lists(st.tuples(st.one_of(st.integers(0, 200), st.just(0)), st.integers(0, 255)), max_size=3))
-@example(seq=256, first=65536, t_ns=2**32, n=1, flips=[(29, 65)])  # stream 'eeg' flipped to 'Aeg'
-def test_a_header_read_by_its_layout_decodes_exactly_as_msgpack_would(seq, first, t_ns, n, flips):
+       st.lists(st.tuples(st.one_of(st.integers(0, 200), st.just(0)), st.integers(0, 255)), max_size=3),
+       st.one_of(st.none(), _near((2**32, 2**63 - 1), (-(2**63), 2**64 - 1))))
+@example(seq=256, first=65536, t_ns=2**32, n=1, flips=[(29, 65)], t_read=None)  # stream 'eeg' flipped to 'Aeg'
+def test_a_header_read_by_its_layout_decodes_exactly_as_msgpack_would(seq, first, t_ns, n, flips, t_read):
     # The layout of the last header decoded (blocks._HeaderLayout) reads the next ones
     # without msgpack: for any next frame, valid or corrupted, the result must be the
     # full decoder's (the same header, or a ProtocolError).
-    template = raw_header(seq=300, first_sample=70000, t_ns=2**40)[1]
+    read = {} if t_read is None else {"t_read_ns": 2**40 + 7}
+    template = raw_header(seq=300, first_sample=70000, t_ns=2**40, **read)[1]
     assert _decoded(template, "eeg") != "ProtocolError" and "eeg" in blocks._layouts
-    frame = bytearray(raw_header(seq=seq, first_sample=first, t_ns=t_ns, n_samples=n)[1])
+    read = {} if t_read is None else {"t_read_ns": t_read}
+    frame = bytearray(raw_header(seq=seq, first_sample=first, t_ns=t_ns, n_samples=n, **read)[1])
     for at, value in flips:
         if at < len(frame):
             frame[at] = value
@@ -320,3 +333,9 @@ def test_consecutive_headers_are_read_by_their_layout():
     frame = raw_header(seq=1001, first_sample=3003, t_ns=987654321)[1]
     assert blocks._layouts["eeg"].decode(frame) == header(seq=1001, first_sample=3003, t_ns=987654321)
 
+
+def test_consecutive_headers_with_read_times_are_read_by_their_layout():
+    p.decode_block_header(raw_header(seq=1000, first_sample=3000, t_read_ns=2**40)[1], "eeg")
+    frame = raw_header(seq=1001, first_sample=3003, t_ns=987654321, t_read_ns=2**40 + 3_000_000)[1]
+    expected = header(seq=1001, first_sample=3003, t_ns=987654321, t_read_ns=2**40 + 3_000_000)
+    assert blocks._layouts["eeg"].decode(frame) == expected

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 
 import numpy as np
@@ -12,6 +14,7 @@ from mushu_core.clock import host_clock_id, now_ns
 from mushu_core.recordings import load
 from mushu_core.wire import Block, BlockHeader
 from mushu_recorder.core import CATCH_UP_STEP_NS, RecorderCore, Services
+from mushu_recorder.files import BackgroundSync
 
 SESSION = "0123456789abcdef0123456789abcdef"
 FS, CHANNELS, N = 1000.0, 4, 10  # 10-sample blocks
@@ -189,3 +192,29 @@ def test_a_resumed_recording_keeps_its_token_and_lease(tmp_path):
     again = core_with(tmp_path, lambda session, from_sample, until: iter(()))  # the recorder restarted
     assert again.resume().endswith("/kept")
     assert again.active.lease_s == 4.0 and again.handle("renew", {"token": token})["state"] == "recording"
+
+
+def test_a_busy_disk_holds_up_neither_a_recording_nor_its_finish(tmp_path, monkeypatch):
+    # An fsync on a busy disk takes seconds; the service syncs in a thread of its own
+    # (BackgroundSync) while its loop writes and answers, and waits for it when it exits.
+    synced = []
+
+    def slow_fsync(fd):
+        time.sleep(0.5)
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+    monkeypatch.setattr("os.fsync", slow_fsync)
+    core, status = amp_core(tmp_path)
+    # a markers service that has published everything: finish() need not wait for it
+    core.services = dataclasses.replace(core.services, markers_status=lambda: {
+        "session": OTHER, "last_seq": -1, "promised_ns": 2**62})
+    core.sync_files = syncer = BackgroundSync()
+    t = time.monotonic()
+    core.handle("record", {"name": "busy", "session": SESSION, "first_sample": 0})
+    acquire(core, status, SESSION, 20, now_ns())
+    core.sync()
+    result = core.handle("finish", {"end_sample": 20 * N})
+    assert time.monotonic() - t < 0.5 and result["n_samples"] == 20 * N
+    syncer.close()
+    assert {os.path.basename(p) for p in synced} >= {"busy.eeg", "busy.meta", "busy.marker", "busy.times"}
+    np.testing.assert_array_equal(load(result["base"]).data, ramp(0, 20 * N, CHANNELS))

@@ -101,6 +101,11 @@ def test_sigkill_at_random_moments_loses_nothing(spawn_amp, spawn_markers, spawn
     assert sorted(got) == sorted(c.markers), ([m for m in got if m not in c.markers], [m for m in c.markers if m not in got])
     assert not os.path.exists(result["base"] + JOURNAL)
     assert json.load(open(result["base"] + ".meta"))["mushu"]["state"] == "complete"
+    # every sample's block times once, in order, whatever the kills interrupted
+    times = recording.block_times()
+    assert times["sample"][0] == 0 and times["sample"][-1] + times["n"][-1] == len(c.data)
+    np.testing.assert_array_equal(times["sample"][1:], times["sample"][:-1] + times["n"][:-1])
+    assert (np.diff(times["t_ns"]) > 0).all() and (times["t_read_ns"] > 0).all()
 
 
 def test_resume_repairs_torn_tails(tmp_path):
@@ -109,6 +114,7 @@ def test_resume_repairs_torn_tails(tmp_path):
     w.append(ramp(0, 10, 2))
     w.add_marker(3, "three", seq=0, session="s" * 32, t_ns=1)
     w.add_marker(7, "seven,\nwith a newline", seq=1, session="s" * 32, t_ns=2)
+    w.add_block_times(0, 10, 5_000, 95_000)
     w.sync()
     w.close()
     # a crash in the middle of writes: half a sample, half a journal line, half a marker line
@@ -118,12 +124,16 @@ def test_resume_repairs_torn_tails(tmp_path):
         f.write('{"sample": 9, "seq": 2, "ses')
     with open(base + ".marker", "a") as f:
         f.write("90.000000 ni")
+    with open(base + ".times", "a") as f:  # times of samples the .eeg never got, then a torn line
+        f.write("10 5 105000 -\n15 5 1")
     w = RecordingWriter.resume(base)
     assert w.n_samples == 10 and [m["label"] for m in w.markers] == ["three", "seven,\nwith a newline"]
     w.append(ramp(10, 5, 2))
+    w.add_block_times(10, 5, 105_000, None)
     w.finish()
     r = load(base)
     np.testing.assert_array_equal(r.data, ramp(0, 15, 2))
+    assert r.block_times().tolist() == [(0, 10, 5_000, 95_000), (10, 5, 105_000, 0)]
     assert r.markers == [(30.0, "three"), (70.0, "seven,\nwith a newline")]
     vmrk = open(base + ".vmrk").read()
     assert "Mk2=Stimulus,three,4,1,0" in vmrk and "Mk3=Stimulus,seven\\1\\nwith a newline,8,1,0" in vmrk

@@ -105,3 +105,20 @@ def test_a_late_drifting_device_has_every_marker_on_its_true_sample_in_client_an
     recorded = {label: round(ms * FS / 1000) for ms, label in rec.markers
                 if not label.startswith("mushu:") and label != "warm-up"}
     assert recorded == placed
+
+    # NAME.times: each block's stamp and its raw read time, from which the clock can be refitted offline
+    times = rec.block_times()
+    start = rec.meta["mushu"]["segments"][0]["first_sample"]
+    assert times["sample"][0] == 0 and times["sample"][-1] + times["n"][-1] == len(rec.data)
+    acquired = t["t0_ns"] + (start + times["sample"]) * t["period_ns"]
+    settled = times["sample"] >= FS  # the first second's stamps come from the model's first reads
+    assert np.abs(times["t_ns"] - acquired)[settled].max() < 1e6  # then within 1 ms of the truth
+    ends = {}
+    for row in times:  # one observation per read: the end of the last block it delivered
+        ends[int(row["t_read_ns"])] = int(row["sample"] + row["n"])
+    t_read = np.array(list(ends), float)
+    end = np.array(list(ends.values()), float)
+    last_acquired = t["t0_ns"] + (start + end - 1) * t["period_ns"]
+    assert (t_read >= last_acquired).all()  # no read returns before its samples were acquired
+    slope = np.polyfit(end, t_read - t_read[0], 1)[0]
+    assert abs((1e9 / FS / slope - 1) * 1e6 - 100.0) < 20  # the raw reads alone give the drift

@@ -9,8 +9,12 @@ behave like devices, not like mocks of the driver:
 - a request they do not know, or with a bad value or payload, is refused
   with a pipe error (a stall) and recorded in ``refused``; accepted control
   requests are recorded in ``requests`` as ``(bRequest, wValue, data)``;
-- they stream by the clock: a read waits until the data is due and raises
-  ``usb.core.USBTimeoutError`` when the timeout passes first;
+- they stream by their own clock, which runs ``ppm`` fast against the
+  host's: a transfer is ready ``latency_s`` (a range, drawn per transfer)
+  after its last sample was acquired, a read waits until then and raises
+  ``usb.core.USBTimeoutError`` when the timeout passes first; ``truth``
+  (a path) receives the true acquisition times as JSON (``t0_ns``,
+  ``period_ns``: sample ``k`` at ``t0_ns + k * period_ns``);
 - ``unplug()`` (or ``unplug_after`` seconds after the host's first read) makes every later
   call, including a read already waiting, raise ``usb.core.USBError`` with
   errno ENODEV, as libusb does for a vanished device; ``stall_after``
@@ -24,7 +28,10 @@ from __future__ import annotations
 
 import array
 import errno
+import json
 import math
+import os
+import random
 import struct
 import threading
 import time
@@ -82,6 +89,12 @@ class FakeDevice:
         Seconds after the host's first read at which the device vanishes.
     stall_after : float, optional
         Seconds after streaming starts at which the device falls silent.
+    ppm : float
+        How much faster than its nominal rate the device's clock runs.
+    latency_s : (float, float)
+        Range of the delay from a transfer's last sample to its delivery.
+    truth : str, optional
+        Where to write the true sample times when streaming starts.
     """
 
     vendor = product = 0
@@ -89,7 +102,8 @@ class FakeDevice:
     interfaces: list = []
     kernel_interfaces: tuple = ()  # held by a kernel driver when plugged in
 
-    def __init__(self, unplug_after=None, stall_after=None, address=2):
+    def __init__(self, unplug_after=None, stall_after=None, address=2, ppm=0.0, latency_s=(0.0, 0.0),
+                 truth=None, seed=0):
         self.descriptor = SimpleNamespace(
             bLength=18, bDescriptorType=1, bcdUSB=0x0200, bDeviceClass=0, bDeviceSubClass=0, bDeviceProtocol=0,
             bMaxPacketSize0=64, idVendor=self.vendor, idProduct=self.product, bcdDevice=0x0100,
@@ -106,6 +120,38 @@ class FakeDevice:
         self.unplug_after, self.stall_after = unplug_after, stall_after
         self.t0 = None  # when streaming started
         self.first_read = None  # when the host first read data
+        self.ppm, self.latency_s, self.truth = ppm, latency_s, truth
+        self._rng = random.Random(seed)
+        self._latency = None  # of the transfer the host waits for
+
+    # -- the device's clock -------------------------------------------------------
+
+    def start_clock(self):
+        self.t0_ns = time.monotonic_ns()
+        self.t0 = self.t0_ns / 1e9
+        if self.truth:
+            with open(self.truth, "w") as f:
+                json.dump({"t0_ns": self.t0_ns, "period_ns": 1e9 / self.true_fs}, f)
+
+    @property
+    def true_fs(self):
+        return self.fs * (1 + self.ppm * 1e-6)
+
+    def acquired(self, k):
+        """When sample ``k`` since the start was acquired (host seconds)."""
+        return self.t0 + k / self.true_fs
+
+    def ready(self, last):
+        """Seconds until a transfer whose last sample is ``last`` is delivered (0: it is)."""
+        if self.acquired(last) >= self.silent_since():
+            return 1.0
+        if self._latency is None:
+            self._latency = self._rng.uniform(*self.latency_s)
+        return max(0.0, self.acquired(last) + self._latency - time.monotonic())
+
+    def delivered(self):
+        """The transfer waited for went out: the next one has a latency of its own."""
+        self._latency = None
 
     # -- presence -----------------------------------------------------------
 
@@ -296,7 +342,8 @@ class GUSBampEmulator(FakeDevice):
     def _start(self, value, data):
         if value or data or None in (self.fs, self.mode, self.channels) or self.buffer != 0x08:
             return False
-        self.running, self.sent, self.t0 = True, 0, time.monotonic()
+        self.running, self.sent = True, 0
+        self.start_clock()
         return True
 
     def _stop(self, value, data):
@@ -321,12 +368,11 @@ class GUSBampEmulator(FakeDevice):
         def attempt():
             if not self.running:
                 return None, 1.0
-            now = min(time.monotonic(), self.silent_since())
-            due = int((now - self.t0) * self.fs) * 68
-            if due - self.sent >= want:
-                return self._take(want), 0.0
-            frames_needed = -(-(self.sent + want) // 68)
-            return None, max(0.0, self.t0 + frames_needed / self.fs - time.monotonic())
+            wait = self.ready(-(-(self.sent + want) // 68) - 1)  # the transfer's last frame
+            if wait > 0:
+                return None, wait
+            self.delivered()
+            return self._take(want), 0.0
 
         return self.wait(attempt, timeout_ms)
 
@@ -403,7 +449,7 @@ class EpocEmulator(FakeDevice):
     def claim(self, intf):
         super().claim(intf)
         if intf == 1 and self.t0 is None:
-            self.t0 = time.monotonic()
+            self.start_clock()
 
     def read(self, ep, size, timeout_ms):
         if size < 32:
@@ -413,14 +459,16 @@ class EpocEmulator(FakeDevice):
             if ep != 0x82:
                 return None, 1.0  # the other interface never reports
             now = min(time.monotonic(), self.silent_since())
-            due = int((now - self.t0) * self.fs) + 1
+            due = int((now - self.t0) * self.true_fs) + 1  # reports acquired by now
             if due - self.next > self.queue:
                 self.dropped += due - self.next - self.queue
                 self.next = due - self.queue
-            if due > self.next:
-                self.next += 1
-                return self.cipher.encrypt(epoc_plain(self.next - 1)), 0.0
-            return None, max(0.0, self.t0 + due / self.fs - time.monotonic())
+            wait = self.ready(self.next)
+            if wait > 0:
+                return None, wait
+            self.delivered()
+            self.next += 1
+            return self.cipher.encrypt(epoc_plain(self.next - 1)), 0.0
 
         return self.wait(attempt, timeout_ms)
 
@@ -535,6 +583,16 @@ def no_device_backend():
 
 def gusbamp_backend():
     return FakeBackend(GUSBampEmulator(max_read=300))  # 4 frames and a bit: frames straddle reads
+
+
+def gusbamp_late_backend():
+    """A g.USBamp 100 ppm fast whose transfers arrive 2-4 ms late; its truth in ``MUSHU_TEST_USB_TRUTH``."""
+    return FakeBackend(GUSBampEmulator(ppm=100.0, latency_s=(0.002, 0.004), truth=os.environ["MUSHU_TEST_USB_TRUTH"]))
+
+
+def epoc_late_backend():
+    """An EPOC 100 ppm fast whose reports arrive 2-4 ms late; its truth in ``MUSHU_TEST_USB_TRUTH``."""
+    return FakeBackend(EpocEmulator(ppm=100.0, latency_s=(0.002, 0.004), truth=os.environ["MUSHU_TEST_USB_TRUTH"]))
 
 
 def gusbamp_vanishing_backend():

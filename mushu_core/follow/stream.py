@@ -192,7 +192,7 @@ class BlockFollower:
             self.duplicates += h.n_samples if skip >= h.n_samples else 0
             return 0
         self.duplicates += skip
-        self.timeline.add(h.first_sample + skip, h.t_ns + round(skip * 1e9 / h.fs), stop - skip, h.fs)
+        self.timeline.add(h.first_sample + skip, h.time_of(skip), stop - skip, h.fs)
         self.next_sample = h.first_sample + stop
         if self.horizon_s:
             self.timeline.forget_before(self.next_sample - int(h.fs * self.horizon_s))

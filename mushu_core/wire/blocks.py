@@ -52,6 +52,12 @@ class BlockHeader:
         Markers the amplifier itself produced (replayed markers, a device's
         trigger channel, an LSL marker stream), as ``(sample offset within
         this block, label)``: on their sample exactly. Usually empty.
+    t_read_ns : int or None
+        When the driver's read that delivered this block returned (the
+        source host's monotonic clock): the raw observation ``t_ns`` is
+        fitted from (see ``services.amp.timing``). Every block of one read
+        carries the same value; the read delivered samples up to the last
+        sample of the last of them. None if the publisher does not say.
     """
 
     stream: str
@@ -64,6 +70,11 @@ class BlockHeader:
     dtype: str
     t_ns: int
     markers: tuple = ()
+    t_read_ns: int | None = None
+
+    def time_of(self, offset: int) -> int:
+        """Acquisition time of the block's sample ``offset``: ``t_ns + round(offset * 1e9 / fs)`` (protocol 7.4)."""
+        return self.t_ns + round(offset * 1e9 / self.fs)
 
     @property
     def payload_bytes(self) -> int:
@@ -85,7 +96,7 @@ def encode_block_header(h: BlockHeader) -> bytes:
 
 
 def _block_map(h: BlockHeader) -> dict:
-    return ({
+    m = {
         "version": PROTOCOL_VERSION,
         "kind": "block",
         "stream": h.stream,
@@ -97,7 +108,10 @@ def _block_map(h: BlockHeader) -> dict:
         "fs": h.fs,
         "dtype": h.dtype,
         "t_ns": h.t_ns,
-    })
+    }
+    if h.t_read_ns is not None:
+        m["t_read_ns"] = h.t_read_ns
+    return m
 
 
 def encode_block(header: BlockHeader, data: np.ndarray) -> list:
@@ -125,10 +139,12 @@ def _fast_block_header(m: dict) -> BlockHeader | None:
     """
     g = m.get
     seq, first, n, n_channels, t_ns = g("seq"), g("first_sample"), g("n_samples"), g("n_channels"), g("t_ns")
+    t_read = g("t_read_ns")
     if (type(seq) is not int or type(first) is not int or type(n) is not int or type(n_channels) is not int
             or type(t_ns) is not int or not 0 <= seq <= _I64[1] or not 0 <= first <= _I64[1]
             or not 1 <= n <= MAX_BLOCK_SAMPLES or not 1 <= n_channels <= MAX_CHANNELS
-            or not _I64[0] <= t_ns <= _I64[1]):
+            or not _I64[0] <= t_ns <= _I64[1]
+            or (t_read is not None and (type(t_read) is not int or not _I64[0] <= t_read <= _I64[1]))):
         return None
     version, stream, session, dtype, fs = g("version"), g("stream"), g("session"), g("dtype"), g("fs")
     if (version != PROTOCOL_VERSION or type(version) is not int or g("kind") != "block" or "markers" in m
@@ -139,7 +155,7 @@ def _fast_block_header(m: dict) -> BlockHeader | None:
                 or not SESSION_ID.match(session) or type(dtype) is not str or not DTYPE.match(dtype)):
             return None
         _last_names[0] = (stream, session, dtype)
-    return BlockHeader(stream, session, seq, first, n, n_channels, float(fs), dtype, t_ns)
+    return BlockHeader(stream, session, seq, first, n, n_channels, float(fs), dtype, t_ns, (), t_read)
 
 
 #: The last (stream, session, dtype) found valid by _fast_block_header.
@@ -151,7 +167,7 @@ class _HeaderLayout:
 
     A publisher encodes every header of a session the same way, so the next
     frames differ from a decoded one only in the bytes of ``seq``,
-    ``first_sample``, ``n_samples`` and ``t_ns``. A frame of the same length
+    ``first_sample``, ``n_samples``, ``t_ns`` and ``t_read_ns``. A frame of the same length
     whose other bytes are all equal (the type bytes of those numbers
     included) is that header with new numbers, which are then read straight
     from their bytes and range-checked as msgpack would have them checked.
@@ -162,7 +178,7 @@ class _HeaderLayout:
 
     def __init__(self, frame: bytes, m: dict, header: BlockHeader):
         self.length, self.header = len(frame), header
-        self.values = [header.seq, header.first_sample, header.n_samples, header.t_ns]
+        self.values = [header.seq, header.first_sample, header.n_samples, header.t_ns, header.t_read_ns]
         self.same: list[tuple[int, bytes]] = []       # (offset, bytes that must be there)
         self.numbers: list[tuple[int, int, int, bool]] = []  # (index in values, start, end, signed)
         pos, start = 1, 0  # after the map's first byte (checked below: a fixmap)
@@ -188,15 +204,15 @@ class _HeaderLayout:
         values = self.values[:]
         for i, start, end, signed in self.numbers:
             values[i] = int.from_bytes(frame[start:end], "big", signed=signed)
-        seq, first, n, t_ns = values
+        seq, first, n, t_ns, t_read = values
         if not (0 <= seq <= _I64[1] and 0 <= first <= _I64[1] and 1 <= n <= MAX_BLOCK_SAMPLES
-                and _I64[0] <= t_ns <= _I64[1]):
+                and _I64[0] <= t_ns <= _I64[1] and (t_read is None or _I64[0] <= t_read <= _I64[1])):
             return None
         h = self.header
-        return BlockHeader(h.stream, h.session, seq, first, n, h.n_channels, h.fs, h.dtype, t_ns)
+        return BlockHeader(h.stream, h.session, seq, first, n, h.n_channels, h.fs, h.dtype, t_ns, (), t_read)
 
 
-_CHANGING = ("seq", "first_sample", "n_samples", "t_ns")
+_CHANGING = ("seq", "first_sample", "n_samples", "t_ns", "t_read_ns")
 _SIGNED_INTS = frozenset({0xD0, 0xD1, 0xD2, 0xD3})
 #: The last header layout of each stream (a consumer follows a few streams at most).
 _layouts: dict[str, _HeaderLayout] = {}
@@ -230,6 +246,7 @@ def decode_block_header(frame, stream: str | None = None) -> BlockHeader:
         dtype=f.str("dtype", DTYPE),
         t_ns=f.int("t_ns", -(2**63), 2**63 - 1),
         markers=_block_markers(f.m.get("markers"), n_samples),
+        t_read_ns=f.int("t_read_ns", -(2**63), 2**63 - 1) if f.m.get("t_read_ns") is not None else None,
     )
     if stream is not None and h.stream != stream:
         raise ProtocolError(f"block header: stream {h.stream!r} does not match topic stream {stream!r}")

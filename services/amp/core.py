@@ -26,7 +26,7 @@ from mushu_core.wire import PROTOCOL_VERSION, BlockHeader, ReplyFrames, StreamIn
 
 from . import drivers
 from .drivers.base import EndOfData
-from .timing import ClockModel, ExactClock, host_wake_ns
+from .timing import ClockModel, ExactClock, StampedClock, host_wake_ns
 
 log = logging.getLogger("mushu.amp")
 
@@ -168,7 +168,7 @@ class AmpCore:
         self.samples_published = 0
         self.driver_errors = 0
         self.late_driver_markers = 0
-        self.clock: ClockModel | ExactClock | None = None  # of the session
+        self.clock: ClockModel | ExactClock | StampedClock | None = None  # of the session
         self._calibrate_wake = False
         self._markers: list[tuple[int, str]] = []  # driver markers waiting for their sample
         self.started_ns = now_ns()
@@ -221,7 +221,7 @@ class AmpCore:
             header = BlockHeader(self.stream, self.session, self.seq, self.next_sample,
                                  chunk.shape[0], chunk.shape[1], self.fs, self.dtype,
                                  clock.time_of(self.next_sample),
-                                 self._take_markers(chunk.shape[0]) if self._markers else ())
+                                 self._take_markers(chunk.shape[0]) if self._markers else (), t_read)
             frame = encode_block_header(header)
             self.history.append(header, frame, chunk)
             out.append((header, frame, chunk))
@@ -326,11 +326,11 @@ class AmpCore:
             return
         state = {"amp": self.amp_name, "config": self.config, "running": self.running}
         tmp = self.state_file + ".tmp"
+        # Replaced atomically, not fsynced: it is for a restarted process, which the kernel's page
+        # cache serves, and an fsync on a busy disk (a recording) would hold the reply for seconds.
         try:
             with open(tmp, "w") as f:
                 json.dump(state, f)
-                f.flush()
-                os.fsync(f.fileno())
             os.replace(tmp, self.state_file)
         except (OSError, TypeError, ValueError) as exc:  # e.g. a configuration JSON cannot hold
             log.error("cannot save the amp state to %s: %s", self.state_file, exc)
@@ -435,6 +435,8 @@ class AmpCore:
         """The session's sample clock: the driver's, if it knows its sample times; else fitted to its reads."""
         known = self.driver.clock() if hasattr(self.driver, "clock") else None
         self._calibrate_wake = known is None
+        if isinstance(known, StampedClock):
+            return known
         if known is not None:
             return ExactClock(*known)
         # A read returns at least the device's latency and this host's wake-up after the acquisition;

@@ -25,8 +25,9 @@ acquiring, so the sample count no longer follows the clock), or reads
 earlier than the line by as much (a device whose counter jumped). A new
 session starts a new model.
 
-A driver that knows its samples' times exactly (simulated drivers, replay,
-LSL inlets) hands them over instead (:class:`ExactClock`).
+A driver that knows its samples' times hands them over instead: on a fixed
+grid (simulated drivers, replay: :class:`ExactClock`), or sample by sample
+as it reads them (an LSL inlet's timestamps: :class:`StampedClock`).
 """
 
 from __future__ import annotations
@@ -258,3 +259,69 @@ class ExactClock:
     def status(self) -> dict:
         return {"model": "exact", "fs_nominal": self.fs, "fs_measured": self.fs, "drift_ppm": 0.0,
                 "latency_ns": 0, "reads": self.reads, "anchors": 1, "fitted": True}
+
+
+class StampedClock:
+    """Sample times a driver reads along with its samples (an LSL inlet's timestamps).
+
+    The driver calls :meth:`stamp` in each ``get_data()`` with the times of
+    the samples it returns, in order, as ns of this host's monotonic clock.
+    A sample outside the latest read (which the amp service does not ask
+    for) is extrapolated from it at the measured rate.
+
+    Parameters
+    ----------
+    fs : float
+        The nominal sampling rate.
+    """
+
+    def __init__(self, fs: float):
+        self.fs = float(fs)
+        self.reads = 0
+        self._n = 0  # samples stamped since start()
+        self._first = 0  # of the latest read
+        self._times = np.zeros(0, np.int64)
+        self._start: tuple[int, int] | None = None  # (sample, time) of the first stamp
+        self._last: tuple[int, int] | None = None
+
+    def stamp(self, times_ns):
+        """The samples the driver returns now were acquired at ``times_ns`` (ns, one per sample)."""
+        times = np.asarray(times_ns, np.int64)
+        if not len(times):
+            return
+        self._first, self._times = self._n, times
+        self._n += len(times)
+        if self._start is None:
+            self._start = (0, int(times[0]))
+        self._last = (self._n - 1, int(times[-1]))
+
+    def observe(self, end_sample: int, t_read_ns: int):
+        self.reads += 1
+
+    def time_of(self, sample: int) -> int:
+        i = sample - self._first
+        if 0 <= i < len(self._times):
+            return int(self._times[i])
+        if self._last is None:
+            raise RuntimeError("StampedClock.time_of before the driver stamped any sample")
+        return self._last[1] + round((sample - self._last[0]) * self.period_ns)
+
+    @property
+    def period_ns(self) -> float:
+        """The mean period of the samples stamped so far (the nominal one before two)."""
+        if self._start is None or self._last[0] == 0:
+            return 1e9 / self.fs
+        return (self._last[1] - self._start[1]) / self._last[0]
+
+    @property
+    def rate(self) -> float:
+        return 1e9 / self.period_ns
+
+    @property
+    def drift_ppm(self) -> float:
+        return (self.rate / self.fs - 1.0) * 1e6
+
+    def status(self) -> dict:
+        return {"model": "stamped", "fs_nominal": self.fs, "fs_measured": self.rate,
+                "drift_ppm": round(self.drift_ppm, 3), "latency_ns": 0, "reads": self.reads, "anchors": 1,
+                "fitted": True}

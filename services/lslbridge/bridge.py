@@ -296,7 +296,7 @@ class LSLBridge:
         self._outlet_for(block)
         data = block.data[skip:stop]
         period = 1.0 / h.fs
-        t_first_ns = h.t_ns + round(skip * 1e9 / h.fs)
+        t_first_ns = h.time_of(skip)
         stamps = self.lsl_time(t_first_ns, self.amp_clock.offset_ns) + np.arange(len(data)) * period
         # mushu stamps a block when it was read: after a late read the next block's first samples
         # can precede it; they are pushed just after it instead (LSL's "monotonize"), without bias.

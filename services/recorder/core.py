@@ -37,7 +37,7 @@ from mushu_core.leases import MIN_LEASE_S, describe_client
 from mushu_core.recordings import EXTENSIONS, base_name
 from mushu_core.wire import PROTOCOL_VERSION, Block, Marker, StreamInfo, dispatch
 
-from .files import JOURNAL, RecordingWriter
+from .files import JOURNAL, RecordingWriter, sync_paths
 
 log = logging.getLogger("mushu.recorder")
 
@@ -142,6 +142,8 @@ class RecorderCore:
         #: The result of the recording that ended last, however it ended.
         self.last_finished: dict | None = None
         self._undecided: tuple[str, int] | None = None  # (amp session, when to ask the amp again)
+        #: Syncs files to the disk: at once here; the service syncs in a thread (files.BackgroundSync).
+        self.sync_files = sync_paths
         self.commands = {"ping": self.cmd_ping, "status": self.cmd_status, "time": self.cmd_time,
                          "check": self.cmd_check, "record": self.cmd_record, "renew": self.cmd_renew,
                          "finish": self.cmd_finish, "stop": self.cmd_stop}
@@ -173,9 +175,8 @@ class RecorderCore:
         tmp = self._state_path() + ".tmp"
         with open(tmp, "w") as f:
             json.dump(state, f)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, self._state_path())
+        self.sync_files([self._state_path()])
 
     # -- commands -------------------------------------------------------------
 
@@ -378,6 +379,7 @@ class RecorderCore:
             try:
                 a.writer.finish(end_sample=end_sample, stop_wall=time.time(), ended_by=ended_by, end_reason=reason,
                                 markers_before_start=a.placer.before_start, markers_after_end=dropped)
+                self.sync_files(a.writer.sync_paths())
             except OSError as exc:
                 self._fail(exc)
                 error = f"{a.error} (at finish)"
@@ -482,11 +484,13 @@ class RecorderCore:
         a = self.active
         h = block.header
         if a.writer.meta["mushu"]["start_monotonic_ns"] is None:
-            a.writer.meta["mushu"]["start_monotonic_ns"] = h.t_ns + round(skip * 1e9 / h.fs)
+            a.writer.meta["mushu"]["start_monotonic_ns"] = h.time_of(skip)
             a.placer.start_ns = a.writer.meta["mushu"]["start_monotonic_ns"]
             self._guard(a.writer.write_meta)
         try:
             a.writer.append(block.data[skip:stop])
+            a.writer.add_block_times(a.writer.n_samples - (stop - skip), stop - skip,
+                                     h.time_of(skip), h.t_read_ns)
         except OSError as exc:
             self._fail(exc)
             return
@@ -552,7 +556,7 @@ class RecorderCore:
         a = self.active
         sample = self._file_index(h.first_sample + offset)
         self._guard(a.writer.add_marker, sample, label, AMP_MARKER_SEQ, a.session,
-                    h.t_ns + round(offset * 1e9 / h.fs))
+                    h.time_of(offset))
 
     def _settle_markers(self, end_sample: int):
         """Take in every marker the markers service stamped up to the recording's last sample.
@@ -672,7 +676,8 @@ class RecorderCore:
 
     def sync(self):
         if self.active is not None and self.active.error is None:
-            self._guard(self.active.writer.sync)
+            self._guard(self.active.writer.flush)
+            self.sync_files(self.active.writer.sync_paths())
 
     # -- resuming after a crash -----------------------------------------------
 

@@ -1,6 +1,6 @@
 """Writing one recording so that every file is readable at every moment.
 
-The format is described in :mod:`mushu_core.recordings`. Besides the five
+The format is described in :mod:`mushu_core.recordings`. Besides the six
 recording files, a journal ``NAME.journal`` (JSON lines, one per marker
 placed, with its sample, sequence number and session) lets a restarted
 recorder resume the recording exactly; it is removed when the recording is
@@ -13,13 +13,21 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
+import threading
+import time
 
 import numpy as np
 
 from mushu_core.recordings import GAP_LABEL, SAMPLE_DTYPE, escape_label, escape_vmrk, recording_paths
 
+log = logging.getLogger("mushu.recorder")
+
 JOURNAL = ".journal"
+TIMES_HEADER = ("# sample n_samples t_ns t_read_ns: each block's first sample in NAME.eeg, its sample count, "
+                "its stamped acquisition time and its driver read's return time, in ns of the amp host's "
+                "monotonic clock\n")
 VMRK_HEADER = """Brain Vision Data Exchange Marker File, Version 1.0
 
 [Common Infos]
@@ -91,7 +99,8 @@ class RecordingWriter:
         self._marker = open(self.paths[".marker"], "a", encoding="utf-8", newline="\n")
         self._vmrk = open(self.paths[".vmrk"], "a", encoding="utf-8", newline="\n")
         self._journal = open(base + JOURNAL, "a", encoding="utf-8", newline="\n")
-        self._files = (self._eeg, self._marker, self._vmrk, self._journal)
+        self._times = open(self.paths[".times"], "a", encoding="ascii", newline="\n")
+        self._files = (self._eeg, self._marker, self._vmrk, self._journal, self._times)
 
     # -- opening ----------------------------------------------------------
 
@@ -113,6 +122,8 @@ class RecordingWriter:
             pass
         for ext in (".marker", ".vmrk"):
             open(paths[ext], "x").close()
+        with open(paths[".times"], "x", encoding="ascii", newline="\n") as f:
+            f.write(TIMES_HEADER)
         with open(paths[".vhdr"], "w", encoding="utf-8", newline="\n") as f:
             f.write(vhdr_text(base, channels, fs, units))
         date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d%H%M%S%f")
@@ -120,7 +131,7 @@ class RecordingWriter:
             f.write(VMRK_HEADER.format(eeg=os.path.basename(base) + ".eeg", date=date))
         writer = cls(base, meta, 0, [])
         writer.write_meta()
-        writer.sync()
+        writer.flush()
         return writer
 
     @classmethod
@@ -138,6 +149,7 @@ class RecordingWriter:
             with open(paths[".eeg"], "r+b") as f:
                 f.truncate(size - size % frame)
         markers = _read_journal(base + JOURNAL)
+        _repair_times(paths[".times"], size // frame)
         writer = cls(base, meta, size // frame, markers)
         writer.rewrite_markers()  # the marker files may hold a torn line
         return writer
@@ -148,6 +160,13 @@ class RecordingWriter:
         """Append samples, converted to little-endian float32."""
         self._eeg.write(np.ascontiguousarray(data, SAMPLE_DTYPE).tobytes())
         self.n_samples += len(data)
+
+    def add_block_times(self, sample: int, n: int, t_ns: int, t_read_ns: int | None):
+        """Record when the ``n`` samples from ``sample`` on were acquired (a line of ``NAME.times``).
+
+        Written after their samples: ``NAME.eeg`` is the truth, a line beyond it is cut off on resume.
+        """
+        self._times.write(f"{sample} {n} {t_ns} {'-' if t_read_ns is None else t_read_ns}\n")
 
     def append_gap(self, count: int, reason: str, **details):
         """Write ``count`` NaN samples for samples that are lost, and record the gap."""
@@ -184,12 +203,10 @@ class RecordingWriter:
             self._write_marker_lines(entry, i)
 
     def write_meta(self):
-        """Replace ``.meta`` atomically."""
+        """Replace ``.meta`` atomically (to the disk with the next :func:`sync_paths`)."""
         tmp = self.paths[".meta"] + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(self.meta, f, indent=1, ensure_ascii=False, allow_nan=False, default=_json_default)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, self.paths[".meta"])
 
     def flush(self):
@@ -197,15 +214,19 @@ class RecordingWriter:
             f.flush()
 
     def sync(self):
+        """Flush, and wait until the disk holds every file."""
         self.flush()
-        for f in self._files:
-            os.fsync(f.fileno())
+        sync_paths(self.sync_paths())
+
+    def sync_paths(self) -> list:
+        """The files to sync to the disk: every file of the recording and its journal."""
+        return [*self.paths.values(), self.base + JOURNAL]
 
     def finish(self, **mushu):
-        """Finish the recording: sorted markers, final meta, journal removed."""
+        """Finish the recording: sorted markers, final meta, journal removed (sync its files after)."""
         self.rewrite_markers()
         self.meta["mushu"].update(mushu, state="complete", n_samples=self.n_samples)
-        self.sync()
+        self.flush()
         self.write_meta()
         self.close()
         os.remove(self.base + JOURNAL)
@@ -230,6 +251,92 @@ class RecordingWriter:
                 f.close()
             except OSError:
                 pass
+
+
+def sync_paths(paths):
+    """Wait until the disk holds each existing file of ``paths``.
+
+    By path, not by an open file: ``.meta`` is replaced by each write, and
+    a finished recording's files are closed.
+    """
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class BackgroundSync:
+    """Syncs files to the disk in a thread of its own: ``sync(paths)`` returns at once.
+
+    An fsync waits for the disk, and on a busy one (another recording,
+    another program's writes) that takes seconds, while the recorder must
+    go on writing and answering. Everything is flushed to the kernel before
+    (a killed recorder loses nothing); after a power cut the disk is at most
+    one sync interval behind.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._paths: set = set()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="fsync", daemon=True)
+        self._thread.start()
+
+    def __call__(self, paths):
+        with self._cond:
+            self._paths.update(paths)
+            self._cond.notify()
+
+    def close(self, timeout: float = 30.0):
+        """Sync what is pending, then stop."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    def _run(self):
+        while True:
+            with self._cond:
+                while not self._paths and not self._closed:
+                    self._cond.wait()
+                if not self._paths:
+                    return
+                paths, self._paths = sorted(self._paths), set()
+            t = time.monotonic()
+            try:
+                sync_paths(paths)
+            except OSError as exc:  # a full disk fails the writes first, which the recorder reports
+                log.error("cannot sync %s to the disk: %s", os.path.dirname(paths[0]), exc)
+            took = time.monotonic() - t
+            if took > 1.0:
+                log.warning("the disk took %.1f s to sync %d files in %s", took, len(paths),
+                            os.path.dirname(paths[0]))
+
+
+def _repair_times(path: str, n_samples: int):
+    """Cut ``NAME.times`` after its last whole line that describes written samples."""
+    if not os.path.exists(path):
+        return  # a recording from a version without it: appending creates it
+    good = 0
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            if not line.startswith(b"#"):
+                fields = line.split()
+                try:
+                    if int(fields[0]) + int(fields[1]) > n_samples:
+                        break
+                except (ValueError, IndexError):
+                    break
+            good += len(line)
+    with open(path, "r+b") as f:
+        f.truncate(good)
 
 
 def _read_journal(path: str) -> list:
@@ -257,4 +364,4 @@ def _json_default(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-__all__ = ["RecordingWriter", "vhdr_text"]
+__all__ = ["BackgroundSync", "RecordingWriter", "sync_paths", "vhdr_text"]

@@ -2,8 +2,9 @@
 
 It subscribes to the amp's blocks and to the markers (always, so a
 recording starts with live data), answers its control socket, ends a
-recording whose lease ran out, flushes the files every 100 ms and fsyncs
-them every second.
+recording whose lease ran out, flushes the files every 100 ms and has them
+synced to the disk every second, in a thread of their own (an fsync on a
+busy disk takes seconds: :class:`files.BackgroundSync`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mushu_core.security import Guard
 from mushu_core.wire import MAX_MARKER_BYTES, Block, Marker, StreamInfo, data_topic, info_topic, marker_topic
 
 from .core import READ_ONLY, RecorderCore, Services
+from .files import BackgroundSync
 
 log = logging.getLogger("mushu.recorder")
 
@@ -53,6 +55,7 @@ class RecorderService:
             markers_history=self._markers_history,
             amp_time=lambda: self.amp_ctl.call("time"),
             markers_time=lambda: self.markers_ctl.request("time", timeout=0.2)[0]))
+        self.core.sync_files = self.syncer = BackgroundSync()
         topics = [data_topic(stream), info_topic(stream), marker_topic(marker_stream)]
         self.bus = subscribe([amp_data, markers_data], topics, self.guard.keys, queue_bytes=queue_bytes,
                              message_bytes=MAX_MARKER_BYTES)
@@ -133,6 +136,7 @@ class RecorderService:
                 self.core.sync()
                 next_sync = now + SYNC_NS
         self.core.sync()
+        self.syncer.close()
         self.bus.close()
         self.control.close()
         self.amp_ctl.close()

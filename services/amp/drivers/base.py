@@ -39,13 +39,16 @@ class Amplifier:
     latency_ns = 0
 
     def clock(self):
-        """``(t0_ns, fs)`` if the driver knows when its samples were acquired, else None.
+        """What the driver knows of when its samples were acquired; None if nothing.
 
-        Sample ``k`` of the run ``start()`` began was acquired at
-        ``t0_ns + k * 1e9 / fs`` on this host's ``time.monotonic_ns()``
-        clock. A driver that returns None (a hardware device, whose clock
-        only its reads reveal) has its sample times fitted from its reads
-        (:class:`mushu_amp.timing.ClockModel`). Asked after ``start()``.
+        Asked after ``start()``. Returns ``(t0_ns, fs)`` if sample ``k`` of
+        the run ``start()`` began was acquired at ``t0_ns + k * 1e9 / fs``
+        on this host's ``time.monotonic_ns()`` clock; or a
+        :class:`mushu_amp.timing.StampedClock` the driver gives each read's
+        sample times to (``stamp()``) before ``get_data()`` returns them.
+        A driver that returns None (a hardware device, whose clock only its
+        reads reveal) has its sample times fitted from its reads
+        (:class:`mushu_amp.timing.ClockModel`).
         """
         return None
 

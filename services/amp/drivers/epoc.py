@@ -127,16 +127,22 @@ class Epoc(Amplifier):
     def is_available():
         return usbdev.find_device(DEVICE_IDS) is not None
 
-    def configure(self, variant="research"):
+    def configure(self, variant="research", latency_ms=None):
         """Choose the decryption key's variant.
 
         Parameters
         ----------
         variant : {"research", "consumer"}
             The kind of headset: the two use different keys.
+        latency_ms : float, optional
+            The headset's least delay from acquiring a sample to delivering
+            it, if measured (0 to 1000 ms): subtracted from the sample times
+            (:func:`usbdev.latency_ns`). None keeps the one declared before.
         """
         if not isinstance(variant, str) or variant not in KEY_CONSTANTS:
             raise ValueError(f"variant must be one of {', '.join(map(repr, KEY_CONSTANTS))}, not {variant!r}")
+        if latency_ms is not None:
+            self.latency_ns = usbdev.latency_ns(latency_ms)
         self._cipher = AES.new(epoc_key(self._serial, variant), AES.MODE_ECB)
         self.variant = variant
         self._reset_held()  # what the old key decoded means nothing now

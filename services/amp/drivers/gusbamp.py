@@ -120,7 +120,7 @@ class GUSBamp(Amplifier):
     # -- settings ---------------------------------------------------------
 
     def configure(self, fs=128, mode="data", bandpass=None, notch=None, common_ground=False,
-                  common_reference=False, calibration_signal="sine"):
+                  common_reference=False, calibration_signal="sine", latency_ms=0.0):
         """Set sampling frequency, mode, filters and the ground/reference switches.
 
         Parameters
@@ -137,6 +137,10 @@ class GUSBamp(Amplifier):
             one bool sets all four.
         calibration_signal : {"sine", "square", "sawtooth", "whitenoise"}
             The signal applied in ``calibrate`` mode.
+        latency_ms : float
+            The amplifier's least delay from acquiring a sample to delivering
+            it, if measured (0 to 1000 ms): subtracted from the sample times
+            (:func:`usbdev.latency_ns`).
 
         Raises
         ------
@@ -149,10 +153,12 @@ class GUSBamp(Amplifier):
                     "calibration_signal": _check_choice("calibration_signal", calibration_signal, CAL_SIGNALS)}
         settings["bandpass"] = _check_filter("bandpass", bandpass, settings["fs"])
         settings["notch"] = _check_filter("notch", notch, settings["fs"])
+        latency = usbdev.latency_ns(latency_ms)
         if self._gone:
             self._open()
         self._apply(settings)
         self._settings = settings
+        self.latency_ns = latency
 
     def _apply(self, s, initialise=False):
         select, code = MODES[s["mode"]]

@@ -12,6 +12,7 @@ import pylsl
 
 from mushu_core.wire import MAX_LABEL_LENGTH
 
+from ..timing import StampedClock
 from .base import Amplifier
 
 log = logging.getLogger("mushu.amp.lsl")
@@ -59,6 +60,12 @@ class LSLAmp(Amplifier):
     dropped. Without a marker stream the timestamps are not needed and the
     data flow at once.
 
+    Every sample is stamped with its LSL timestamp (dejittered, through
+    ``time_correction``), on this host's monotonic clock: the time the
+    outlet gave it, whatever the network's delay (:meth:`clock`). The data
+    wait for the first clock-offset estimate, about 0.65 s after
+    ``start()`` (nothing is lost: the samples wait in the inlet).
+
     ``is_available()`` is True whenever pylsl (which ships liblsl) imports;
     whether a stream exists is only known when ``configure`` looks for it.
     """
@@ -77,6 +84,8 @@ class LSLAmp(Amplifier):
         self._timeout = 1.0
         self._marker_timeout = 0.5
         self._buf = None
+        self._clock = StampedClock(1.0)
+        self._lsl_to_monotonic_ns = 0
         self._reset()
 
     def _reset(self):
@@ -178,6 +187,12 @@ class LSLAmp(Amplifier):
             except RuntimeError:
                 log.warning("LSL marker stream did not open within %g s: no markers", self._marker_timeout)
                 self._marker_inlet = None
+        self._clock = StampedClock(self.fs)
+        self._lsl_to_monotonic_ns = _lsl_to_monotonic_ns()
+
+    def clock(self):
+        """The samples' LSL timestamps, on this host's monotonic clock."""
+        return self._clock
 
     def stop(self):
         for inlet in (self._inlet, self._marker_inlet):
@@ -195,8 +210,8 @@ class LSLAmp(Amplifier):
         if self._marker_inlet is not None:
             self._pull_markers()  # after the data: what was sent with it has arrived
             grace = self.marker_grace
-            if not self._read_offsets(now):
-                return np.empty((0, len(self.channels)), self._buf.dtype), []
+        if not self._read_offsets(now):
+            return np.empty((0, len(self.channels)), self._buf.dtype), []
         k = 0
         while k < len(self._held) and self._held[k][0] <= now - grace:
             k += 1
@@ -207,6 +222,7 @@ class LSLAmp(Amplifier):
         ts = np.concatenate([t for _a, _d, t in taken]) if k > 1 else taken[0][2]
         if self._first_ts is None:
             self._first_ts = float(ts[0])
+        self._clock.stamp(np.rint((ts + self._offsets[0]) * 1e9).astype(np.int64) + self._lsl_to_monotonic_ns)
         return data, self._place_markers(ts)
 
     def _read_offsets(self, now: float) -> bool:
@@ -214,6 +230,9 @@ class LSLAmp(Amplifier):
         if now >= self._next_offsets or None in self._offsets:
             self._next_offsets = now + CLOCK_READ_S
             for i, inlet in enumerate((self._inlet, self._marker_inlet)):
+                if inlet is None:  # no marker stream
+                    self._offsets[i] = 0.0
+                    continue
                 try:
                     self._offsets[i] = inlet.time_correction(0.0)  # the latest estimate; never waits
                 except RuntimeError:  # pylsl's TimeoutError: no estimate yet
@@ -280,6 +299,23 @@ class LSLAmp(Amplifier):
     @staticmethod
     def is_available():
         return True
+
+
+def _lsl_to_monotonic_ns(tries: int = 9) -> int:
+    """What to add to ``pylsl.local_clock()`` in ns to get ``time.monotonic_ns()``.
+
+    The same clock on Linux (both ``CLOCK_MONOTONIC``), so about 0 there;
+    measured, not assumed, for systems where they differ: the reading
+    taken between the two closest monotonic readings.
+    """
+    best = None
+    for _ in range(tries):
+        before = time.monotonic_ns()
+        lsl = pylsl.local_clock()
+        after = time.monotonic_ns()
+        if best is None or after - before < best[0]:
+            best = (after - before, (before + after) // 2 - round(lsl * 1e9))
+    return best[1]
 
 
 def _seconds(what: str, value, zero: bool = False) -> float:

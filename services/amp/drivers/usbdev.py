@@ -89,6 +89,20 @@ def claim(dev, interfaces, name: str):
         raise usb_failure(name, f"claiming interface {intf}", exc) from exc
 
 
+def latency_ns(latency_ms) -> int:
+    """A declared device latency (``configure(latency_ms=...)``) in ns, checked.
+
+    The least delay from acquiring a sample to the delivery of the transfer
+    that carries it, if the lab has measured it (a photodiode or a trigger
+    loop back into the amplifier): the amp service subtracts it from the
+    sample times it fits.
+    """
+    if isinstance(latency_ms, bool) or not isinstance(latency_ms, (int, float)) or not 0 <= latency_ms <= 1000:
+        raise ValueError(f"latency_ms must be the device's least delivery delay in ms, 0 to 1000, "
+                         f"not {latency_ms!r}")
+    return round(latency_ms * 1e6)
+
+
 def is_disconnect(exc: usb.core.USBError) -> bool:
     """True if ``exc`` says the device is gone (ENODEV / LIBUSB_ERROR_NO_DEVICE)."""
     return exc.errno == errno.ENODEV or getattr(exc, "backend_error_code", None) == _LIBUSB_NO_DEVICE
