@@ -85,6 +85,8 @@ def environment(rd: RunDir) -> dict[str, str]:
         security.service_keys(env["MUSHU_KEYS"])  # broken: one error now, not three services that die
     # a restarted amp goes on with the driver, configuration and state it had
     env["MUSHU_AMP_STATE"] = env.get("MUSHU_AMP_STATE") or str(rd.path / "amp-state.json")
+    # and a restarted markers service in the same marker session, with its history
+    env["MUSHU_MARKERS_JOURNAL"] = env.get("MUSHU_MARKERS_JOURNAL") or str(rd.path / "markers-journal.bin")
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

@@ -64,6 +64,9 @@ DEFAULTS = {
     "MUSHU_MARKER_STREAM": "markers",
     "MUSHU_MARKERS_HISTORY_MARKERS": "100000",
     "MUSHU_MARKERS_HISTORY_MB": "32",
+    # where the markers service writes every marker before it is published, to go on
+    # in the same session after a restart (empty: no journal; `mushu up` sets one)
+    "MUSHU_MARKERS_JOURNAL": "",
     "MUSHU_MARKERS_SNDHWM": "100000",
     # and at most this many MiB of markers per subscriber (a 4 KiB label each, at worst)
     "MUSHU_MARKERS_QUEUE_MB": "64",

@@ -1,5 +1,7 @@
 """Unit tests of the markers service's pure core: framing, labels, history, counters."""
 
+import os
+
 import msgpack
 import pytest
 from hypothesis import given
@@ -16,6 +18,7 @@ from mushu_markers.core import (
     decode_label,
     split_datagram,
 )
+from mushu_markers.journal import MarkerJournal
 
 # -- LineFramer --------------------------------------------------------------
 
@@ -321,3 +324,61 @@ def test_subscriptions_to_other_topics_are_counted():
     for other in (b"\x01marker/other/", b"\x01data/eeg/", b"\x00info/eeg/"):
         assert core.subscription(other) is None
     assert core.counts["bad_subscriptions"] == 4 and core.counts["other_stream_subscriptions"] == 3
+
+
+# -- the journal ---------------------------------------------------------------
+
+
+def _journaled(path, clock="boot-1", **kw):
+    return MarkersCore(journal=MarkerJournal(str(path), "markers", clock), **kw)
+
+
+def _send(core, *labels):
+    return [decode_marker(frames[1]) for frames in core.ingest_lines([(i, lab.encode()) for i, lab in
+                                                                       enumerate(labels)], "test", "tcp_markers")]
+
+
+def test_a_restarted_core_goes_on_in_the_journals_session_with_its_history(tmp_path):
+    path = tmp_path / "journal"
+    first = _journaled(path)
+    sent = _send(first, "a", "b", "c")
+    again = _journaled(path)  # the process was killed and started again
+    assert again.session == first.session and again.resumed == 3
+    assert [decode_marker(f) for f in again.log.since(0)] == sent
+    assert _send(again, "d")[0].seq == 3
+    third = _journaled(path)
+    assert [decode_marker(f).label for f in third.log.since(0)] == ["a", "b", "c", "d"]
+    assert third.cmd_status()["journal"] == {"path": str(path), "bytes": path.stat().st_size, "resumed_markers": 4}
+
+
+def test_a_torn_journal_is_cut_and_another_boots_journal_starts_a_new_session(tmp_path):
+    path = tmp_path / "journal"
+    first = _journaled(path)
+    _send(first, "a", "b")
+    with open(path, "ab") as f:
+        f.write(b"\x40\x00\x00\x00half a rec")  # the process died in the middle of a write
+    again = _journaled(path)
+    assert again.session == first.session and again.log.next_seq == 2
+    assert _send(again, "c")[0].seq == 2 and _journaled(path).log.next_seq == 3  # appended after the cut
+    rebooted = _journaled(path, clock="boot-2")  # its monotonic stamps belong to another clock
+    assert rebooted.session != first.session and rebooted.log.next_seq == 0 and rebooted.resumed == 0
+    assert _journaled(path, clock="boot-2").session == rebooted.session
+
+
+def test_the_journal_is_rewritten_with_the_history_and_stays_bounded(tmp_path):
+    path = tmp_path / "journal"
+    core = _journaled(path, history_markers=100)
+    for i in range(30):
+        _send(core, *(f"marker {i}-{j} " + "x" * 400 for j in range(200)))
+    assert path.stat().st_size < 2 * (core.log.nbytes + 400) + (1 << 20) + 100_000
+    again = _journaled(path, history_markers=100)
+    assert again.log.next_seq == 6000 and [f for f in again.log.since(0)] == list(core.log.since(0))
+
+
+def test_a_journal_that_cannot_be_written_costs_the_journal_not_the_marker(tmp_path):
+    path = tmp_path / "journal"
+    core = _journaled(path)
+    os.close(core.journal._fd)  # as if the disk refused every write from now on
+    core.journal._fd = os.open(os.devnull, os.O_RDONLY)
+    assert [m.label for m in _send(core, "still published")] == ["still published"]
+    assert core.counts["journal_errors"] == 1

@@ -11,6 +11,8 @@ import pytest
 import mushu_client
 from mushu_amp.drivers.rampamp import ramp
 from mushu_client import GapWarning, ServiceWarning
+from mushu_core.control import ControlClient
+from mushu_core.wire import decode_marker
 
 FS = 1000
 
@@ -117,3 +119,46 @@ def test_markers_of_the_old_session_stay_on_its_samples_after_an_amp_restart(spa
     assert all(sample < gap["sample"] for sample, label in recorded if label != "after"), (gap, recorded)
     # the same samples in both: the old session's from its first sample, the new one's after the gap
     assert [s for s, label in recorded if label != "after"] == [s for s, label in markers if label != "after"]
+
+
+def test_a_markers_service_restarted_from_its_journal_goes_on_in_the_same_session(spawn_amp, spawn_markers,
+                                                                                  tmp_path):
+    """Killed and started again with its journal (as ``mushu up`` runs it), the markers service keeps its
+    session, history and sequence numbers: a client that follows it sees no gap and no new session, and a
+    consumer that comes later fetches every marker from the history."""
+    svc = spawn_amp("--amp", "rampamp", "--configure", json.dumps({"fs": FS, "channels": 2}))
+    journal = ("--journal", str(tmp_path / "markers-journal.bin"))
+    mk = spawn_markers(*journal)
+    amp = mushu_client.get_amp("rampamp", data=svc.data, control=svc.control, markers=mk.data,
+                               markers_control=mk.control, timeout=0.5)
+    got = []
+
+    def read_until(labels, within=5.0):
+        deadline = time.monotonic() + within
+        while got != labels:
+            assert time.monotonic() < deadline, got
+            got.extend(label for _ms, label in amp.get_data()[1])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GapWarning)  # a lost marker, or a new marker session, fails the test
+        warnings.simplefilter("ignore", ServiceWarning)  # the markers service is away for a moment
+        amp.start()
+        with mushu_client.MarkerSender("127.0.0.1", mk.port) as sender:
+            for label in ("a", "b", "c"):
+                sender.send(label)
+        read_until(["a", "b", "c"])
+        session = ControlClient(mk.control, 2.0, "markers").call("status")["session"]
+        mk.proc.send_signal(signal.SIGKILL)
+        mk.proc.wait()
+        mk = spawn_markers(*journal, like=mk)
+        with mushu_client.MarkerSender("127.0.0.1", mk.port) as sender:
+            sender.send("d")
+        read_until(["a", "b", "c", "d"])
+        amp.stop()
+    amp.close()
+    ctl = ControlClient(mk.control, 2.0, "markers")
+    status = ctl.call("status")
+    assert status["session"] == session and status["last_seq"] == 3 and status["journal"]["resumed_markers"] == 3
+    reply, frames = ctl.request("history", session=session, from_seq=0)
+    assert [decode_marker(f.bytes).label for f in frames] == ["a", "b", "c", "d"]
+    ctl.close()

@@ -19,9 +19,11 @@ from mushu_core import __version__, clock
 from mushu_core.clock import host_clock_id, now_ns
 from mushu_core.process import ThrottledLog
 from mushu_core.wire import (MAX_LABEL_LENGTH, PROTOCOL_VERSION, Marker, MarkerStreamInfo, ProtocolError, ReplyFrames,
+                             decode_marker,
                              dispatch, encode_marker, encode_marker_info, info_topic, marker_topic, split_topic,
                              unpack_map)
 
+from .journal import MarkerJournal
 from .senders import IPAddress, SenderPolicy
 
 log = logging.getLogger("mushu.markers")
@@ -34,6 +36,8 @@ MAX_LABEL_BYTES = 4 * MAX_LABEL_LENGTH
 MAX_LINE_BYTES = MAX_LABEL_BYTES + 1
 DEFAULT_HISTORY_MARKERS = 100_000
 DEFAULT_HISTORY_BYTES = 32 << 20
+#: The journal is rewritten with the history when it is larger than twice the history and this.
+JOURNAL_SLACK_BYTES = 1 << 20
 #: Most markers one ``history`` reply carries; the consumer asks again for more.
 MAX_HISTORY_REPLY = 20_000
 
@@ -49,6 +53,7 @@ COUNTERS = (
     "bad_zmq_messages", "partial_lines_dropped", "read_errors",
     "connections_accepted", "connections_closed", "connections_refused", "connections_idle_closed",
     "connections_refused_sender", "refused_address", "rate_limited", "bad_requests", "bad_subscriptions",
+    "journal_errors",
 )
 
 
@@ -238,11 +243,14 @@ class MarkersCore:
         Who may send over TCP and UDP, with how many connections and how fast.
     max_label_bytes : int
         Longest label in UTF-8 bytes (at most MAX_LABEL_BYTES); longer ones are refused.
+    journal : MarkerJournal, optional
+        Where every marker is written before it is published; the session and
+        history it holds are resumed (:mod:`mushu_markers.journal`).
     """
 
     def __init__(self, stream: str = "markers", history_markers: int = DEFAULT_HISTORY_MARKERS,
                  history_bytes: int = DEFAULT_HISTORY_BYTES, policy: SenderPolicy | None = None,
-                 max_label_bytes: int = MAX_LABEL_BYTES):
+                 max_label_bytes: int = MAX_LABEL_BYTES, journal: MarkerJournal | None = None):
         if not 1 <= max_label_bytes <= MAX_LABEL_BYTES:
             raise ValueError(f"the label limit must be 1 to {MAX_LABEL_BYTES} bytes, not {max_label_bytes}")
         self.policy = policy if policy is not None else SenderPolicy()
@@ -252,6 +260,11 @@ class MarkersCore:
         self.log = MarkerLog(history_markers, history_bytes)
         self.counts = dict.fromkeys(COUNTERS, 0)
         self.problem = _ProblemLog(self.counts)
+        #: Markers of a session a journal resumed (0: a new session).
+        self.resumed = 0
+        self.journal = journal
+        if journal is not None:
+            self._resume(journal)
         self.started_ns = now_ns()
         #: The latest heartbeat's time: every marker stamped up to it is published.
         self.promised_ns: int | None = None
@@ -371,10 +384,38 @@ class MarkersCore:
                              source, self.log.next_seq, flag, label)
         marker = Marker(self.stream, self.session, self.log.next_seq, t_ns, label, source, tuple(flags))
         frames = encode_marker(marker)
+        if self.journal is not None:
+            self._journal(frames[1])
         self.log.append(frames[1])
         self.counts["markers"] += 1
         self.counts[counter] += 1
         return frames
+
+    def _resume(self, journal: MarkerJournal):
+        restored = journal.restore()
+        if restored is None:
+            journal.begin(self.session, [])
+            return
+        self.session, frames = restored
+        if frames:
+            self.log.next_seq = decode_marker(frames[0]).seq
+            for frame in frames:
+                self.log.append(frame)
+        self.resumed = len(frames)
+        journal.open()
+        log.warning("resumed marker session %s from %s: %d markers, next seq %d",
+                    self.session, journal.path, len(frames), self.log.next_seq)
+
+    def _journal(self, frame: bytes):
+        """Write the marker to the journal before it goes out; a full disk costs the journal, not the marker."""
+        j = self.journal
+        try:
+            j.append(frame)
+            if j.size > 2 * (self.log.nbytes + 4 * len(self.log)) + JOURNAL_SLACK_BYTES:
+                j.begin(self.session, [*self.log.since(self.log.oldest_seq, len(self.log)), frame])
+        except OSError as exc:
+            self.problem("journal_errors", "marker journal %s: %s (markers are published, but a restarted "
+                         "service will start a new session; free the disk)", j.path, exc)
 
     def subscription(self, message: bytes) -> tuple[bool, bytes] | None:
         """``(subscribe, topic)`` of a message a subscriber sent the publisher, or None if it is bad.
@@ -434,6 +475,8 @@ class MarkersCore:
             "counts": dict(self.counts),
             "history": {"markers": len(self.log), "bytes": self.log.nbytes, "oldest_seq": self.log.oldest_seq,
                         "limit_markers": self.log.max_markers, "limit_bytes": self.log.max_bytes},
+            "journal": None if self.journal is None else
+            {"path": self.journal.path, "bytes": self.journal.size, "resumed_markers": self.resumed},
         }
 
     def cmd_history(self, session: str, from_seq: int = 0):

@@ -25,13 +25,14 @@ import zmq
 
 from mushu_core import process
 from mushu_core.bus import queue_hwm
-from mushu_core.clock import WallToMonotonic, now_ns
+from mushu_core.clock import WallToMonotonic, host_clock_id, now_ns
 from mushu_core.config import setting, setting_float, setting_int, setting_mib
 from mushu_core.control import ControlServer
 from mushu_core.security import INGRESS_DOMAIN, Guard
 from mushu_core.wire import MAX_MARKER_BYTES
 
 from .core import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_MARKERS, MAX_LABEL_BYTES, READ_ONLY, LineFramer, MarkersCore
+from .journal import MarkerJournal
 from .senders import AddressList, IPAddress, SenderPolicy, sender_address
 
 log = logging.getLogger("mushu.markers")
@@ -392,6 +393,8 @@ def _arguments(p: argparse.ArgumentParser):
                    f"(env MUSHU_MARKERS_HISTORY_MB, default {DEFAULT_HISTORY_BYTES / 2**20:g})")
     p.add_argument("--sndhwm", type=int,
                    help="publisher high-water mark in messages (env MUSHU_MARKERS_SNDHWM, default 100000)")
+    p.add_argument("--journal", help="file to write every marker to before publishing it; a restarted service "
+                   "resumes its session from it (env MUSHU_MARKERS_JOURNAL; none by default)")
     p.add_argument("--queue-mb", type=float, help="markers the publisher queues per subscriber, at most, in MiB "
                    f"(env MUSHU_MARKERS_QUEUE_MB, default {DEFAULT_QUEUE_BYTES / 2**20:g})")
 
@@ -404,10 +407,12 @@ def _build(a: argparse.Namespace):
         setting_float("MUSHU_MARKERS_RATE", a.rate), setting_int("MUSHU_MARKERS_BURST", a.burst),
         AddressList(_none_is_empty(setting("MUSHU_MARKERS_RATE_EXEMPT", a.rate_exempt)),
                     "MUSHU_MARKERS_RATE_EXEMPT"))
-    core = MarkersCore(setting("MUSHU_MARKER_STREAM", a.stream),
-                       setting_int("MUSHU_MARKERS_HISTORY_MARKERS", a.history_markers),
+    stream = setting("MUSHU_MARKER_STREAM", a.stream)
+    journal = setting("MUSHU_MARKERS_JOURNAL", a.journal)
+    core = MarkersCore(stream, setting_int("MUSHU_MARKERS_HISTORY_MARKERS", a.history_markers),
                        setting_mib("MUSHU_MARKERS_HISTORY_MB", a.history_mb),
-                       policy, setting_int("MUSHU_MARKERS_MAX_LABEL_BYTES", a.max_label_bytes))
+                       policy, setting_int("MUSHU_MARKERS_MAX_LABEL_BYTES", a.max_label_bytes),
+                       MarkerJournal(journal, stream, host_clock_id()) if journal else None)
     return MarkersService(
      core, setting("MUSHU_MARKERS_HOST_BIND", a.host), setting_int("MUSHU_MARKERS_PORT", a.port),
      setting("MUSHU_MARKERS_DATA_BIND", a.data), setting("MUSHU_MARKERS_CONTROL_BIND", a.control),
