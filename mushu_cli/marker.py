@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from mushu_client.sender import send_marker
+from mushu_client.sender import MarkerSender
+from mushu_core.config import setting
 from mushu_core.errors import ServiceUnavailable
 
 NAME = "marker"
@@ -25,11 +26,15 @@ def add_arguments(p):
 def run(args) -> int:
     try:
         protocol = "udp" if args.udp else "zmq" if args.zmq else "tcp"
-        send_marker(args.label, args.host, args.port, protocol, args.timeout)
+        with MarkerSender(args.host, args.port, protocol, args.timeout) as sender:
+            sender.send(args.label)
+            where = setting("MUSHU_MARKERS_INGRESS") if args.zmq else f"{sender.host}:{sender.port}"
     except ValueError as exc:  # a bad label, or a broken key directory
         print(f"mushu marker: {exc}", file=sys.stderr)
         return 2
     except ServiceUnavailable as exc:
         print(f"mushu marker: {exc}", file=sys.stderr)
         return 1
+    note = " (a datagram: nothing confirms that it arrived)" if args.udp else ""
+    print(f"sent marker {args.label!r} to the markers service at {where} over {protocol.upper()}{note}")
     return 0

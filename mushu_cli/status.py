@@ -174,11 +174,16 @@ def _amp_details(st: dict, s: dict) -> str:
             f"seq {st['last_seq']}, sample {st['next_sample']}, {rate}; errors: {', '.join(errors) or 'none'}")
 
 
+#: Markers-service counters of normal events: shown in --json, not as problems. A subscription to another
+#: stream is a client's one SUB socket for data and markers subscribing on both services.
+NOT_PROBLEMS = ("connections_accepted", "connections_closed", "other_stream_subscriptions")
+
+
 def _markers_details(st: dict, s: dict) -> str:
     counts = st.get("counts", {})
     ways = ", ".join(f"{k.split('_')[0]} {v}" for k, v in counts.items() if k.endswith("_markers") and v)
     problems = [f"{k.replace('_', ' ')} {v}" for k, v in counts.items()
-                if v and not k.endswith("markers") and k not in ("connections_accepted", "connections_closed")]
+                if v and not k.endswith("markers") and k not in NOT_PROBLEMS]
     n = counts.get("markers", 0)
     return (f"{n} marker{'' if n == 1 else 's'} ({ways or 'none yet'}), {st.get('connections', 0)} connections; "
             f"problems: {', '.join(problems) or 'none'}")

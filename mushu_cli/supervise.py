@@ -23,7 +23,7 @@ import sys
 import xmlrpc.client
 from pathlib import Path
 
-from mushu_core import process, security
+from mushu_core import config, process, security
 from mushu_core.config import resolved
 
 #: program name -> module run as ``python -m``; also the order of ``status``.
@@ -78,6 +78,9 @@ def environment(rd: RunDir) -> dict[str, str]:
     working directory, which is also the services' working directory.
     """
     env = resolved()
+    passed_on = config.from_file()
+    if passed_on:
+        env[config.FROM_FILE_VARIABLE] = passed_on
     env["MUSHU_RUN_DIR"] = str(rd.path)
     env["MUSHU_DATA_DIR"] = os.path.abspath(env["MUSHU_DATA_DIR"])
     if env["MUSHU_KEYS"]:  # CURVE: the services' key directory (docs/security.md)

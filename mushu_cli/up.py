@@ -150,7 +150,7 @@ def _answers(ctl: ControlClient, name: str, pid: int) -> str | None:
 def _report(rd: supervise.RunDir, services, problem: str | None, what: str, stop: bool = True) -> int:
     if problem is None:
         print(f"mushu {what}: " + ", ".join(f"{n} at {setting(supervise.CONTROL[n])}" for n in services))
-        where = f"recordings in {os.path.abspath(setting('MUSHU_DATA_DIR'))}; " if "recorder" in services else ""
+        where = f"recordings in {_recordings_dir()}; " if "recorder" in services else ""
         print(f"  {where}logs in {rd}; 'mushu status' shows how they are, 'mushu down' stops them")
         return 0
     print(f"mushu up: {problem}", file=sys.stderr)
@@ -162,6 +162,17 @@ def _report(rd: supervise.RunDir, services, problem: str | None, what: str, stop
         from mushu_cli import down
         down.stop(rd, quiet=True)
     return 1
+
+
+def _recordings_dir() -> str:
+    """Where the recorder that answers writes (it may have been started from another directory)."""
+    ctl = ControlClient(setting(supervise.CONTROL["recorder"]), 1.0, "recorder")
+    try:
+        return ctl.call("status")["data_dir"]
+    except (MushuError, KeyError, TypeError):
+        return os.path.abspath(setting("MUSHU_DATA_DIR"))
+    finally:
+        ctl.close()
 
 
 def _tail(path, lines: int = 15) -> str:

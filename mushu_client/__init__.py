@@ -14,12 +14,13 @@ on Windows sends markers with it.
 
 from mushu_core import __version__
 from mushu_core.errors import (AmpError, EndOfData, Forbidden, GapWarning, MushuError, RecordingError, RecordingWarning,
-                               RemoteError, SecurityError, ServiceUnavailable, ServiceWarning)
+                               RemoteError, SecurityError, ServiceUnavailable, ServiceWarning, UnknownAmp)
 from mushu_core.recordings import Recording, load
 
 from .amp import Amp, get_amp, get_available_amps
 from .sender import MarkerSender, send_marker
 
 __all__ = ["Amp", "get_amp", "get_available_amps", "load", "Recording", "MushuError", "ServiceUnavailable",
-           "RemoteError", "SecurityError", "Forbidden", "AmpError", "EndOfData", "GapWarning", "RecordingError", "RecordingWarning", "ServiceWarning",
+           "RemoteError", "SecurityError", "Forbidden", "AmpError", "EndOfData", "GapWarning", "RecordingError",
+           "RecordingWarning", "ServiceWarning", "UnknownAmp",
            "send_marker", "MarkerSender", "__version__"]

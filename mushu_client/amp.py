@@ -95,10 +95,12 @@ def get_amp(name: str, data: str | None = None, control: str | None = None,
         The amp service did not answer.
     SecurityError
         The CURVE handshake failed (not listed, wrong server key, ...).
-    KeyError
-        No driver of that name exists.
+    UnknownAmp
+        No driver of that name exists: a ``KeyError`` (as libmushu raised)
+        and a ``ValueError``; the message lists the known amps.
     RuntimeError
-        The driver is not available, or another amp is running.
+        The driver is not available (its message says why: a missing extra,
+        no device), or another amp is running.
     """
     return Amp(name, data=data, control=control, timeout=timeout, hwm=hwm,
                markers=markers, markers_control=markers_control, marker_grace=marker_grace,

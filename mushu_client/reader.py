@@ -216,6 +216,9 @@ class StreamReader:
 
     def read(self, timeout: float) -> tuple[np.ndarray, list]:
         """Every sample followed since the last call, and the markers on them; wait up to ``timeout``."""
+        if self.follower.session is None:
+            raise RuntimeError("get_data() before start(): call amp.start() first (it starts the amplifier, "
+                               "or joins it if another client started it)")
         pending = self.pending
         deadline = time.monotonic() + timeout
         while True:

@@ -135,7 +135,8 @@ class MarkerSender:
                 sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
             except OSError as exc:
                 raise ServiceUnavailable(f"no mushu markers service accepts TCP connections at "
-                                         f"{self.address}: {exc}") from None
+                                         f"{self.address}: {exc}; is it running ('mushu up' starts it) and "
+                                         "are MUSHU_MARKERS_HOST and MUSHU_MARKERS_PORT its address?") from None
             # Markers are small and urgent: no Nagle delay.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._sock = sock

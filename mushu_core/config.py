@@ -98,6 +98,76 @@ DEFAULTS = {
     "MUSHU_KEYS": "",
 }
 
+#: What each setting does, for docs/configuration.md (``python -m mushu_cli.configdoc``), in the
+#: order the table lists them.
+HELP = {
+    "MUSHU_AMP_DATA": "amp service blocks (PUB)",
+    "MUSHU_AMP_DATA_BIND": "where the amp service binds them",
+    "MUSHU_AMP_CONTROL": "amp service control (ROUTER)",
+    "MUSHU_AMP_CONTROL_BIND": "where the amp service binds it",
+    "MUSHU_STREAM": "name of the amp's stream",
+    "MUSHU_AMP_HISTORY_MB": "block history for consumers that fall behind or join late, MiB",
+    "MUSHU_AMP_SNDHWM": "publisher high-water mark per subscriber, messages, at most",
+    "MUSHU_AMP_QUEUE_MB": (
+        "and at most this many MiB of blocks queued per subscriber: the mark is this budget in 128 KiB blocks"
+        " (the largest), if lower: 2048"),
+    "MUSHU_AMP_BLOCK_MS": "block period of the simulated drivers, ms",
+    "MUSHU_AMP_LOCAL_IPC": (
+        "the amp also publishes on a local IPC endpoint, which clients on its host and network namespace read"
+        " instead of TCP; `0`: TCP only (set in a client: it reads over TCP)"),
+    "MUSHU_AMP_STATE": (
+        "file where the amp keeps its driver, configuration and running state; a restarted amp restores them"),
+    "MUSHU_DRIVERS": "extra drivers, `name=module:Class,...`",
+    "MUSHU_MARKERS_DATA": "markers (PUB)",
+    "MUSHU_MARKERS_DATA_BIND": "where the markers service binds them",
+    "MUSHU_MARKERS_CONTROL": "markers service control (ROUTER)",
+    "MUSHU_MARKERS_CONTROL_BIND": "where it binds it",
+    "MUSHU_MARKERS_INGRESS": "ZeroMQ marker ingress (PULL)",
+    "MUSHU_MARKERS_INGRESS_BIND": "where it binds it",
+    "MUSHU_MARKERS_HOST": "host stimulus programs send TCP/UDP markers to",
+    "MUSHU_MARKERS_HOST_BIND": "interface the markers service listens on",
+    "MUSHU_MARKERS_PORT": "TCP and UDP marker port (libmushu's)",
+    "MUSHU_MARKER_STREAM": "name of the marker stream",
+    "MUSHU_MARKERS_HISTORY_MARKERS": "markers kept for late consumers",
+    "MUSHU_MARKERS_HISTORY_MB": "at most this much marker history, MiB",
+    "MUSHU_MARKERS_JOURNAL": (
+        "file where the markers service writes every marker before publishing it; a restarted service resumes"
+        " the same marker session and history, so no consumer loses a marker unseen"),
+    "MUSHU_MARKERS_SNDHWM": "publisher high-water mark, messages",
+    "MUSHU_MARKERS_QUEUE_MB": (
+        "and at most this many MiB of markers queued per subscriber (4 KiB labels: a lower mark)"),
+    "MUSHU_MARKERS_MAX_CONNECTIONS": "open TCP marker connections at most",
+    "MUSHU_MARKERS_MAX_CONNECTIONS_PER_SENDER": "open TCP marker connections from one address at most",
+    "MUSHU_MARKERS_ALLOW": "TCP/UDP marker senders allowed: comma-separated addresses or CIDR networks, IPv4 or IPv6",
+    "MUSHU_MARKERS_MAX_LABEL_BYTES": "longest marker label in UTF-8 bytes (and at most 1024 characters)",
+    "MUSHU_MARKERS_RATE": "markers per second per TCP/UDP sender address (0: no limit)",
+    "MUSHU_MARKERS_BURST": "markers a sender may send at once above the rate",
+    "MUSHU_MARKERS_RATE_EXEMPT": "senders without a rate limit (`none`: nobody)",
+    "MUSHU_MARKERS_IDLE_TIMEOUT": "seconds before a silent TCP connection is closed",
+    "MUSHU_RECORDER_CONTROL": "recorder control (ROUTER)",
+    "MUSHU_RECORDER_CONTROL_BIND": "where the recorder binds it",
+    "MUSHU_DATA_DIR": "where relative recording names go, on the recorder's computer",
+    "MUSHU_RECORDER_QUEUE_MB": (
+        "blocks the recorder queues from the amp, at most, MiB (past it, it refetches from the history)"),
+    "MUSHU_RUN_DIR": ("the run directory: `mushu up`'s supervisord files and logs, and every service's start marker "
+                      "(an unclean exit is reported at the next start)"),
+    "MUSHU_LOG_LEVEL": "the services' log level",
+    "MUSHU_KEYS": (
+        "CURVE key directory: for a service the one `mushu keys init` made, for a client its `clients/NAME` "
+        "([security.md](security.md))"),
+}
+
+#: How the table shows a default that is not a plain value.
+DEFAULT_TEXT = {
+    "MUSHU_CONFIG": "`./mushu.toml`",
+    "MUSHU_AMP_STATE": "(none; `mushu up`: in the run directory)",
+    "MUSHU_MARKERS_JOURNAL": "(none; `mushu up`: in the run directory)",
+    "MUSHU_MARKERS_ALLOW": "empty: everyone",
+    "MUSHU_RUN_DIR": "`$XDG_RUNTIME_DIR/mushu`, else `mushu-<uid>` in the temporary directory",
+    "MUSHU_KEYS": "(none: CURVE off)",
+}
+
+
 #: Sections of the configuration file.
 SECTIONS = ("amp", "markers", "recorder", "run", "security")
 
@@ -133,13 +203,27 @@ def _file_variables() -> dict[tuple[str, str], str]:
     return keys
 
 
+#: Set by ``mushu up`` for the services it starts: ``PATH|NAME,NAME,...``, the settings whose
+#: variables it set from the configuration file PATH, so that a message names the file, not "environment".
+FROM_FILE_VARIABLE = "MUSHU_SETTINGS_FROM_FILE"
+
+
+def _passed_on(name: str) -> str | None:
+    """Where ``mushu up`` found setting ``name``, if it passed it on from its configuration file."""
+    path, _, names = os.environ.get(FROM_FILE_VARIABLE, "").rpartition("|")
+    key = file_key(name)
+    if path and key and name in names.split(","):
+        return f"{path} [{key[0]}] {key[1]}, passed on by mushu up"
+    return None
+
+
 def _lookup(name: str, value) -> tuple[object, str]:
     """``(value, where it came from)`` for setting ``name``."""
     if value is not None:
         return value, "argument"
     env = os.environ.get(name)
     if env:
-        return env, "environment"
+        return env, _passed_on(name) or "environment"
     default = DEFAULTS[name]  # KeyError: a name mushu does not know
     path = configfile.config_path()
     if path is not None:
@@ -206,12 +290,19 @@ def _convert(name, value, kind, what):
     try:
         return kind(raw)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}={raw!r} (from {where}) is not {what}") from None
+        raise ValueError(f"{name}={raw!r} (from {where}) is not {what}; correct it there") from None
 
 
 def resolved() -> dict[str, str]:
     """Every setting's value as :func:`setting` finds it now (bind variables resolved)."""
     return {name: setting(name) for name in DEFAULTS}
+
+
+def from_file() -> str | None:
+    """:data:`FROM_FILE_VARIABLE`'s value for the settings the configuration file gives now, or None."""
+    path = configfile.config_path()
+    names = [name for name in DEFAULTS if source(name).startswith(f"{path} [")] if path else []
+    return f"{os.path.abspath(path)}|{','.join(names)}" if names else None
 
 
 __all__ = ["DEFAULTS", "SECTIONS", "ALIASES", "ConfigError", "file_key", "setting", "setting_int",

@@ -158,7 +158,9 @@ class ControlClient:
                 self.close()
                 raise failure or ServiceUnavailable(
                     f"no reply from the mushu {self.service} service at {self.endpoint} within "
-                    f"{self.timeout if timeout is None else timeout:g} s (is it running?)")
+                    f"{self.timeout if timeout is None else timeout:g} s: is it running? Start it with 'mushu up' "
+                    f"('mushu status' shows what runs), or set MUSHU_{self.service.upper()}_CONTROL to where it "
+                    "runs")
             if sock not in events:
                 continue
             frames = sock.recv_multipart(copy=False)

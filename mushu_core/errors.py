@@ -32,6 +32,16 @@ class Forbidden(MushuError, PermissionError):
     """The service refused a control request: the client's role may not run it."""
 
 
+class UnknownAmp(MushuError, KeyError, ValueError):
+    """No driver of the name asked for: a :class:`KeyError` as in libmushu, and a :class:`ValueError`.
+
+    The message lists the known amps.
+    """
+
+    def __str__(self):  # KeyError's own shows the message quoted, as if it were the key
+        return str(self.args[0]) if self.args else ""
+
+
 class AmpError(MushuError):
     """The amplifier driver failed; acquisition has stopped."""
 

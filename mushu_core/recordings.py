@@ -152,7 +152,7 @@ class Recording:
     fs: float
     channels: list
     meta: dict = field(default_factory=dict)
-    _times_path: str = field(default="", repr=False)
+    _times_path: str = field(default="", repr=False, compare=False)
 
     @property
     def gaps(self) -> list:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import random
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 _handed_out: set[int] = set()
 
@@ -71,3 +75,29 @@ def published_blocks(svc, amp_name: str, seconds: float, **configure) -> tuple[l
         amp.close()
         sub.close(0)
     return blocks, clock
+
+
+def isolated_env(root: Path) -> dict[str, str]:
+    """An environment of our own: no inherited MUSHU_*, free ports, run and data directories under ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "empty.toml").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MUSHU_")}
+    env.update({
+        "MUSHU_CONFIG": str(root / "empty.toml"),
+        "MUSHU_RUN_DIR": str(root / "run"),
+        "MUSHU_DATA_DIR": str(root / "data"),
+        "MUSHU_MARKERS_PORT": str(free_port()),
+        "MUSHU_LOG_LEVEL": "WARNING",
+    })
+    for name in ("AMP_DATA", "AMP_CONTROL", "MARKERS_DATA", "MARKERS_CONTROL", "MARKERS_INGRESS", "RECORDER_CONTROL"):
+        env[f"MUSHU_{name}"] = f"tcp://127.0.0.1:{free_port()}"
+    return env
+
+
+def mushu(*args, env, timeout=60, check=True, cwd=None) -> subprocess.CompletedProcess:
+    """Run the ``mushu`` command with ``env``."""
+    done = subprocess.run([sys.executable, "-m", "mushu_cli", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd)
+    if check and done.returncode != 0:
+        raise AssertionError(f"mushu {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return done

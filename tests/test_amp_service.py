@@ -125,9 +125,9 @@ def test_configuration_errors_raise_in_the_client_as_the_driver_raised_them(amp_
     with get_amp(amp_service) as amp:
         with pytest.raises(ValueError, match="fs must be a positive number"):
             amp.configure(fs=-5, channels=4)
-        with pytest.raises(TypeError, match="channels"):
+        with pytest.raises(TypeError, match=r"rampamp.configure\(fs, channels\): missing channels"):
             amp.configure(fs=100)
-        with pytest.raises(TypeError, match="unexpected keyword argument 'gain'"):
+        with pytest.raises(TypeError, match="unknown 'gain'"):
             amp.configure(fs=100, channels=2, gain=3)
         amp.configure(fs=100, channels=2)
         amp.start()

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port
-from test_orchestration import answers, force_down, isolated_env, mushu, supervised
+from support import isolated_env, mushu
+from test_orchestration import answers, force_down, supervised
 
 from mushu_cli import supervise
 from mushu_core import supervisor_log

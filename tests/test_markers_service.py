@@ -441,7 +441,10 @@ def test_send_marker_defaults_come_from_the_environment(markers, monkeypatch):
 def test_cli_marker(markers):
     sub = markers.subscribe()
     cli = [sys.executable, "-m", "mushu_cli", "marker"]
-    subprocess.run([*cli, "cli ✓", "--port", str(markers.port)], check=True, timeout=30)
+    sent = subprocess.run([*cli, "cli ✓", "--port", str(markers.port)], check=True, timeout=30,
+                          capture_output=True, text=True)
+    # what was sent where, so that a newcomer knows it went out
+    assert sent.stdout == f"sent marker 'cli ✓' to the markers service at 127.0.0.1:{markers.port} over TCP\n"
     subprocess.run([*cli, "cli udp", "--udp", "--port", str(markers.port)], check=True, timeout=30)
     env = {**os.environ, "MUSHU_MARKERS_PORT": str(markers.port)}
     subprocess.run([*cli, "cli env"], check=True, timeout=30, env=env)
@@ -449,7 +452,7 @@ def test_cli_marker(markers):
     assert sorted((m.label, m.source.split(":")[0]) for m in ms) == [("cli env", "tcp"), ("cli udp", "udp"),
                                                                       ("cli ✓", "tcp")]
     dead = subprocess.run([*cli, "x", "--port", str(free_port())], capture_output=True, text=True, timeout=30)
-    assert dead.returncode == 1 and "127.0.0.1:" in dead.stderr
+    assert dead.returncode == 1 and "127.0.0.1:" in dead.stderr and "'mushu up' starts it" in dead.stderr
     bad = subprocess.run([*cli, "a" * (MAX_LABEL_LENGTH + 1), "--port", str(markers.port)],
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "limit" in bad.stderr

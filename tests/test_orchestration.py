@@ -22,8 +22,9 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import free_port
+from support import isolated_env, mushu
 
-from mushu_cli import supervise
+from mushu_cli import configdoc, supervise
 from mushu_client import get_amp
 from mushu_core import config
 from mushu_core.configfile import ConfigError
@@ -41,32 +42,6 @@ FIRST_DATA_S = 2.0
 RESTART_S = 2.0
 #: supervisord's states of a service that answers (STARTING: in its first second, startsecs)
 UP = ("STARTING", "RUNNING")
-
-
-def isolated_env(root: Path) -> dict[str, str]:
-    """An environment of our own: no inherited MUSHU_*, free ports, run and data directories under ``root``."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "empty.toml").write_text("")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MUSHU_")}
-    env.update({
-        "MUSHU_CONFIG": str(root / "empty.toml"),
-        "MUSHU_RUN_DIR": str(root / "run"),
-        "MUSHU_DATA_DIR": str(root / "data"),
-        "MUSHU_MARKERS_PORT": str(free_port()),
-        "MUSHU_LOG_LEVEL": "WARNING",
-    })
-    for name in ("AMP_DATA", "AMP_CONTROL", "MARKERS_DATA", "MARKERS_CONTROL", "MARKERS_INGRESS", "RECORDER_CONTROL"):
-        env[f"MUSHU_{name}"] = f"tcp://127.0.0.1:{free_port()}"
-    return env
-
-
-def mushu(*args, env, timeout=60, check=True) -> subprocess.CompletedProcess:
-    """Run the ``mushu`` command with ``env``."""
-    done = subprocess.run([sys.executable, "-m", "mushu_cli", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    if check and done.returncode != 0:
-        raise AssertionError(f"mushu {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
-    return done
 
 
 def ours(env) -> list[psutil.Process]:
@@ -231,8 +206,8 @@ def test_services_take_file_env_and_arguments(tmp_path):
             p.wait(10)
 
 
-def test_example_file_readme_and_services_agree_with_config():
-    """mushu.example.toml and the README list every setting, with config.py's defaults and file keys."""
+def test_example_file_configuration_page_and_services_agree_with_config():
+    """mushu.example.toml and docs/configuration.md list every setting, with config.py's defaults and file keys."""
     text = (REPO / "mushu.example.toml").read_text()
     # commented-out keys count as documented: uncomment them to read them all
     doc = tomllib.loads(re.sub(r"(?m)^# (\w+ = )", r"\1", text))
@@ -244,9 +219,11 @@ def test_example_file_readme_and_services_agree_with_config():
         if default is not None and name != "MUSHU_RUN_DIR" and default != "":
             assert str(listed[key]) == default, f"{name}: example {listed[key]!r}, default {default!r}"
     assert len(listed) == len(config.DEFAULTS)
-    readme = (REPO / "README.md").read_text()
+    page = (REPO / "docs" / "configuration.md").read_text()
+    assert configdoc.replace_table(page) == page, \
+        "docs/configuration.md's table is not the registry's: python -m mushu_cli.configdoc --write docs/configuration.md"
     for name in config.DEFAULTS:
-        assert f"`{name}`" in readme, f"README does not document {name}"
+        assert f"| `{name}` |" in page, f"docs/configuration.md does not document {name}"
     from mushu_amp.core import DEFAULT_HISTORY_BYTES as AMP_HISTORY
     from mushu_markers.core import DEFAULT_HISTORY_BYTES as MARKERS_HISTORY
     from mushu_markers.core import DEFAULT_HISTORY_MARKERS
@@ -307,6 +284,9 @@ def test_status_json_and_text(stack):
     row = r"(?m)^amp\s+(RUNNING|STARTING)\s+\d+\s+\d+:\d\d:\d\d\s+sinusamp running, 1000 Hz, 8 ch"
     assert re.search(row, text), text
     assert re.search(r"(?m)^markers\s+\w+ .* markers", text) and re.search(r"(?m)^recorder\s+\w+ .*idle", text)
+    # a client's one SUB socket subscribes on both services: counted, but no problem of a healthy system
+    assert report["services"]["markers"]["status"]["counts"]["other_stream_subscriptions"] > 0
+    assert re.search(r"(?m)^markers\s.*problems: none", text), text
 
 
 def test_status_without_supervisord_asks_the_services(stack, tmp_path):
@@ -370,11 +350,14 @@ def test_sigkilled_service_is_back_within_2_s(stack, name):
     assert supervised(env)[name]["pid"] == st["pid"]
 
 
-def test_up_again_is_a_no_op(stack):
+def test_up_again_is_a_no_op(stack, tmp_path):
     env = stack["env"]
     before = {n: i["pid"] for n, i in supervised(env).items()}
     assert "supervisord was running already" in mushu("up", env=env).stdout
     assert {n: i["pid"] for n, i in supervised(env).items()} == before
+    # from a directory whose setting says otherwise: it reports where the running recorder writes
+    again = mushu("up", env={**env, "MUSHU_DATA_DIR": str(tmp_path / "elsewhere")}).stdout
+    assert f"recordings in {env['MUSHU_DATA_DIR']};" in again, again
 
 
 def test_down_leaves_no_process(tmp_path):
@@ -459,6 +442,21 @@ def test_up_refuses_a_foreign_service_on_its_port(tmp_path, spawn_amp):
         assert answers(foreign.control, "amp")["pid"] == foreign.proc.pid
     finally:
         force_down(env)
+
+
+def test_a_bad_file_setting_is_reported_as_the_files(tmp_path):
+    # mushu up passes the file's settings to the services as variables; a service that cannot use one
+    # names the file and key, not "environment"
+    env = isolated_env(tmp_path)
+    (tmp_path / "mushu.toml").write_text('[amp]\nhistory_mb = "lots"\n')
+    env["MUSHU_CONFIG"] = str(tmp_path / "mushu.toml")
+    try:
+        done = mushu("up", "amp", env=env, check=False, timeout=60)
+    finally:
+        mushu("down", env=env, check=False)
+    assert done.returncode == 1
+    assert (f"MUSHU_AMP_HISTORY_MB='lots' (from {tmp_path / 'mushu.toml'} [amp] history_mb, passed on by mushu up) "
+            "is not a number; correct it there") in done.stderr, done.stderr
 
 
 def test_up_without_supervisor_says_what_to_install(tmp_path):

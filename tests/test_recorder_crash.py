@@ -114,7 +114,7 @@ def test_resume_repairs_torn_tails(tmp_path):
     w.append(ramp(0, 10, 2))
     w.add_marker(3, "three", seq=0, session="s" * 32, t_ns=1)
     w.add_marker(7, "seven,\nwith a newline", seq=1, session="s" * 32, t_ns=2)
-    w.add_block_times(0, 10, 5_000, 95_000)
+    w.add_block_times(0, 12, 5_000, 95_000)  # its line goes first: the process died after 10 of its 12 samples
     w.sync()
     w.close()
     # a crash in the middle of writes: half a sample, half a journal line, half a marker line

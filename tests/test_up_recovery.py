@@ -12,7 +12,8 @@ import warnings
 
 import numpy as np
 from test_lsl import open_inlet, unique
-from test_orchestration import answers, force_down, isolated_env, mushu, supervised
+from support import isolated_env, mushu
+from test_orchestration import answers, force_down, supervised
 
 import mushu_client
 from mushu_amp.drivers.rampamp import ramp

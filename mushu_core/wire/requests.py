@@ -6,7 +6,7 @@ import inspect
 import re
 from dataclasses import dataclass
 
-from mushu_core.errors import Forbidden
+from mushu_core.errors import Forbidden, UnknownAmp
 
 from .codec import PROTOCOL_VERSION, Fields, ProtocolError, check_plain, pack, unpack_map
 
@@ -17,7 +17,7 @@ from .codec import PROTOCOL_VERSION, Fields, ProtocolError, check_plain, pack, u
 BUILTIN_ERRORS = {"ValueError": ValueError, "TypeError": TypeError, "KeyError": KeyError,
                   "RuntimeError": RuntimeError, "NotImplementedError": NotImplementedError,
                   "FileExistsError": FileExistsError, "FileNotFoundError": FileNotFoundError,
-                  "PermissionError": PermissionError, "Forbidden": Forbidden}
+                  "PermissionError": PermissionError, "Forbidden": Forbidden, "UnknownAmp": UnknownAmp}
 
 COMMAND = re.compile(r"^[a-z_]{1,32}$")
 

@@ -25,7 +25,7 @@ from mushu_core.clock import host_clock_id, now_ns
 from mushu_core.wire import PROTOCOL_VERSION, BlockHeader, ReplyFrames, StreamInfo, dispatch, encode_block_header
 
 from . import drivers
-from .drivers.base import EndOfData
+from .drivers.base import EndOfData, check_arguments
 from .timing import ClockModel, ExactClock, StampedClock, host_wake_ns
 
 log = logging.getLogger("mushu.amp")
@@ -376,10 +376,11 @@ class AmpCore:
             raise RuntimeError(f"amp {self.amp_name!r} is running; stop it before selecting {amp!r}")
         try:
             cls = drivers.load_driver(amp)
-        except ImportError as exc:
-            raise RuntimeError(f"amp {amp!r} cannot be loaded on this host: {type(exc).__name__}: {exc}") from None
+        except ImportError as exc:  # its message names what to install
+            raise RuntimeError(f"{exc} (on the amp service's host)") from None
         if not cls.is_available():
-            raise RuntimeError(f"amp {amp!r} is not available on this host")
+            raise RuntimeError(f"amp {amp!r} is not available on the amp service's host: is the device plugged "
+                               "in and allowed (docs/drivers.md, Hardware)? 'mushu amps' says what each needs")
         driver = cls()
         self.driver, self.amp_name, self.config, self.error = driver, amp, {}, None
         self.state = "idle"
@@ -394,6 +395,7 @@ class AmpCore:
         kwargs = {} if kwargs is None else kwargs
         if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
             raise TypeError("configure arguments must be a map of names to values")
+        check_arguments(self.amp_name, self.driver, kwargs)
         self.driver.configure(**kwargs)
         self._read_driver_shape()
         self.config = dict(kwargs)

@@ -19,7 +19,6 @@ from mushu_core import __version__, clock
 from mushu_core.clock import host_clock_id, now_ns
 from mushu_core.process import ThrottledLog
 from mushu_core.wire import (MAX_LABEL_LENGTH, PROTOCOL_VERSION, Marker, MarkerStreamInfo, ProtocolError, ReplyFrames,
-                             decode_marker,
                              dispatch, encode_marker, encode_marker_info, info_topic, marker_topic, split_topic,
                              unpack_map)
 
@@ -392,19 +391,20 @@ class MarkersCore:
         return frames
 
     def _resume(self, journal: MarkerJournal):
-        restored = journal.restore()
-        if restored is None:
+        def keep(seq: int, frame: bytes):
+            if not self.resumed:
+                self.log.next_seq = seq  # the journal's first marker is the history's oldest
+            self.log.append(frame)
+            self.resumed += 1
+
+        session = journal.restore(keep)
+        if session is None:
             journal.begin(self.session, [])
             return
-        self.session, frames = restored
-        if frames:
-            self.log.next_seq = decode_marker(frames[0]).seq
-            for frame in frames:
-                self.log.append(frame)
-        self.resumed = len(frames)
+        self.session = session
         journal.open()
         log.warning("resumed marker session %s from %s: %d markers, next seq %d",
-                    self.session, journal.path, len(frames), self.log.next_seq)
+                    self.session, journal.path, self.resumed, self.log.next_seq)
 
     def _journal(self, frame: bytes):
         """Write the marker to the journal before it goes out; a full disk costs the journal, not the marker."""
@@ -412,7 +412,7 @@ class MarkersCore:
         try:
             j.append(frame)
             if j.size > 2 * (self.log.nbytes + 4 * len(self.log)) + JOURNAL_SLACK_BYTES:
-                j.begin(self.session, [*self.log.since(self.log.oldest_seq, len(self.log)), frame])
+                j.begin(self.session, itertools.chain(self.log.since(self.log.oldest_seq, len(self.log)), (frame,)))
         except OSError as exc:
             self.problem("journal_errors", "marker journal %s: %s (markers are published, but a restarted "
                          "service will start a new session; free the disk)", j.path, exc)

@@ -60,59 +60,60 @@ class MarkerJournal:
         self._fd: int | None = None
         self.size = 0
 
-    def restore(self) -> tuple[str, list[bytes]] | None:
-        """``(session, marker frames in seq order)`` the journal holds, or None to start afresh.
+    def restore(self, keep) -> str | None:
+        """The session the journal holds, each of its markers' frames handed to ``keep`` in seq order; None
+        to start afresh.
 
-        Cuts a torn or damaged tail off the file.
+        Read record by record, so that it takes no more memory than the
+        history ``keep`` fills. Cuts a torn or damaged tail off the file.
         """
         try:
-            with open(self.path, "rb") as f:
-                raw = f.read()
+            f = open(self.path, "rb")
         except FileNotFoundError:
             return None
-        records, good = [], 0
-        while good + 4 <= len(raw):
-            (n,) = _LENGTH.unpack_from(raw, good)
-            if good + 4 + n > len(raw):
-                break  # torn: the process died in the write
-            records.append(raw[good + 4:good + 4 + n])
-            good += 4 + n
-        header = _header(records[0]) if records else None
-        if header is None or header.get("stream") != self.stream or header.get("clock") != self.clock \
-                or header.get("journal") != VERSION or not isinstance(header.get("session"), str):
-            log.warning("marker journal %s is %s: starting a new session", self.path,
-                        "empty" if not records else "of another boot, stream or version, or damaged")
-            return None
-        session, frames, seq = header["session"], [], None
-        kept = 4 + len(records[0])
-        for frame in records[1:]:
-            try:
-                m = decode_marker(frame, self.stream)
-            except ProtocolError:
-                break
-            if m.session != session or (seq is not None and m.seq != seq + 1):
-                break
-            seq = m.seq
-            frames.append(frame)
-            kept += 4 + len(frame)
-        if kept < len(raw):
-            log.warning("marker journal %s: %d damaged or torn bytes at its end cut off", self.path, len(raw) - kept)
+        with f:
+            header = _header(_read_record(f))
+            if header is None or header.get("stream") != self.stream or header.get("clock") != self.clock \
+                    or header.get("journal") != VERSION or not isinstance(header.get("session"), str):
+                log.warning("marker journal %s is empty, of another boot, stream or version, or damaged: "
+                            "starting a new session", self.path)
+                return None
+            session, seq, kept = header["session"], None, f.tell()
+            while (frame := _read_record(f)) is not None:
+                try:
+                    m = decode_marker(frame, self.stream)
+                except ProtocolError:
+                    break
+                if m.session != session or (seq is not None and m.seq != seq + 1):
+                    break
+                seq = m.seq
+                keep(m.seq, frame)
+                kept = f.tell()
+            size = os.fstat(f.fileno()).st_size
+        if kept < size:
+            log.warning("marker journal %s: %d damaged or torn bytes at its end cut off", self.path, size - kept)
             with open(self.path, "r+b") as f:
                 f.truncate(kept)
         self.size = kept
-        return session, frames
+        return session
 
-    def begin(self, session: str, frames: list[bytes]):
-        """Write the journal anew: ``session``'s header, then ``frames``; keep it open for appending."""
+    def begin(self, session: str, frames):
+        """Write the journal anew: ``session``'s header, then ``frames``; keep it open for appending.
+
+        Record by record through a buffered file: no copy of the history is made.
+        """
         header = msgpack.packb({"journal": VERSION, "stream": self.stream, "session": session, "clock": self.clock})
         tmp = self.path + ".tmp"
-        blob = b"".join([_record(header), *map(_record, frames)])
         with open(tmp, "wb") as f:
-            f.write(blob)
+            f.write(_record(header))
+            for frame in frames:
+                f.write(_LENGTH.pack(len(frame)))
+                f.write(frame)
+            size = f.tell()
         os.replace(tmp, self.path)
         self.close()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        self.size = len(blob)
+        self.size = size
 
     def open(self):
         """Append to the journal :meth:`restore` read."""
@@ -131,7 +132,19 @@ class MarkerJournal:
             self._fd = None
 
 
-def _header(frame: bytes) -> dict | None:
+def _read_record(f) -> bytes | None:
+    """The next record's frame, or None at the end (a torn record included)."""
+    prefix = f.read(4)
+    if len(prefix) < 4:
+        return None
+    (n,) = _LENGTH.unpack(prefix)
+    frame = f.read(n)
+    return frame if len(frame) == n else None
+
+
+def _header(frame: bytes | None) -> dict | None:
+    if frame is None:
+        return None
     try:
         header = msgpack.unpackb(frame)
     except (ValueError, msgpack.UnpackException):

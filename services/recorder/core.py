@@ -488,9 +488,8 @@ class RecorderCore:
             a.placer.start_ns = a.writer.meta["mushu"]["start_monotonic_ns"]
             self._guard(a.writer.write_meta)
         try:
+            a.writer.add_block_times(a.writer.n_samples, stop - skip, h.time_of(skip), h.t_read_ns)
             a.writer.append(block.data[skip:stop])
-            a.writer.add_block_times(a.writer.n_samples - (stop - skip), stop - skip,
-                                     h.time_of(skip), h.t_read_ns)
         except OSError as exc:
             self._fail(exc)
             return

@@ -99,7 +99,8 @@ class RecordingWriter:
         self._marker = open(self.paths[".marker"], "a", encoding="utf-8", newline="\n")
         self._vmrk = open(self.paths[".vmrk"], "a", encoding="utf-8", newline="\n")
         self._journal = open(base + JOURNAL, "a", encoding="utf-8", newline="\n")
-        self._times = open(self.paths[".times"], "a", encoding="ascii", newline="\n")
+        # line-buffered: a block's line reaches the file before its samples do (add_block_times)
+        self._times = open(self.paths[".times"], "a", encoding="ascii", newline="\n", buffering=1)
         self._files = (self._eeg, self._marker, self._vmrk, self._journal, self._times)
 
     # -- opening ----------------------------------------------------------
@@ -164,7 +165,8 @@ class RecordingWriter:
     def add_block_times(self, sample: int, n: int, t_ns: int, t_read_ns: int | None):
         """Record when the ``n`` samples from ``sample`` on were acquired (a line of ``NAME.times``).
 
-        Written after their samples: ``NAME.eeg`` is the truth, a line beyond it is cut off on resume.
+        Called before their samples are appended, and written through at once: whatever a killed
+        process left in ``NAME.eeg`` (the truth) has its line, and a line beyond it is cut on resume.
         """
         self._times.write(f"{sample} {n} {t_ns} {'-' if t_read_ns is None else t_read_ns}\n")
 
@@ -319,10 +321,11 @@ class BackgroundSync:
 
 
 def _repair_times(path: str, n_samples: int):
-    """Cut ``NAME.times`` after its last whole line that describes written samples."""
+    """Make ``NAME.times`` describe exactly the ``n_samples`` written: lines beyond them cut, a line of a
+    block only partly written shortened, a torn last line removed."""
     if not os.path.exists(path):
         return  # a recording from a version without it: appending creates it
-    good = 0
+    good, tail = 0, b""
     with open(path, "rb") as f:
         for line in f:
             if not line.endswith(b"\n"):
@@ -330,13 +333,19 @@ def _repair_times(path: str, n_samples: int):
             if not line.startswith(b"#"):
                 fields = line.split()
                 try:
-                    if int(fields[0]) + int(fields[1]) > n_samples:
-                        break
+                    sample, n = int(fields[0]), int(fields[1])
                 except (ValueError, IndexError):
+                    break
+                if sample >= n_samples:
+                    break
+                if sample + n > n_samples:  # the process died while appending this block's samples
+                    tail = b" ".join([fields[0], str(n_samples - sample).encode(), *fields[2:]]) + b"\n"
                     break
             good += len(line)
     with open(path, "r+b") as f:
         f.truncate(good)
+        f.seek(good)
+        f.write(tail)
 
 
 def _read_journal(path: str) -> list:

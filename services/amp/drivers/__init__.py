@@ -9,9 +9,12 @@ other packages are named in the environment variable ``MUSHU_DRIVERS`` as
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
 import os
+
+from mushu_core.errors import UnknownAmp
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,8 @@ SUPPORTED_AMPS = {
     "gusbamp": ".gusbamp:GUSBamp",
     "epoc": ".epoc:Epoc",
 }
+#: The package extra that brings each driver's dependencies.
+EXTRAS = {"lslamp": "lsl", "gusbamp": "usb", "epoc": "usb"}
 
 
 def _registry() -> dict[str, str]:
@@ -43,16 +48,29 @@ def load_driver(name: str):
 
     Raises
     ------
-    KeyError
-        No driver of that name is registered.
+    UnknownAmp
+        No driver of that name is registered (a KeyError and a ValueError).
     ImportError
-        The driver's module (or one of its dependencies) cannot be imported.
+        The driver's module (or one of its dependencies) cannot be imported;
+        the message names the extra to install.
     """
-    target = _registry().get(name)
+    registry = _registry()
+    target = registry.get(name)
     if target is None:
-        raise KeyError(f"unknown amp {name!r}; known amps: {', '.join(sorted(_registry()))}")
+        close = difflib.get_close_matches(str(name), registry, 1)
+        raise UnknownAmp(f"unknown amp {name!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                         f"known amps: {', '.join(sorted(registry))}")
     module, _, cls = target.partition(":")
-    mod = importlib.import_module(module, __name__) if module.startswith(".") else importlib.import_module(module)
+    try:
+        mod = importlib.import_module(module, __name__) if module.startswith(".") else importlib.import_module(module)
+    except ImportError as exc:
+        missing = exc.name or str(exc)
+        if name in EXTRAS:
+            raise ImportError(f"amp {name!r} needs {missing}, which is not installed: install mushu's "
+                              f"{EXTRAS[name]!r} extra (pip install -e \".[{EXTRAS[name]}]\" in mushu's "
+                              f"directory)", name=exc.name) from exc
+        raise ImportError(f"amp {name!r} ({target}, from MUSHU_DRIVERS) cannot be imported: {exc}",
+                          name=exc.name) from exc
     return getattr(mod, cls)
 
 

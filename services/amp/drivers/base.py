@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import numpy as np
@@ -95,6 +96,10 @@ class Amplifier:
         """Return True if the amplifier can be used on this computer."""
         return False
 
+    def value_problems(self, kwargs: dict) -> list[str]:
+        """What is wrong with each of ``kwargs`` this driver can judge alone (for :func:`check_arguments`)."""
+        return []
+
 
 class SimulatedAmplifier(Amplifier):
     """An amplifier whose samples are due by the monotonic clock.
@@ -143,10 +148,53 @@ class SimulatedAmplifier(Amplifier):
     def is_available():
         return True
 
+    def value_problems(self, kwargs: dict) -> list[str]:
+        return [problem for name, check in (("fs", _fs_problem), ("channels", _channels_problem))
+                if name in kwargs and (problem := check(kwargs[name]))]
+
 
 def check_fs_channels(fs, channels):
     """Validate the ``fs`` and ``channels`` arguments shared by simulated drivers."""
+    problem = _fs_problem(fs) or _channels_problem(channels)
+    if problem:
+        raise ValueError(problem)
+
+
+def _fs_problem(fs) -> str | None:
     if isinstance(fs, bool) or not isinstance(fs, (int, float)) or not fs > 0 or fs != fs or fs == float("inf"):
-        raise ValueError(f"fs must be a positive number of Hz, not {fs!r}")
+        return f"fs must be a positive number of Hz, not {fs!r}"
+    return None
+
+
+def _channels_problem(channels) -> str | None:
     if isinstance(channels, bool) or not isinstance(channels, int) or not 1 <= channels <= 65535:
-        raise ValueError(f"channels must be an integer from 1 to 65535, not {channels!r}")
+        return f"channels must be an integer from 1 to 65535, not {channels!r}"
+    return None
+
+
+def check_arguments(name: str, driver: Amplifier, kwargs: dict):
+    """Refuse ``driver.configure(**kwargs)`` before the call if arguments are missing or unknown.
+
+    The one message names every missing and unknown argument and whatever
+    is wrong with the given ones (Python's own would name only the missing
+    ones, and not the value that is wrong).
+
+    Raises
+    ------
+    TypeError
+        An argument is missing or unknown.
+    """
+    signature = inspect.signature(driver.configure)
+    params = signature.parameters
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = [] if takes_any else [k for k in kwargs if k not in params or params[k].kind not in named]
+    missing = [n for n, p in params.items() if p.kind in named and p.default is p.empty and n not in kwargs]
+    if not unknown and not missing:
+        return
+    parts = list(driver.value_problems({k: v for k, v in kwargs.items() if k not in unknown}))
+    if missing:
+        parts.append(f"missing {', '.join(missing)}")
+    if unknown:
+        parts.append(f"unknown {', '.join(map(repr, unknown))}")
+    raise TypeError(f"{name}.configure{signature}: {'; '.join(parts)}")

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .base import SimulatedAmplifier, check_fs_channels
+from .base import SimulatedAmplifier, _fs_problem
 
 
 class SinusAmp(SimulatedAmplifier):
@@ -22,12 +22,22 @@ class SinusAmp(SimulatedAmplifier):
         self.configure(**self.presets[0][1])
 
     def configure(self, f, fs, channels):
-        check_fs_channels(fs, channels)
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f < float("inf"):
-            raise ValueError(f"f must be a non-negative frequency in Hz, not {f!r}")
+        problems = self.value_problems({"f": f, "fs": fs, "channels": channels})
+        if problems:
+            raise ValueError("; ".join(problems))
         self.f = f
         self.fs = fs
         self.channels = channels
+
+    def value_problems(self, kwargs: dict) -> list[str]:
+        problems = super().value_problems(kwargs)
+        f, fs = kwargs.get("f"), kwargs.get("fs")
+        if "f" in kwargs and (isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f < float("inf")):
+            problems.append(f"f must be a non-negative frequency in Hz, not {f!r}")
+        elif "f" in kwargs and "fs" in kwargs and not _fs_problem(fs) and f >= fs / 2:
+            problems.append(f"f={f:g} Hz is not below the Nyquist frequency fs/2 = {fs / 2:g} Hz, so the samples "
+                            f"would show another frequency; choose f below {fs / 2:g} Hz or a higher fs")
+        return problems
 
     def samples(self, k0, n):
         k = np.arange(k0, k0 + n, dtype=np.float64)

@@ -114,7 +114,7 @@ def usb_failure(name: str, action: str, exc: usb.core.USBError) -> OSError:
         return ConnectionError(f"{name} disconnected: {action} failed ({exc}); reconnect it and start again")
     if exc.errno == errno.EACCES:
         return PermissionError(f"{name}: {action} failed ({exc}); non-root access needs the udev rules "
-                               "in services/amp/udev/60-mushu.rules (see README, Hardware)")
+                               "in services/amp/udev/60-mushu.rules (see docs/drivers.md, Hardware)")
     return OSError(f"{name}: {action} failed: {exc}")
 
 
