@@ -195,15 +195,17 @@ FAILING = textwrap.dedent("""
     from mushu_amp.drivers.rampamp import RampAmp
 
     class FailingAmp(RampAmp):
-        '''Delivers about 50 ms of data, then the device "vanishes".'''
+        '''Delivers 50 samples, then the device "vanishes".'''
         def start(self):
             super().start()
-            self.reads = 0
+            self.sent = 0
         def get_data(self):
-            self.reads += 1
-            if self.reads > 50:
+            if self.sent >= 50:
                 raise OSError("device vanished")
-            return super().get_data()
+            data, markers = super().get_data()
+            data = data[:50 - self.sent]
+            self.sent += len(data)
+            return data, markers
 """)
 
 
@@ -241,7 +243,7 @@ def test_a_driver_exception_reaches_the_client_and_status(spawn_amp, plugin_env)
         with pytest.raises(AmpError, match="OSError: device vanished"):
             for _ in range(200):
                 got += len(amp.get_data()[0])
-        assert 0 < got <= 60
+        assert got == 50  # every sample before the failure
         status = amp.status()
         assert status["state"] == "error" and "device vanished" in status["error"]
         assert status["driver_errors"] == 1
