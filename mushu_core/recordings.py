@@ -64,6 +64,9 @@ GAP_LABEL = "mushu:gap"
 
 _ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r"}
 _ESCAPE_RE = re.compile(r"\\(\\|n|r|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4})")
+# Labels with none of these characters (nearly all) are their own escape: no loop over their characters.
+_TO_ESCAPE = re.compile(r"[\\\x00-\x1f\x7f]")
+_TO_REPLACE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _control(ch: str) -> bool:
@@ -76,6 +79,8 @@ def _hex(ch: str) -> str:
 
 def escape_label(label: str) -> str:
     """Escape ``label`` for a ``.marker`` line (see the module docstring)."""
+    if _TO_ESCAPE.search(label) is None and label == label.strip():
+        return label
     out = []
     last = len(label) - 1
     for i, ch in enumerate(label):

@@ -91,7 +91,7 @@ class DriftingAmp(SimulatedAmplifier):
         wait = delivery - time.monotonic_ns()
         if wait > 0:
             time.sleep(min(wait, 50_000_000) / 1e9)  # at most 50 ms: stop() is not kept waiting
-        now = time.monotonic_ns()
+        now = self.read_ns = time.monotonic_ns()  # the read's return, before the samples are made
         last = self._next
         while self._due and self._due[0][1] <= now:
             last = self._due.pop(0)[0]

@@ -92,6 +92,39 @@ def test_driver_failure_moves_the_core_to_error_state():
     assert core.info().state == "error" and core.info().error == core.error
 
 
+def test_a_read_time_the_driver_took_is_the_blocks_read_time():
+    core = started_core(channels=4)
+    took = []
+
+    def read():  # the device's read returns; decoding its samples takes 3 ms
+        core.driver.read_ns = time.monotonic_ns()
+        took.append(core.driver.read_ns)
+        time.sleep(0.003)
+        return ramp(0, 5, 4), []
+
+    core.driver.get_data = read
+    (header, _, _), = core.acquire()
+    assert header.t_read_ns == took[0]
+    core.driver.get_data = lambda: (ramp(5, 5, 4), [])  # a driver that takes no read time: the return's
+    before = time.monotonic_ns()
+    (header, _, _), = core.acquire()
+    assert before <= header.t_read_ns <= time.monotonic_ns()
+
+
+def test_driver_times_are_on_the_process_clock_with_its_offset():
+    from mushu_core import clock
+    clock.set_offset(100.0)  # as if on a host whose clock is 100 s ahead
+    try:
+        core = started_core()  # rampamp knows its sample times (time.monotonic_ns)
+        time.sleep(0.01)
+        blocks = core.acquire()
+        now = clock.now_ns()
+    finally:
+        clock.set_offset(0.0)
+    assert blocks and now - 1e9 < blocks[-1][0].t_ns <= now
+    assert now - 1e9 < blocks[-1][0].t_read_ns <= now
+
+
 def test_driver_returning_the_wrong_shape_is_an_error_not_a_corrupt_stream():
     core = started_core(channels=4)
     core.driver.get_data = lambda: (np.zeros((3, 5), np.float32), [])

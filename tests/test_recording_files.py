@@ -242,6 +242,27 @@ def test_newlines_and_control_characters_are_escaped_and_read_back(tmp_path):
     assert annotations == [(i * 3, "Stimulus/" + seen) for i, (_, _, seen) in enumerate(labels)]
 
 
+@pytest.mark.parametrize("order", ["in order", "late markers"])
+def test_finished_marker_files_are_in_sample_order(tmp_path, order):
+    base = str(tmp_path / "order")
+    w = RecordingWriter.create(base, ["a"], 100.0, "rampamp", ["uV"], {"first_sample": 0})
+    w.append(np.zeros((100, 1), np.float32))
+    samples = [5, 10, 10, 40, 90] if order == "in order" else [5, 40, 10, 90, 10]
+    for i, s in enumerate(samples):
+        w.add_marker(s, f"m{i}", seq=i, session="s", t_ns=0)
+    w.finish()
+    expected = sorted((s, f"m{i}") for i, s in enumerate(samples))
+    r = load(base)
+    assert r.marker_samples() == sorted(r.marker_samples(), key=lambda m: m[0])
+    assert sorted(r.marker_samples()) == expected
+    with open(base + ".vmrk", encoding="utf-8") as f:
+        lines = [line for line in f if line.startswith("Mk") and not line.startswith("Mk1=")]
+    assert [int(line.split("=")[0][2:]) for line in lines] == list(range(2, 2 + len(samples)))
+    assert [int(line.split(",")[2]) - 1 for line in lines] == sorted(samples)
+    _, annotations = mne_brainvision(base)
+    assert sorted(annotations) == [(s, "Stimulus/" + label) for s, label in expected]
+
+
 def test_a_recording_with_a_gap_converts_with_the_gap_marked(tmp_path):
     base = str(tmp_path / "gappy")
     w = RecordingWriter.create(base, ["Fz", "Cz", "flat"], 250.0, "sinusamp", ["uV"] * 3, {"first_sample": 0})

@@ -21,7 +21,7 @@ import uuid
 import numpy as np
 
 from mushu_core import __version__
-from mushu_core.clock import host_clock_id, now_ns
+from mushu_core.clock import host_clock_id, now_ns, offset_ns
 from mushu_core.wire import PROTOCOL_VERSION, BlockHeader, ReplyFrames, StreamInfo, dispatch, encode_block_header
 
 from . import drivers
@@ -194,9 +194,13 @@ class AmpCore:
         A driver exception stops acquisition and puts the service in the
         ``error`` state, with the driver's message for status and clients.
         """
+        driver = self.driver
         try:
-            data, markers = self.driver.get_data()
+            driver.read_ns = None
+            data, markers = driver.get_data()
             t_read = now_ns()
+            if driver.read_ns is not None:  # the device's read returned then, before the driver decoded it
+                t_read = min(t_read, int(driver.read_ns) + offset_ns())
             data = self._as_block_array(data)
             if markers:
                 self._queue_markers(markers)
@@ -440,7 +444,8 @@ class AmpCore:
         if isinstance(known, StampedClock):
             return known
         if known is not None:
-            return ExactClock(*known)
+            t0_ns, fs = known
+            return ExactClock(t0_ns + offset_ns(), fs)
         # A read returns at least the device's latency and this host's wake-up after the acquisition;
         # the wake-up is measured again with waits as long as the reads' once they are known.
         model = ClockModel(self.fs, int(getattr(self.driver, "latency_ns", 0) or 0))

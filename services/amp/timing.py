@@ -38,6 +38,8 @@ import time
 
 import numpy as np
 
+from mushu_core.clock import offset_ns
+
 #: Seconds of reads per bin; the earliest read of each bin is a point of the envelope.
 BIN_S = 0.25
 #: Seconds of bins the line is fitted over: long enough that the latency's spread averages out of the
@@ -286,7 +288,7 @@ class StampedClock:
 
     def stamp(self, times_ns):
         """The samples the driver returns now were acquired at ``times_ns`` (ns, one per sample)."""
-        times = np.asarray(times_ns, np.int64)
+        times = np.asarray(times_ns, np.int64) + offset_ns()  # time.monotonic_ns() to this process's clock
         if not len(times):
             return
         self._first, self._times = self._n, times

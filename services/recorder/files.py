@@ -95,6 +95,7 @@ class RecordingWriter:
         self.fs = float(meta["Sampling Frequency"])
         self.n_samples = n_samples
         self.markers = markers  # journal entries, in the order written
+        self._in_order = not markers  # the marker files hold self.markers sorted by sample
         self._eeg = open(self.paths[".eeg"], "ab")
         self._marker = open(self.paths[".marker"], "a", encoding="utf-8", newline="\n")
         self._vmrk = open(self.paths[".vmrk"], "a", encoding="utf-8", newline="\n")
@@ -186,6 +187,8 @@ class RecordingWriter:
         entry = {"sample": sample, "seq": seq, "session": session, "t_ns": t_ns, "label": label}
         self._journal.write(json.dumps(entry, ensure_ascii=False) + "\n")
         self._write_marker_lines(entry, len(self.markers))
+        if self.markers and sample < self.markers[-1]["sample"]:
+            self._in_order = False
         self.markers.append(entry)
 
     def _write_marker_lines(self, entry: dict, index: int):
@@ -203,6 +206,7 @@ class RecordingWriter:
         self.markers.sort(key=lambda m: m["sample"])
         for i, entry in enumerate(self.markers):
             self._write_marker_lines(entry, i)
+        self._in_order = True
 
     def write_meta(self):
         """Replace ``.meta`` atomically (to the disk with the next :func:`sync_paths`)."""
@@ -226,7 +230,8 @@ class RecordingWriter:
 
     def finish(self, **mushu):
         """Finish the recording: sorted markers, final meta, journal removed (sync its files after)."""
-        self.rewrite_markers()
+        if not self._in_order:  # tens of thousands of markers take the recorder's thread for a second
+            self.rewrite_markers()
         self.meta["mushu"].update(mushu, state="complete", n_samples=self.n_samples)
         self.flush()
         self.write_meta()

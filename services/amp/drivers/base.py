@@ -33,11 +33,19 @@ class Amplifier:
         return of the read that delivers it (a fixed USB or filter delay),
         if known: the amp service subtracts it from the times it fits
         (:mod:`mushu_amp.timing`).
+    read_ns : int or None
+        Set by a driver in each ``get_data()`` that reads a device: the
+        ``time.monotonic_ns()`` at which the device's read returned, taken
+        before the samples are decoded, so that decoding does not count as
+        latency. The amp service fits the sample times to it; None (the
+        service sets it before each call) means the time ``get_data()``
+        returned.
     """
 
     presets: list = []
     unit = "uV"
     latency_ns = 0
+    read_ns: int | None = None
 
     def clock(self):
         """What the driver knows of when its samples were acquired; None if nothing.

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 import numpy as np
 import usb.core
@@ -173,6 +174,7 @@ class Epoc(Amplifier):
         """
         try:
             report = self._dev.read(ENDPOINT_IN, REPORT_BYTES, timeout=READ_TIMEOUT_MS)
+            self.read_ns = time.monotonic_ns()
         except usb.core.USBTimeoutError:
             self._silence.check()
             return np.empty((0, len(self.get_channels())), np.float32), []

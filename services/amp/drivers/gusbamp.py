@@ -15,6 +15,8 @@ rules in ``services/amp/udev/60-mushu.rules``.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import usb.core
 
@@ -221,6 +223,7 @@ class GUSBamp(Amplifier):
         frames = max(1, round(fs * READ_SECONDS))
         try:
             chunk = self._dev.read(ENDPOINT_IN, frames * FRAME_BYTES, timeout=int(1000 * frames / fs) + 100)
+            self.read_ns = time.monotonic_ns()
         except usb.core.USBTimeoutError:
             self._silence.check()
             return np.empty((0, N_VALUES), np.float32), []
