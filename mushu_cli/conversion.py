@@ -52,7 +52,7 @@ import numpy as np
 
 from mushu_core.recordings import Recording, base_name, load, plain_label
 
-FORMATS = ("edf", "bdf", "fif")
+FORMATS = ("edf", "bdf", "fif", "xdf", "bids")
 #: Samples are read and converted in chunks of about this many bytes.
 CHUNK_BYTES = 8 << 20
 GAP_ANNOTATION = "BAD_mushu_gap"
@@ -62,24 +62,28 @@ VOLTS = {"V": 1.0, "mV": 1e-3, "uV": 1e-6, "µV": 1e-6, "nV": 1e-9}
 
 
 def default_output(name: str, fmt: str) -> str:
-    """``NAME.edf``, ``NAME.bdf`` or ``NAME_raw.fif`` (mne's naming) beside the recording."""
+    """``NAME.edf``, ``NAME.bdf``, ``NAME_raw.fif`` (mne's naming), ``NAME.xdf`` or the BIDS root ``NAME_bids``."""
     base = base_name(os.fspath(name))
-    return base + ("_raw.fif" if fmt == "fif" else "." + fmt)
+    return base + {"fif": "_raw.fif", "bids": "_bids"}.get(fmt, "." + fmt)
 
 
-def convert(name: str, fmt: str, out: str | None = None, progress: bool = True) -> str:
+def convert(name: str, fmt: str, out: str | None = None, progress: bool = True, **bids) -> str:
     """Convert recording ``name`` to ``fmt`` and return the output path.
 
     Parameters
     ----------
     name : str
         The recording (``NAME`` or one of its files).
-    fmt : {"edf", "bdf", "fif"}
+    fmt : {"edf", "bdf", "fif", "xdf", "bids"}
     out : str, optional
-        Output file (default :func:`default_output`).
+        Output file (default :func:`default_output`); for ``bids`` the
+        dataset's root directory, which may hold other recordings.
     progress : bool
         Show a tqdm progress bar on stderr when the conversion takes longer
         than a second.
+    **bids
+        For ``bids``: ``subject``, ``session``, ``task``, ``run``,
+        ``line_freq`` (:func:`mushu_cli.bids.write_bids`).
 
     Raises
     ------
@@ -95,11 +99,17 @@ def convert(name: str, fmt: str, out: str | None = None, progress: bool = True) 
         if not os.path.exists(base + ext):
             raise FileNotFoundError(f"no recording {base!r}: {base + ext} does not exist")
     out = os.fspath(out) if out is not None else default_output(base, fmt)
+    rec = load(base, mmap=True)
+    if fmt == "bids":  # a dataset grows by recording: its root may exist, the recording's file may not
+        from mushu_cli.bids import write_bids
+        return write_bids(rec, base, out, **bids)
     if os.path.exists(out):
         raise FileExistsError(f"{out} exists already; remove it or choose another output file")
-    rec = load(base, mmap=True)
     try:
-        if fmt == "fif":
+        if fmt == "xdf":
+            from mushu_cli.xdf import write_xdf
+            write_xdf(rec, out, progress)
+        elif fmt == "fif":
             write_fif(rec, out, progress)
         else:
             write_edf(rec, out, bdf=fmt == "bdf", progress=progress)

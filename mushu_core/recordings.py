@@ -188,6 +188,29 @@ class Recording:
         """
         return read_block_times(self._times_path) if self._times_path else np.zeros(0, BLOCK_TIMES_DTYPE)
 
+    def sample_times(self) -> np.ndarray:
+        """Every sample's acquisition time, in ns of the amp host's monotonic clock.
+
+        Sample ``i`` of a block of ``NAME.times`` is at its block's ``t_ns + round(i * 1e9 / fs)``
+        (protocol 7.4); a lost sample (a gap, which no block covers) is put on the line of the block
+        before it at the nominal rate (of the first block if none is before it).
+
+        Returns
+        -------
+        ndarray of int64, shape (n_samples,)
+
+        Raises
+        ------
+        ValueError
+            If the recording has no ``NAME.times`` (a libmushu recording) or it is malformed.
+        """
+        blocks = self.block_times()
+        if not len(blocks):
+            raise ValueError("the recording has no block times (NAME.times): it was not made by mushu's recorder")
+        k = np.arange(len(self.data), dtype=np.int64)
+        i = np.maximum(np.searchsorted(blocks["sample"], k, side="right") - 1, 0)
+        return blocks["t_ns"][i] + np.rint((k - blocks["sample"][i]) * 1e9 / self.fs).astype(np.int64)
+
     def __iter__(self):  # data, markers, fs, channels = load(path)
         return iter((self.data, self.markers, self.fs, self.channels))
 

@@ -23,6 +23,7 @@ from test_recorder_crash import FS, Collector  # get_data's samples and markers 
 
 import mushu_client
 from mushu_cli import main as cli
+from mushu_cli.bids import tsv_label
 from mushu_client import MarkerSender, ServiceUnavailable
 from mushu_core.recordings import escape_label, load, plain_label, unescape_label
 from mushu_recorder.files import RecordingWriter
@@ -174,6 +175,12 @@ def test_a_recording_reads_bit_exact_with_mushu_wyrm_and_mne(services, amp_name,
         out = str(tmp_path / f"out-{fmt}_raw.fif" if fmt == "fif" else tmp_path / f"out.{fmt}")
         assert cli(["convert", base, "--to", fmt, "-o", out, "--quiet"]) == 0
         check_converted(out, fmt, c.data, expected_markers, volts)
+    out = str(tmp_path / "out.xdf")
+    assert cli(["convert", base, "--to", "xdf", "-o", out, "--quiet"]) == 0
+    check_xdf(out, r, c.data, expected_markers)
+    root = str(tmp_path / "bids")
+    assert cli(["convert", base, "--to", "bids", "-o", root, "--subject", "07", "--task", "oddball", "--quiet"]) == 0
+    check_bids(root, "07", "oddball", c.data, [(s, tsv_label(mne_view[label])) for s, label in expected_markers], volts)
     png = str(tmp_path / "plot.png")
     assert cli(["plot", base, "-o", png, "--start", "0", "--duration", "0.1"]) == 0
     check_png(png)
@@ -203,6 +210,56 @@ def check_converted(path, fmt, data, markers, volts, gaps=()):
     spans = [(round(o * fs), round(d * fs)) for o, d, t in zip(raw.annotations.onset, raw.annotations.duration,
                                                                raw.annotations.description) if t == "BAD_mushu_gap"]
     assert spans == list(gaps)
+
+
+def check_xdf(path, rec, data, markers, gaps=(), one_line=True):
+    """pyxdf reads every sample bit-exact with its acquisition time, and the markers at their samples' times.
+
+    ``one_line``: the stamps lie on one line, which pyxdf's dejittering keeps (a re-anchored clock does not).
+    """
+    import pyxdf
+    for dejitter in (False, True) if one_line else (False,):
+        streams, _ = pyxdf.load_xdf(path, synchronize_clocks=False, dejitter_timestamps=dejitter)
+        by_type = {s["info"]["type"][0]: s for s in streams}
+        eeg, mk = by_type["EEG"], by_type["Markers"]
+        assert eeg["time_series"].dtype == np.float32 and float(eeg["info"]["nominal_srate"][0]) == rec.fs
+        np.testing.assert_array_equal(bits(eeg["time_series"]), bits(data))
+        times = rec.sample_times()
+        assert np.all(np.diff(times) > 0)
+        # the blocks' stamps lie on one line at the fitted or exact rate: dejittering keeps them
+        np.testing.assert_allclose(eeg["time_stamps"], times / 1e9, rtol=0, atol=2e-6 if dejitter else 1e-9)
+        if not dejitter:
+            blocks = rec.block_times()
+            np.testing.assert_array_equal(np.rint(eeg["time_stamps"][blocks["sample"]] * 1e9).astype(np.int64),
+                                          blocks["t_ns"])
+        placed = np.searchsorted(times / 1e9, mk["time_stamps"] - 1e-9)
+        got = sorted(zip(placed.tolist(), [v[0] for v in mk["time_series"]]))
+        expected = sorted(markers + [(g[0], f"mushu:gap {g[1]}") for g in gaps])
+        assert got == expected
+        labels = [ch["label"][0] for ch in eeg["info"]["desc"][0]["channels"][0]["channel"]]
+        assert labels == rec.channels
+        n_offsets = len(rec.meta["mushu"]["clock_offsets_ns"]["amp"])
+        assert len(eeg["clock_times"]) == len(mk["clock_times"]) == n_offsets
+
+
+def check_bids(root, subject, task, data, annotations, volts):
+    """mne-bids reads the dataset: the samples as recorded, the markers as events at their samples."""
+    import mne_bids
+    raw = mne_bids.read_raw_bids(mne_bids.BIDSPath(subject=subject, task=task, datatype="eeg", root=root),
+                                 verbose="error")
+    got = raw.get_data().T / volts
+    np.testing.assert_array_equal(bits(got.astype(np.float32)), bits(data))
+    fs = raw.info["sfreq"]
+    anns = [(round(o * fs), d) for o, d in zip(raw.annotations.onset, raw.annotations.description)]
+    assert sorted(a for a in anns if a[1].startswith("Stimulus/")) == sorted((s, t.strip()) for s, t in annotations)
+    events = os.path.join(root, f"sub-{subject}", "eeg", f"sub-{subject}_task-{task}_events.tsv")
+    with open(events, encoding="utf-8", newline="") as f:  # the file itself: mne-bids strips what it reads
+        head, *rows = [line.rstrip("\n").split("\t") for line in f]
+    got = [(int(row[head.index("sample")]), row[head.index("trial_type")]) for row in rows]
+    assert sorted(g for g in got if g[1].startswith("Stimulus/")) == sorted(annotations)
+    for sidecar in ("dataset_description.json", "participants.tsv"):
+        assert os.path.exists(os.path.join(root, sidecar))
+    return raw
 
 
 def fif_view(labels):
@@ -284,6 +341,47 @@ def test_a_recording_with_a_gap_converts_with_the_gap_marked(tmp_path):
     png = str(tmp_path / "gappy.png")
     assert cli(["plot", base + ".meta", "-o", png, "--channels", "Cz", "0"]) == 0
     check_png(png)
+
+
+def test_xdf_and_bids_keep_sample_times_gaps_and_clock_offsets(tmp_path):
+    base = str(tmp_path / "timed")
+    offsets = [{"t_ns": 4_000_000_000 + i * 2_000_000_000, "offset_ns": 250_000 + i * 10, "rtt_ns": 90_000}
+               for i in range(3)]
+    w = RecordingWriter.create(base, ["Fz", "Cz"], 500.0, "gusbamp", ["uV"] * 2,
+                               {"first_sample": 0, "amp_session": "s1", "stream": "eeg",
+                                "clock_offsets_ns": {"amp": offsets, "markers": []}})
+    period = 1e9 / 500 * (1 - 80e-6)  # a device 80 ppm fast, stamped by the fitted line
+    x = (np.arange(2000 * 2, dtype=np.float32).reshape(2000, 2) - 1000) / 8
+    for first in range(0, 800, 40):
+        w.add_block_times(first, 40, 7_000_000_000 + round(first * period), 7_000_000_000 + round((first + 47) * period))
+        w.append(x[first:first + 40])
+    w.add_marker(30, "before, the gap", seq=0, session="s", t_ns=0)
+    w.append_gap(200, "amp restarted")
+    for first in range(1000, 2000, 40):
+        w.add_block_times(first, 40, 9_000_000_000 + round((first - 1000) * period), None)
+        w.append(x[first:first + 40])
+    w.add_marker(1500, "after ✓", seq=1, session="s", t_ns=0)
+    w.finish()
+    r = load(base)
+    times = r.sample_times()
+    assert times[805] == 7_000_000_000 + round(760 * period) + round(45 * 1e9 / 500)  # a gap: the line before it
+    assert times[1000] == 9_000_000_000
+    x[800:1000] = np.nan
+    assert cli(["convert", base, "--to", "xdf", "--quiet"]) == 0
+    check_xdf(base + ".xdf", r, x, [(30, "before, the gap"), (1500, "after ✓")], gaps=[(800, 200)], one_line=False)
+    import pyxdf
+    streams, _ = pyxdf.load_xdf(base + ".xdf", synchronize_clocks=True, dejitter_timestamps=False)
+    eeg = next(s for s in streams if s["info"]["type"][0] == "EEG")
+    # on the recorder's clock: remote = local + offset, so the recorder's time is the amp's less the offset
+    np.testing.assert_allclose(eeg["time_stamps"][[0, 1500]], (times[[0, 1500]] - 250_000) / 1e9, atol=1e-7)
+    assert cli(["convert", base, "--to", "bids", "--task", "rest", "--line-freq", "50", "--quiet"]) == 0
+    raw = check_bids(base + "_bids", "01", "rest", x, [(30, "Stimulus/before, the gap"), (1500, "Stimulus/after ✓")],
+                     1e-6)
+    gaps = [(round(o * 500), round(d * 500)) for o, d, t in zip(raw.annotations.onset, raw.annotations.duration,
+                                                                raw.annotations.description) if t == "BAD_mushu_gap"]
+    assert gaps == [(800, 200)] and raw.info["line_freq"] == 50
+    assert cli(["convert", base, "--to", "bids", "--task", "rest", "--quiet"]) == 1  # never overwritten
+    assert cli(["convert", base, "--to", "xdf", "--quiet"]) == 1
 
 
 def test_convert_refuses_a_missing_recording_and_an_existing_output(tmp_path, capsys):

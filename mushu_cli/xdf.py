@@ -1,0 +1,174 @@
+"""Write a recording as XDF, the Lab Streaming Layer's interchange format (``mushu convert --to xdf``).
+
+No well-kept Python library writes XDF (pyxdf only reads it), so this
+module writes the chunks of the specification
+(https://github.com/sccn/xdf/wiki/Specifications) itself; the tests read
+every file it writes back with pyxdf.
+
+The file holds two streams on the amp host's monotonic clock, in seconds:
+
+- the samples (``float32``, the recording's channels, labels and units),
+  each with its acquisition time (:meth:`Recording.sample_times`); lost
+  samples are written as NaN, as in the recording;
+- the markers (one ``string`` channel), each at the time of the sample the
+  recording put it on, so a reader that aligns by time finds the marker on
+  that sample.
+
+The recorder's estimates of the amp host's clock against its own (the
+meta's ``clock_offsets_ns``) become ClockOffset chunks of both streams,
+as LabRecorder writes them: ``pyxdf.load_xdf(..., synchronize_clocks=True)``
+then gives the times on the recorder's clock (the same times when one host
+ran both). Samples are written in chunks of :data:`SAMPLES_PER_CHUNK`, read
+from the memory-mapped ``NAME.eeg``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import struct
+from xml.sax.saxutils import escape
+
+import numpy as np
+
+from mushu_core.recordings import Recording
+
+MAGIC = b"XDF:"
+#: Chunk tags of the specification.
+FILE_HEADER, STREAM_HEADER, SAMPLES, CLOCK_OFFSET, STREAM_FOOTER = 1, 2, 3, 4, 6
+SAMPLES_PER_CHUNK = 4096
+EEG_ID, MARKERS_ID = 1, 2
+
+
+def write_xdf(rec: Recording, out: str, progress: bool = True):
+    """Write recording ``rec`` (as :func:`~mushu_core.recordings.load` returns it) to XDF file ``out``.
+
+    Raises
+    ------
+    ValueError
+        If the recording has no block times (a libmushu recording).
+    """
+    from mushu_cli.conversion import _bar, _chunks  # shared with the other formats
+
+    times = rec.sample_times()
+    seconds = times / 1e9
+    mushu = rec.meta.get("mushu", {})
+    markers = sorted(rec.marker_samples(), key=lambda m: m[0])
+    offsets = mushu.get("clock_offsets_ns", {}).get("amp", [])
+    n, n_ch = rec.data.shape
+    with open(out, "xb") as f:
+        f.write(MAGIC)
+        f.write(_chunk(FILE_HEADER, _xml(f"<info><version>1.0</version><datetime>{_iso(rec)}</datetime>"
+                                         f"<writer>mushu</writer></info>")))
+        f.write(_chunk(STREAM_HEADER, struct.pack("<I", EEG_ID) + _xml(_eeg_info(rec))))
+        f.write(_chunk(STREAM_HEADER, struct.pack("<I", MARKERS_ID) + _xml(_markers_info(rec))))
+        with _bar(n, "XDF", progress) as bar:
+            for a, b in _chunks(n, n_ch):
+                for c in range(a, b, SAMPLES_PER_CHUNK):
+                    d = min(b, c + SAMPLES_PER_CHUNK)
+                    f.write(_chunk(SAMPLES, _numeric_samples(EEG_ID, seconds[c:d], rec.data[c:d])))
+                bar.update(b - a)
+        if markers:
+            f.write(_chunk(SAMPLES, _string_samples(MARKERS_ID, [(seconds[min(s, n - 1)] if n else 0.0, label)
+                                                                 for s, label in markers])))
+        for sid in (EEG_ID, MARKERS_ID):
+            for o in offsets:  # remote = local + offset_ns: LabRecorder's (remote time, local - remote)
+                f.write(_chunk(CLOCK_OFFSET, struct.pack("<Idd", sid, (o["t_ns"] + o["offset_ns"]) / 1e9,
+                                                         -o["offset_ns"] / 1e9)))
+        marker_times = [seconds[min(s, n - 1)] for s, _ in markers] if n else []
+        f.write(_chunk(STREAM_FOOTER, struct.pack("<I", EEG_ID) + _xml(_footer(seconds[:1], seconds[-1:], n,
+                                                                                 offsets))))
+        f.write(_chunk(STREAM_FOOTER, struct.pack("<I", MARKERS_ID) + _xml(_footer(
+            marker_times[:1], marker_times[-1:], len(markers), offsets))))
+
+
+# -- the chunks ----------------------------------------------------------------------
+
+
+def _varlen(value: int) -> bytes:
+    """The specification's variable-length integer: 1 byte saying 1, 4 or 8, then the value."""
+    if value < 1 << 8:
+        return struct.pack("<BB", 1, value)
+    if value < 1 << 32:
+        return struct.pack("<BI", 4, value)
+    return struct.pack("<BQ", 8, value)
+
+
+def _chunk(tag: int, content: bytes) -> bytes:
+    return _varlen(2 + len(content)) + struct.pack("<H", tag) + content
+
+
+def _xml(body: str) -> bytes:
+    return ('<?xml version="1.0"?>' + body).encode("utf-8")
+
+
+def _numeric_samples(sid: int, seconds: np.ndarray, data: np.ndarray) -> bytes:
+    """Samples of a float32 stream, each with its timestamp (8 bytes)."""
+    n, n_ch = data.shape
+    rows = np.empty(n, np.dtype([("size", "u1"), ("t", "<f8"), ("v", "<f4", (n_ch,))]))
+    rows["size"], rows["t"], rows["v"] = 8, seconds, data
+    return struct.pack("<I", sid) + _varlen(n) + rows.tobytes()
+
+
+def _string_samples(sid: int, samples: list) -> bytes:
+    """Samples of a one-channel string stream: ``[(seconds, text)]``."""
+    parts = [struct.pack("<I", sid), _varlen(len(samples))]
+    for t, text in samples:
+        raw = text.encode("utf-8")
+        parts += [struct.pack("<Bd", 8, t), _varlen(len(raw)), raw]
+    return b"".join(parts)
+
+
+# -- the XML ---------------------------------------------------------------------------
+
+
+def _iso(rec: Recording) -> str:
+    wall = rec.meta.get("mushu", {}).get("start_wall")
+    when = datetime.datetime.now(datetime.timezone.utc) if wall is None else \
+        datetime.datetime.fromtimestamp(wall, datetime.timezone.utc)
+    return when.isoformat()
+
+
+def _common(rec: Recording, kind: str) -> str:
+    session = escape(str(rec.meta.get("mushu", {}).get("amp_session") or ""))
+    return (f"<source_id>mushu:{session}:{kind}</source_id><version>1.1</version><created_at>0</created_at>"
+            f"<uid>{session}-{kind}</uid><session_id>{session}</session_id>"
+            f"<hostname>{escape(socket.gethostname())}</hostname>")
+
+
+def _eeg_info(rec: Recording) -> str:
+    mushu = rec.meta.get("mushu", {})
+    units = mushu.get("units") or ["uV"] * len(rec.channels)
+    channels = "".join(f"<channel><label>{escape(str(c))}</label><unit>{escape(_unit(u))}</unit>"
+                       f"<type>EEG</type></channel>" for c, u in zip(rec.channels, units))
+    measured = mushu.get("fs_measured")
+    return (f"<info><name>{escape(str(mushu.get('stream') or 'eeg'))}</name>"
+            f"<type>EEG</type><channel_count>{len(rec.channels)}</channel_count>"
+            f"<nominal_srate>{rec.fs!r}</nominal_srate><channel_format>float32</channel_format>"
+            f"{_common(rec, 'eeg')}<desc><channels>{channels}</channels>"
+            f"<acquisition><manufacturer>mushu</manufacturer><model>{escape(str(rec.meta.get('Amp', '')))}"
+            f"</model></acquisition>"
+            + (f"<mushu><fs_measured>{measured!r}</fs_measured><drift_ppm>{mushu.get('drift_ppm')!r}"
+               f"</drift_ppm></mushu>" if measured else "")
+            + "</desc></info>")
+
+
+def _markers_info(rec: Recording) -> str:
+    return ("<info><name>mushu markers</name><type>Markers</type><channel_count>1</channel_count>"
+            "<nominal_srate>0</nominal_srate><channel_format>string</channel_format>"
+            f"{_common(rec, 'markers')}<desc/></info>")
+
+
+def _unit(unit: str) -> str:
+    """The unit as LSL's conventions name it (``microvolts``); others as recorded."""
+    return {"uV": "microvolts", "µV": "microvolts", "mV": "millivolts", "V": "volts"}.get(unit, unit)
+
+
+def _footer(first: list, last: list, count: int, offsets: list) -> str:
+    clock = "".join(f"<offset><time>{(o['t_ns'] + o['offset_ns']) / 1e9!r}</time>"
+                    f"<value>{-o['offset_ns'] / 1e9!r}</value></offset>" for o in offsets)
+    first_t = repr(float(first[0])) if len(first) else "0"
+    last_t = repr(float(last[0])) if len(last) else "0"
+    return (f"<info><first_timestamp>{first_t}</first_timestamp><last_timestamp>{last_t}</last_timestamp>"
+            f"<sample_count>{count}</sample_count><clock_offsets>{clock}</clock_offsets></info>")
