@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mushu_core import clock, supervisor_log
+from mushu_core import clock, memory, supervisor_log
 from mushu_core.clock import now_ns
 from mushu_core.config import DEFAULTS, setting
 
@@ -85,6 +85,7 @@ def setup(parser, args, program: str):
     logging.basicConfig(level=level, format=f"%(asctime)s {program} %(levelname)s %(message)s")
     clock.set_offset(args.clock_offset)
     _dump_stacks_on_crash()
+    memory.tune_malloc()
     global _marker
     _marker = StartMarker.of(program, getattr(args, "control", None))
 

@@ -20,7 +20,7 @@ import uuid
 
 import numpy as np
 
-from mushu_core import __version__
+from mushu_core import __version__, memory
 from mushu_core.clock import host_clock_id, now_ns, offset_ns
 from mushu_core.wire import PROTOCOL_VERSION, BlockHeader, ReplyFrames, StreamInfo, dispatch, encode_block_header
 
@@ -432,6 +432,7 @@ class AmpCore:
         self.next_sample = 0
         self._markers = []
         self.history.clear()
+        memory.release_freed_memory()  # the last session's blocks: a few ms, once a session
         self.state, self.error = "running", None
         log.info("started %s: session %s, %g Hz, %d channels",
                  self.amp_name, self.session, self.fs, len(self.channels))
