@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 
-from mushu_core.config import setting
+from mushu_core.config import ConfigError, amp_stream_settings, setting
 from mushu_core.control import ControlClient
 from mushu_core.errors import ServiceUnavailable
 
@@ -15,11 +16,17 @@ HELP = "list the amplifier drivers and whether each is available"
 def add_arguments(p):
     p.add_argument("--json", action="store_true", help="print a JSON list for scripts")
     p.add_argument("--control", help="amp service control endpoint (env MUSHU_AMP_CONTROL)")
+    p.add_argument("--stream", help="the amp service of this stream, declared as [amp.NAME] in mushu.toml")
     p.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for the service")
 
 
 def run(args) -> int:
-    endpoint = setting("MUSHU_AMP_CONTROL", args.control)
+    try:
+        endpoint = args.control or (amp_stream_settings(args.stream)["MUSHU_AMP_CONTROL"] if args.stream else
+                                    setting("MUSHU_AMP_CONTROL"))
+    except ConfigError as exc:
+        print(f"mushu amps: {exc}", file=sys.stderr)
+        return 2
     ctl = ControlClient(endpoint, args.timeout, "amp")
     try:
         amps, source = ctl.call("amps"), f"the amp service at {endpoint}"

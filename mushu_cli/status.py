@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 from mushu_core import supervisor_log
-from mushu_core.config import ConfigError, setting
+from mushu_core.config import ConfigError
 from mushu_core.control import ControlClient
 from mushu_core.errors import MushuError
 
@@ -67,8 +67,9 @@ def gather(rd: supervise.RunDir, timeout: float = 0.5, previous: dict | None = N
     supervised = supervise.processes(rd)
     sup_pid = supervise.supervisord_pid(rd) if supervised is not None else None
     exits = supervisor_log.restarts(rd.logfile, sup_pid) if supervised is not None else None
-    with ThreadPoolExecutor(len(supervise.PROGRAMS)) as pool:
-        answers = dict(zip(supervise.PROGRAMS, pool.map(lambda n: _ask(n, timeout), supervise.PROGRAMS)))
+    programs = supervise.programs()
+    with ThreadPoolExecutor(len(programs)) as pool:
+        answers = dict(zip(programs, pool.map(lambda n: _ask(n, timeout), programs)))
     services = {}
     for name, (endpoint, status, error, t) in answers.items():
         info = supervised.get(name) if supervised else None
@@ -89,7 +90,9 @@ def gather(rd: supervise.RunDir, timeout: float = 0.5, previous: dict | None = N
             entry.update(state="RUNNING" if status else "UNREACHABLE", pid=(status or {}).get("pid"),
                          uptime_s=(status or {}).get("uptime_s"))
         services[name] = entry
-    _amp_rate(services["amp"], previous and previous["services"]["amp"])
+    for name, entry in services.items():
+        if supervise.kind(name) == "amp":
+            _amp_rate(entry, previous and previous["services"].get(name))
     sup = None
     if supervised is not None:
         sup = {"pid": sup_pid, "socket": str(rd.socket), "log": str(rd.logfile)}
@@ -103,8 +106,8 @@ def public(report: dict) -> dict:
 
 
 def _ask(name: str, timeout: float):
-    endpoint = setting(supervise.CONTROL[name])
-    ctl = ControlClient(endpoint, timeout, name)
+    endpoint = supervise.control_endpoint(name)
+    ctl = ControlClient(endpoint, timeout, supervise.kind(name))
     try:
         return endpoint, ctl.call("status"), None, time.monotonic()
     except MushuError as exc:
@@ -128,12 +131,13 @@ def render(report: dict) -> str:
     sup = report["supervisord"]
     head = (f"mushu: supervisord pid {sup['pid']}, run dir {report['run_dir']}" if sup else
             f"mushu: no supervisord in {report['run_dir']} (services asked directly)")
-    lines = [head, f"{'SERVICE':<9} {'STATE':<12} {'PID':>7} {'UPTIME':>9}  DETAILS"]
+    width = max([9] + [len(name) for name in report["services"]])
+    lines = [head, f"{'SERVICE':<{width}} {'STATE':<12} {'PID':>7} {'UPTIME':>9}  DETAILS"]
     for name, s in report["services"].items():
-        lines.append(f"{name:<9} {s['state']:<12} {s['pid'] or '-':>7} {_duration(s['uptime_s']):>9}  "
+        lines.append(f"{name:<{width}} {s['state']:<12} {s['pid'] or '-':>7} {_duration(s['uptime_s']):>9}  "
                      f"{_details(name, s)}")
         if s.get("restarts") or s.get("last_exit"):
-            lines.append(f"{'':<9} ! {_restarts(s)}")
+            lines.append(f"{'':<{width}} ! {_restarts(s)}")
     return "\n".join(lines)
 
 
@@ -159,7 +163,8 @@ def _details(name: str, s: dict) -> str:
     st = s["status"]
     if st is None:
         return f"does not answer at {s['control']}"
-    return {"amp": _amp_details, "markers": _markers_details, "recorder": _recorder_details}[name](st, s)
+    return {"amp": _amp_details, "markers": _markers_details,
+            "recorder": _recorder_details}[supervise.kind(name)](st, s)
 
 
 def _amp_details(st: dict, s: dict) -> str:

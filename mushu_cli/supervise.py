@@ -30,6 +30,8 @@ from mushu_core.config import resolved
 PROGRAMS = {"amp": "mushu_amp", "markers": "mushu_markers", "recorder": "mushu_recorder"}
 #: program name -> the variable of its control endpoint (to connect to).
 CONTROL = {"amp": "MUSHU_AMP_CONTROL", "markers": "MUSHU_MARKERS_CONTROL", "recorder": "MUSHU_RECORDER_CONTROL"}
+#: The program of a further amp service, for stream NAME of ``[amp.NAME]``.
+STREAM_PROGRAM = "amp-{}"
 TEMPLATE = Path(__file__).with_name("supervisord.conf.template")
 #: supervisord with a quicker main loop (see that file), run by path.
 LAUNCHER = str(Path(__file__).with_name("supervisord_run.py"))
@@ -64,6 +66,32 @@ class RunDir:
         return str(self.path)
 
 
+def programs() -> dict[str, str]:
+    """:data:`PROGRAMS` with a program ``amp-NAME`` after ``amp`` for each ``[amp.NAME]`` of the configuration."""
+    found = {"amp": PROGRAMS["amp"]}
+    found.update((STREAM_PROGRAM.format(n), PROGRAMS["amp"]) for n in config.amp_streams())
+    found.update((n, m) for n, m in PROGRAMS.items() if n != "amp")
+    return found
+
+
+def stream_of(program: str) -> str | None:
+    """The stream of a further amp service's program (``amp-emg``: ``emg``); None for the others."""
+    return program[4:] if program.startswith("amp-") else None
+
+
+def control_endpoint(program: str) -> str:
+    """Where ``program``'s control socket is, as its clients connect to it."""
+    stream = stream_of(program)
+    if stream is None:
+        return config.setting(CONTROL[program])
+    return config.amp_stream_settings(stream)["MUSHU_AMP_CONTROL"]
+
+
+def kind(program: str) -> str:
+    """What ``program`` is: ``amp``, ``markers`` or ``recorder``."""
+    return "amp" if stream_of(program) is not None else program
+
+
 def run_dir() -> RunDir:
     """The run directory the settings name (:func:`mushu_core.process.run_dir_path`), not created."""
     return RunDir(process.run_dir_path())
@@ -92,6 +120,19 @@ def environment(rd: RunDir) -> dict[str, str]:
     env["MUSHU_MARKERS_JOURNAL"] = env.get("MUSHU_MARKERS_JOURNAL") or str(rd.path / "markers-journal.bin")
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def stream_environment(rd: RunDir, env: dict[str, str], stream: str) -> dict[str, str]:
+    """The environment of stream ``stream``'s amp service: ``env`` with its ``[amp.NAME]`` settings."""
+    own = config.amp_stream_settings(stream)
+    clash = {v: k for k, v in env.items() if k in ("MUSHU_AMP_DATA", "MUSHU_AMP_CONTROL")}
+    for key in ("MUSHU_AMP_DATA", "MUSHU_AMP_CONTROL"):
+        if own[key] in clash:
+            raise ValueError(f"[amp.{stream}] {key.rsplit('_', 1)[1].lower()} = {own[key]!r} is the first amp's "
+                             f"{clash[own[key]]} as well; give each amp endpoints of its own")
+    stream_env = {**env, **own}
+    stream_env["MUSHU_AMP_STATE"] = own.get("MUSHU_AMP_STATE") or str(rd.path / f"amp-{stream}-state.json")
+    return stream_env
 
 
 def _escape(value: str) -> str:
@@ -129,7 +170,18 @@ def render(rd: RunDir, env: dict[str, str], foreground: bool = False, services=t
     for name in PROGRAMS:
         fields[f"{name}_log"] = "/dev/stdout" if foreground else _escape(rd.log(name))
         fields[f"{name}_autostart"] = str(name in services).lower()
-    return string.Template(TEMPLATE.read_text()).substitute(fields)
+    raw = TEMPLATE.read_text()
+    text = string.Template(raw).substitute(fields)
+    # a further amp service: the first amp's program with a name, an environment and a log of its own
+    amp_block = raw.split("[program:amp]\n", 1)[1].split("\n[program:", 1)[0]
+    more = []
+    for stream in config.amp_streams():
+        program = STREAM_PROGRAM.format(stream)
+        more.append(f"[program:{program}]\n" + string.Template(amp_block).substitute(
+            fields, environment=_env_option(stream_environment(rd, env, stream)),
+            amp_log="/dev/stdout" if foreground else _escape(rd.log(program)),
+            amp_autostart=str(program in services).lower()) + "\n")
+    return text.replace("[program:markers]", "".join(more) + "[program:markers]", 1)
 
 
 # -- talking to supervisord ------------------------------------------------------

@@ -41,10 +41,15 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    services = tuple(n for n in supervise.PROGRAMS if n in args.services or not args.services)
-    unknown = set(args.services) - set(supervise.PROGRAMS)
+    try:
+        programs = supervise.programs()
+    except ConfigError as exc:
+        print(f"mushu up: {exc}", file=sys.stderr)
+        return 2
+    services = tuple(n for n in programs if n in args.services or not args.services)
+    unknown = set(args.services) - set(programs)
     if unknown:
-        print(f"mushu up: no service {', '.join(sorted(unknown))}; choose from amp, markers, recorder",
+        print(f"mushu up: no service {', '.join(sorted(unknown))}; choose from {', '.join(programs)}",
               file=sys.stderr)
         return 2
     try:
@@ -102,15 +107,15 @@ def _clear_stale(rd: supervise.RunDir):
         stale.unlink(missing_ok=True)
 
 
-def wait_ready(rd: supervise.RunDir, timeout: float, services=tuple(supervise.PROGRAMS)) -> str | None:
+def wait_ready(rd: supervise.RunDir, timeout: float, services=None) -> str | None:
     """Wait until each of ``services`` answers ``ping`` from the pid supervisord gave it; return an error or None."""
     deadline = time.monotonic() + timeout
     # A service is usually still importing when asked first: retry the
     # connection every 20 ms (ZeroMQ's default is 100 ms) to answer sooner.
     zmq.Context.instance().setsockopt(zmq.RECONNECT_IVL, 20)
-    for name in services:
-        endpoint = setting(supervise.CONTROL[name])
-        ctl = ControlClient(endpoint, 0.25, name)
+    for name in supervise.programs() if services is None else services:
+        endpoint = supervise.control_endpoint(name)
+        ctl = ControlClient(endpoint, 0.25, supervise.kind(name))
         try:
             while True:
                 info = (supervise.processes(rd) or {}).get(name)
@@ -144,17 +149,17 @@ def _answers(ctl: ControlClient, name: str, pid: int) -> str | None:
     if not pid:  # ours is not running (between restarts): whatever answers is not it
         return "silent"
     return (f"another {name} service (pid {status.get('pid')}) answers at {ctl.endpoint}; stop it, or give mushu "
-            f"other endpoints ({supervise.CONTROL[name]}, ...)")
+            f"other endpoints ({supervise.CONTROL.get(name) or f'[amp.{supervise.stream_of(name)}] control'}, ...)")
 
 
 def _report(rd: supervise.RunDir, services, problem: str | None, what: str, stop: bool = True) -> int:
     if problem is None:
-        print(f"mushu {what}: " + ", ".join(f"{n} at {setting(supervise.CONTROL[n])}" for n in services))
+        print(f"mushu {what}: " + ", ".join(f"{n} at {supervise.control_endpoint(n)}" for n in services))
         where = f"recordings in {_recordings_dir()}; " if "recorder" in services else ""
         print(f"  {where}logs in {rd}; 'mushu status' shows how they are, 'mushu down' stops them")
         return 0
     print(f"mushu up: {problem}", file=sys.stderr)
-    for name in supervise.PROGRAMS:
+    for name in supervise.programs():
         tail = _tail(rd.log(name))
         if tail and name in problem:
             print(f"--- end of {rd.log(name)} ---\n{tail}", file=sys.stderr)

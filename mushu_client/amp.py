@@ -7,7 +7,7 @@ import warnings
 from mushu_core import security
 from mushu_core.arrays import to_plain
 from mushu_core.bus import RCVHWM, choose_endpoint
-from mushu_core.config import setting
+from mushu_core.config import amp_stream_settings, setting
 from mushu_core.control import ControlClient
 from mushu_core.errors import Forbidden, RecordingError, RecordingWarning
 from mushu_core.leases import LEASE_S
@@ -47,7 +47,8 @@ def get_available_amps(control: str | None = None, timeout: float = 2.0) -> list
 def get_amp(name: str, data: str | None = None, control: str | None = None,
             timeout: float = 2.0, hwm: int = RCVHWM, markers: str | None = None,
             markers_control: str | None = None, marker_grace: float = MARKER_GRACE_S,
-            recorder: str | None = None, dead_after: float = DEAD_AFTER_S, keys: str | None = None) -> "Amp":
+            recorder: str | None = None, dead_after: float = DEAD_AFTER_S, keys: str | None = None,
+            stream: str | None = None) -> "Amp":
     """Select amplifier ``name`` on the amp service and return an :class:`Amp` for it.
 
     Parameters
@@ -88,6 +89,11 @@ def get_amp(name: str, data: str | None = None, control: str | None = None,
         no encryption). A client with the viewer role reads the data of an
         amp a controller selected and started, and may not change anything
         (``docs/security.md``).
+    stream : str, optional
+        Another amp service than the first: the one of stream ``stream``
+        that the configuration file declares (``[amp.NAME]``), at its
+        ``data`` and ``control`` endpoints (``data`` and ``control`` given
+        here win).
 
     Raises
     ------
@@ -104,7 +110,7 @@ def get_amp(name: str, data: str | None = None, control: str | None = None,
     """
     return Amp(name, data=data, control=control, timeout=timeout, hwm=hwm,
                markers=markers, markers_control=markers_control, marker_grace=marker_grace,
-               recorder=recorder, dead_after=dead_after, keys=keys)
+               recorder=recorder, dead_after=dead_after, keys=keys, stream=stream)
 
 
 class Amp:
@@ -123,8 +129,12 @@ class Amp:
     def __init__(self, name: str, data: str | None = None, control: str | None = None,
                  timeout: float = 2.0, hwm: int = RCVHWM, markers: str | None = None,
                  markers_control: str | None = None, marker_grace: float = MARKER_GRACE_S,
-                 recorder: str | None = None, dead_after: float = DEAD_AFTER_S, keys: str | None = None):
+                 recorder: str | None = None, dead_after: float = DEAD_AFTER_S, keys: str | None = None,
+                 stream: str | None = None):
         self.name = name
+        if stream is not None:  # [amp.NAME] of the configuration file
+            own = amp_stream_settings(stream)
+            data, control = data or own["MUSHU_AMP_DATA"], control or own["MUSHU_AMP_CONTROL"]
         #: Seconds to wait for each control reply and, in get_data(), for new data.
         self.timeout = timeout
         self.data_endpoint = setting("MUSHU_AMP_DATA", data)

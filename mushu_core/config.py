@@ -203,6 +203,52 @@ def _file_variables() -> dict[tuple[str, str], str]:
     return keys
 
 
+#: The keys of ``[amp]`` that a further amp service's own table ``[amp.NAME]`` may set (its stream is NAME).
+STREAM_KEYS = frozenset(k for s, k in _file_variables() if s == "amp" and k != "stream")
+
+
+def _file_values(path: str) -> dict[tuple[str, str], str]:
+    return configfile.read(path, set(_file_variables()), STREAM_KEYS)
+
+
+def amp_streams() -> list[str]:
+    """The streams of the further amp services the configuration file declares (``[amp.NAME]``), in its order."""
+    path = configfile.config_path()
+    if path is None:
+        return []
+    names = [section[4:] for section, _ in _file_values(path) if section.startswith("amp.")]
+    return list(dict.fromkeys(names))
+
+
+def amp_stream_settings(stream: str) -> dict[str, str]:
+    """The settings of stream ``stream``'s amp service, from its ``[amp.NAME]`` table: variable -> value.
+
+    ``data`` and ``control`` must be its own; a bind endpoint not given is its
+    connect endpoint; ``MUSHU_STREAM`` is the name. Keys it does not give are
+    the first amp's (``[amp]``, the environment, the defaults).
+
+    Raises
+    ------
+    ConfigError
+        If the file declares no such stream or the table lacks ``data`` or ``control``.
+    """
+    path = configfile.config_path()
+    section = f"amp.{stream}"
+    values = _file_values(path) if path else {}
+    variables = {key: name for (s, key), name in _file_variables().items() if s == "amp"}
+    own = {variables[key]: value for (s, key), value in values.items() if s == section}
+    if not own:
+        raise ConfigError(f"no amp stream {stream!r}: the configuration file {path} has no [amp.{stream}]")
+    missing = [k for k in ("data", "control") if variables[k] not in own]
+    if missing:
+        raise ConfigError(f"{path}: [amp.{stream}] needs endpoints of its own: {' and '.join(missing)} "
+                          f"(e.g. data = \"tcp://127.0.0.1:12355\", control = \"tcp://127.0.0.1:12356\")")
+    own["MUSHU_STREAM"] = stream
+    for bind in ("MUSHU_AMP_DATA_BIND", "MUSHU_AMP_CONTROL_BIND"):
+        own.setdefault(bind, own[bind[:-len(BIND_SUFFIX)]])
+    return own
+
+
 #: Set by ``mushu up`` for the services it starts: ``PATH|NAME,NAME,...``, the settings whose
 #: variables it set from the configuration file PATH, so that a message names the file, not "environment".
 FROM_FILE_VARIABLE = "MUSHU_SETTINGS_FROM_FILE"
@@ -228,7 +274,7 @@ def _lookup(name: str, value) -> tuple[object, str]:
     path = configfile.config_path()
     if path is not None:
         key = file_key(name)
-        found = configfile.read(path, set(_file_variables())).get(key) if key else None
+        found = _file_values(path).get(key) if key else None
         if found:
             return found, f"{path} [{key[0]}] {key[1]}"
     if default is None and name.endswith(BIND_SUFFIX):
@@ -306,4 +352,4 @@ def from_file() -> str | None:
 
 
 __all__ = ["DEFAULTS", "SECTIONS", "ALIASES", "ConfigError", "file_key", "setting", "setting_int",
-           "setting_float", "source", "resolved"]
+           "setting_float", "source", "resolved", "amp_streams", "amp_stream_settings"]

@@ -1,8 +1,9 @@
 """The configuration file: finding it, reading it, checking its keys.
 
 The file is TOML with one table per part of mushu (``[amp]``, ``[markers]``,
-``[recorder]``, ``[run]``, ``[security]``); :mod:`mushu_core.config` says which key is
-which environment variable. Values may be strings or numbers; they are
+``[recorder]``, ``[run]``, ``[security]``), and one ``[amp.NAME]`` per further amp
+service (stream ``NAME``); :mod:`mushu_core.config` says which key is which
+environment variable. Values may be strings or numbers; they are
 handed on as strings, exactly as an environment variable would be, and the
 code that uses a setting converts and checks it.
 
@@ -13,6 +14,7 @@ actually read, so the client imports nothing beyond pyzmq, msgpack and numpy.
 from __future__ import annotations
 
 import os
+import re
 
 #: The environment variable that names the file.
 ENV = "MUSHU_CONFIG"
@@ -44,7 +46,14 @@ def config_path() -> str | None:
     return None
 
 
-def read(path: str, known: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
+#: Sections that may hold a table per stream, ``[amp.NAME]``: another service of that kind.
+STREAM_SECTIONS = ("amp",)
+#: What a stream's name may be (it names a supervisord program, a log file and an environment).
+_STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
+
+
+def read(path: str, known: set[tuple[str, str]],
+         stream_keys: frozenset = frozenset()) -> dict[tuple[str, str], str]:
     """The ``(section, key) -> value`` pairs of the file at ``path``, values as strings.
 
     The result is cached until the file changes (size or modification time).
@@ -56,6 +65,9 @@ def read(path: str, known: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
     known : set of (str, str)
         The ``(section, key)`` pairs mushu knows; anything else is an error,
         so that a misspelt key does not go unnoticed.
+    stream_keys : frozenset of str
+        The keys a table ``[amp.NAME]`` may hold (:data:`STREAM_SECTIONS`);
+        its pairs come back as ``("amp.NAME", key)``, in the file's order.
 
     Raises
     ------
@@ -71,12 +83,12 @@ def read(path: str, known: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
     cached = _cache.get(path)
     if cached is not None and cached[0] == stamp:
         return cached[1]
-    values = _parse(path, known)
+    values = _parse(path, known, stream_keys)
     _cache[path] = (stamp, values)
     return values
 
 
-def _parse(path: str, known: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
+def _parse(path: str, known: set[tuple[str, str]], stream_keys: frozenset) -> dict[tuple[str, str], str]:
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -94,6 +106,9 @@ def _parse(path: str, known: set[tuple[str, str]]) -> dict[tuple[str, str], str]
         if section not in sections or not isinstance(table, dict):
             raise ConfigError(f"{path}: unknown section {section!r}; mushu knows [{'], ['.join(sections)}]")
         for key, value in table.items():
+            if section in STREAM_SECTIONS and isinstance(value, dict):
+                values.update(_stream_table(path, section, key, value, stream_keys))
+                continue
             if (section, key) not in known:
                 keys = ", ".join(sorted(k for s, k in known if s == section))
                 raise ConfigError(f"{path}: unknown key {key!r} in [{section}]; known keys: {keys}")
@@ -101,4 +116,20 @@ def _parse(path: str, known: set[tuple[str, str]]) -> dict[tuple[str, str], str]
                 raise ConfigError(f"{path}: [{section}] {key} must be a string or a number, "
                                   f"not {type(value).__name__}")
             values[section, key] = value if isinstance(value, str) else str(value)
+    return values
+
+
+def _stream_table(path: str, section: str, name: str, table: dict, keys: frozenset) -> dict:
+    if not _STREAM_NAME.fullmatch(name):
+        raise ConfigError(f"{path}: [{section}.{name}]: a stream's name is 1 to 32 letters, digits, '-' or '_', "
+                          "beginning with a letter or digit")
+    values = {}
+    for key, value in table.items():
+        if key not in keys:
+            raise ConfigError(f"{path}: unknown key {key!r} in [{section}.{name}]; known keys: "
+                              f"{', '.join(sorted(keys))}")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{path}: [{section}.{name}] {key} must be a string or a number, "
+                              f"not {type(value).__name__}")
+        values[f"{section}.{name}", key] = value if isinstance(value, str) else str(value)
     return values

@@ -19,6 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 from conftest import free_port
@@ -466,3 +467,70 @@ def test_up_without_supervisor_says_what_to_install(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert "pip install 'mushu[services]'" in done.stderr
+
+
+# -- several amps: [amp.NAME] -----------------------------------------------------------------------
+
+
+def test_up_runs_every_amp_the_file_declares_and_clients_pick_theirs(tmp_path, monkeypatch):
+    pytest.importorskip("supervisor")
+    env = isolated_env(tmp_path)
+    emg = {"data": f"tcp://127.0.0.1:{free_port()}", "control": f"tcp://127.0.0.1:{free_port()}"}
+    (tmp_path / "mushu.toml").write_text(f'[amp.emg]\ndata = "{emg["data"]}"\ncontrol = "{emg["control"]}"\n'
+                                         'history_mb = 8\n')
+    env["MUSHU_CONFIG"] = str(tmp_path / "mushu.toml")
+    for key, value in env.items():
+        if key.startswith("MUSHU_"):
+            monkeypatch.setenv(key, value)
+    try:
+        up = mushu("up", env=env, timeout=60).stdout
+        assert f"amp-emg at {emg['control']}" in up and f"amp at {env['MUSHU_AMP_CONTROL']}" in up
+        eeg, other = get_amp("sinusamp"), get_amp("rampamp", stream="emg")
+        eeg.configure(f=10, fs=1000, channels=8)
+        other.configure(fs=500, channels=4)
+        eeg.start()
+        other.start()
+        assert (eeg.stream, other.stream) == ("eeg", "emg")
+        got = {"eeg": 0, "emg": []}
+        deadline = time.monotonic() + 10
+        while got["eeg"] < 500 or sum(map(len, got["emg"])) < 250:
+            assert time.monotonic() < deadline, got
+            got["eeg"] += len(eeg.get_data()[0])
+            got["emg"].append(other.get_data()[0])
+        from mushu_amp.drivers.rampamp import ramp
+        data = np.concatenate(got["emg"])
+        np.testing.assert_array_equal(data, ramp(0, len(data), 4))  # every sample, in order, of its own stream
+        report = json.loads(mushu("status", "--json", env=env).stdout)
+        assert list(report["services"]) == ["amp", "amp-emg", "markers", "recorder"]
+        for name, s in report["services"].items():
+            assert s["state"] in UP and s["supervised"] and s["answers"], (name, s)
+        st = report["services"]["amp-emg"]["status"]
+        assert (st["stream"], st["amp"], st["fs"], st["history"]["limit_bytes"]) == ("emg", "rampamp", 500, 8 << 20)
+        assert report["services"]["amp"]["status"]["stream"] == "eeg"
+        proc = psutil.Process(report["services"]["amp-emg"]["pid"])
+        assert proc.environ()["MUSHU_AMP_STATE"] == str(Path(env["MUSHU_RUN_DIR"]) / "amp-emg-state.json")
+        assert 400 < report["services"]["amp-emg"]["rate"] < 600
+        text = mushu("status", env=env).stdout
+        assert re.search(r"(?m)^amp-emg\s+(RUNNING|STARTING)\s+\d+\s+\S+\s+rampamp running, 500 Hz, 4 ch", text), text
+        assert "rampamp" in mushu("amps", "--stream", "emg", env=env).stdout
+        eeg.close()
+        other.close()
+    finally:
+        force_down(env)
+    assert ours(env) == []
+
+
+@pytest.mark.parametrize("table,message", [
+    ('[amp.emg]\ndata = "tcp://127.0.0.1:1"\n', "[amp.emg] needs endpoints of its own: control"),
+    ('[amp."e m g"]\ndata = "tcp://127.0.0.1:1"\n', "a stream's name is 1 to 32 letters"),
+    ('[amp.emg]\ndata = "tcp://127.0.0.1:1"\ncontrol = "tcp://127.0.0.1:2"\nstream = "x"\n',
+     "unknown key 'stream' in [amp.emg]"),
+    ('[amp.emg]\ndata = "{amp_data}"\ncontrol = "tcp://127.0.0.1:2"\n', "is the first amp's MUSHU_AMP_DATA as well"),
+])
+def test_a_wrong_amp_table_is_refused_naming_it(tmp_path, table, message):
+    env = isolated_env(tmp_path)
+    (tmp_path / "mushu.toml").write_text(table.replace("{amp_data}", env["MUSHU_AMP_DATA"]))
+    env["MUSHU_CONFIG"] = str(tmp_path / "mushu.toml")
+    done = mushu("up", env=env, check=False, timeout=30)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert ours(env) == []
