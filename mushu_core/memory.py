@@ -3,16 +3,16 @@
 An amp service allocates its blocks on the acquisition thread, keeps them
 in its history and frees them on another thread; libzmq's I/O threads
 allocate too. With glibc's defaults an arena per thread (up to 8 per core)
-keeps what was freed into it, and a freed large block raises the size
-below which blocks come from the heap instead of their own mapping (up to
-32 MiB), so a history of 100 kHz blocks, once dropped, leaves its pages in
-the heap. A service's RSS then rose in steps of 15 to 40 MiB over some
-minutes of sessions at changing rates and stayed there (bench/soak.py).
+keeps what was freed into it, and a history of 100 kHz blocks, once
+dropped, leaves its pages in the heap: a service's RSS rose in steps of 15
+to 40 MiB over some minutes of sessions at changing rates and stayed there
+(bench/soak.py).
 
 :func:`tune_malloc` (at a service's start, before its threads) limits the
-arenas to two and fixes the mapping threshold at glibc's default 128 KiB;
-:func:`release_freed_memory` (when a history is dropped) gives free heap
-pages back. Both do nothing where the C library is not glibc. Python has
+arenas to two; :func:`release_freed_memory` (when a history is dropped)
+gives free heap pages back. glibc's mapping threshold is left to adapt: fixed
+at 128 KiB, every large block became a fresh mapping, and a recorder
+catching up from the amp's history after a restart fell behind. Both do nothing where the C library is not glibc. Python has
 no API for either, so they call glibc through ctypes.
 """
 
@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import sys
 
-#: mallopt parameters (glibc's malloc.h).
-M_MMAP_THRESHOLD = -3
+#: mallopt parameter (glibc's malloc.h).
 M_ARENA_MAX = -8
 ARENAS = 2
-MMAP_THRESHOLD = 128 << 10
 
 _libc = None
 
@@ -45,11 +43,9 @@ def _glibc():
 
 
 def tune_malloc() -> bool:
-    """Two malloc arenas and a fixed 128 KiB mapping threshold for this process; False if not glibc."""
+    """Two malloc arenas for this process's threads; False if not glibc."""
     libc = _glibc()
-    if not libc:
-        return False
-    return bool(libc.mallopt(M_ARENA_MAX, ARENAS)) and bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    return bool(libc.mallopt(M_ARENA_MAX, ARENAS)) if libc else False
 
 
 def release_freed_memory() -> bool:

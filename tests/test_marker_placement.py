@@ -60,6 +60,20 @@ def test_markers_on_one_sample_keep_their_arrival_order():
     assert mm.place(tl, [[0, 10]], 1000.0) == [(5.0, "c"), (5.0, "a"), (5.0, "b")]
 
 
+def test_markers_stamped_out_of_order_each_land_on_their_sample():
+    # senders' own stamps (sender_time) need not come in order: a later-stamped marker arrives first
+    tl = timeline([(0, 0, 10)])
+    mm = MarkerPlacer()
+    mm.start_ns = 0
+    for seq, t in enumerate([12 * MS, 7 * MS, 3 * MS, 30 * MS, 9 * MS - 1]):
+        mm.add(marker(seq, t))
+    assert [(sample, m.label) for sample, m, _ in mm.place_samples(tl, 10)] == [(3, "m2"), (7, "m1"), (9, "m4")]
+    assert mm.pending == 2  # 12 ms and 30 ms: not acquired yet
+    tl.add(10, 10 * MS, 10, 1000.0)
+    assert [(sample, m.label) for sample, m, _ in mm.place_samples(tl, 20)] == [(12, "m0")]
+    assert mm.pending == 1
+
+
 def test_markers_before_the_first_sample_are_counted_not_returned():
     tl = timeline([(0, 100 * MS, 10)])
     mm = MarkerPlacer()

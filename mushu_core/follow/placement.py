@@ -58,11 +58,17 @@ class MarkerPlacer:
         self.before_start = 0
         self.late = 0
         self.start_ns: int | None = None
+        # in time order (seq order among equal times): placement stops at the first marker whose
+        # sample has not come, as every later one's sample is no earlier
         self._pending: list[Marker] = []
 
     def add(self, marker: Marker):
         """Queue ``marker`` for placement on its sample."""
-        self._pending.append(marker)
+        pending = self._pending
+        if not pending or (pending[-1].t_ns, pending[-1].seq) <= (marker.t_ns, marker.seq):
+            pending.append(marker)  # nearly always: markers come in order
+        else:
+            bisect.insort(pending, marker, key=lambda m: (m.t_ns, m.seq))
 
     @property
     def pending(self) -> int:
@@ -93,26 +99,24 @@ class MarkerPlacer:
         order (the previous session's first), markers on one sample in
         ``seq`` order.
         """
-        placed, keep = [], []
+        if self.start_ns is None:
+            return []
+        placed, taken = [], 0
         for m in self._pending:
             t = m.t_ns + offset_ns
-            if self.start_ns is None:
-                keep.append(m)
-                continue
             if t <= self.start_ns - timeline.period_ns:
                 self.before_start += 1
                 if early is not None:
                     early.append(m)
-                continue
-            if timeline.in_previous(t):
+            elif timeline.in_previous(t):
                 placed.append((timeline.previous.sample_at(t), m, True))
-                continue
-            sample = timeline.sample_at(t)
-            if sample is None or sample >= end:
-                keep.append(m)
             else:
+                sample = timeline.sample_at(t)
+                if sample is None or sample >= end:  # and so is every later marker's
+                    break
                 placed.append((sample, m, False))
-        self._pending = keep
+            taken += 1
+        del self._pending[:taken]
         placed.sort(key=lambda p: (not p[2], p[0], p[1].seq))
         return placed
 
