@@ -105,31 +105,26 @@ def _parse(path: str, known: set[tuple[str, str]], stream_keys: frozenset) -> di
     for section, table in doc.items():
         if section not in sections or not isinstance(table, dict):
             raise ConfigError(f"{path}: unknown section {section!r}; mushu knows [{'], ['.join(sections)}]")
-        for key, value in table.items():
-            if section in STREAM_SECTIONS and isinstance(value, dict):
-                values.update(_stream_table(path, section, key, value, stream_keys))
-                continue
-            if (section, key) not in known:
-                keys = ", ".join(sorted(k for s, k in known if s == section))
-                raise ConfigError(f"{path}: unknown key {key!r} in [{section}]; known keys: {keys}")
-            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-                raise ConfigError(f"{path}: [{section}] {key} must be a string or a number, "
-                                  f"not {type(value).__name__}")
-            values[section, key] = value if isinstance(value, str) else str(value)
+        own = {k: v for k, v in table.items() if not (section in STREAM_SECTIONS and isinstance(v, dict))}
+        keys = {k for s, k in known if s == section}
+        values.update(((section, k), v) for k, v in _table(path, section, own, keys).items())
+        for name, sub in table.items():
+            if name not in own:  # [amp.NAME]: a further service of that kind
+                if not _STREAM_NAME.fullmatch(name):
+                    raise ConfigError(f"{path}: [{section}.{name}]: a stream's name is 1 to 32 letters, digits, "
+                                      "'-' or '_', beginning with a letter or digit")
+                values.update(((f"{section}.{name}", k), v)
+                              for k, v in _table(path, f"{section}.{name}", sub, stream_keys).items())
     return values
 
 
-def _stream_table(path: str, section: str, name: str, table: dict, keys: frozenset) -> dict:
-    if not _STREAM_NAME.fullmatch(name):
-        raise ConfigError(f"{path}: [{section}.{name}]: a stream's name is 1 to 32 letters, digits, '-' or '_', "
-                          "beginning with a letter or digit")
+def _table(path: str, title: str, table: dict, keys) -> dict[str, str]:
+    """The keys and values of table ``[title]``, checked against ``keys``; values as strings."""
     values = {}
     for key, value in table.items():
         if key not in keys:
-            raise ConfigError(f"{path}: unknown key {key!r} in [{section}.{name}]; known keys: "
-                              f"{', '.join(sorted(keys))}")
+            raise ConfigError(f"{path}: unknown key {key!r} in [{title}]; known keys: {', '.join(sorted(keys))}")
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise ConfigError(f"{path}: [{section}.{name}] {key} must be a string or a number, "
-                              f"not {type(value).__name__}")
-        values[f"{section}.{name}", key] = value if isinstance(value, str) else str(value)
+            raise ConfigError(f"{path}: [{title}] {key} must be a string or a number, not {type(value).__name__}")
+        values[key] = value if isinstance(value, str) else str(value)
     return values
