@@ -62,19 +62,19 @@ def test_round_trip_returns_every_sample_from_the_first(amp_service):
         assert amp.status()["next_sample"] == len(data)
 
 
-def test_rampamp_64ch_1khz_for_30s_loses_repeats_and_reorders_nothing(amp_service):
+def test_rampamp_64ch_1khz_for_10s_loses_repeats_and_reorders_nothing(amp_service):
     with warnings.catch_warnings():
         warnings.simplefilter("error", GapWarning)
         with get_amp(amp_service) as amp:
             amp.configure(fs=1000, channels=64)
             amp.start()
-            chunks, t_end = [], time.monotonic() + 30
+            chunks, t_end = [], time.monotonic() + 10
             while time.monotonic() < t_end:
                 chunks.append(amp.get_data()[0])
             amp.stop()
             chunks.append(amp.get_data()[0])
             data = np.concatenate(chunks)
-            assert 29_000 < len(data) < 31_500
+            assert 9_500 < len(data) < 11_500
             np.testing.assert_array_equal(data, ramp(0, len(data), 64))
             assert amp.lost_samples == 0 and amp.gaps == []
 
