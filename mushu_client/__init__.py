@@ -19,8 +19,9 @@ from mushu_core.recordings import Recording, load
 
 from .amp import Amp, get_amp, get_available_amps
 from .sender import MarkerSender, send_marker
+from .streams import StreamData, Streams
 
-__all__ = ["Amp", "get_amp", "get_available_amps", "load", "Recording", "MushuError", "ServiceUnavailable",
+__all__ = ["Amp", "get_amp", "get_available_amps", "Streams", "StreamData", "load", "Recording", "MushuError", "ServiceUnavailable",
            "RemoteError", "SecurityError", "Forbidden", "AmpError", "EndOfData", "GapWarning", "RecordingError",
            "RecordingWarning", "ServiceWarning", "UnknownAmp",
            "send_marker", "MarkerSender", "__version__"]

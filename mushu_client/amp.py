@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
+
 from mushu_core import security
 from mushu_core.arrays import to_plain
 from mushu_core.bus import RCVHWM, choose_endpoint
@@ -178,12 +180,12 @@ class Amp:
             raise Forbidden(f"the amp is not running and role {self.role} may not start it")
         return {**described, "first_sample": described["next_sample"], "joined": True}
 
-    def _warn(self):
+    def _warn(self, stacklevel: int = 3):
         """Raise the warnings the reader and the recording collected, at the caller's line."""
         for source in (self._reader, self._recorder):
             pending, source.warnings = source.warnings, []
             for w in pending:
-                warnings.warn(w, stacklevel=3)
+                warnings.warn(w, stacklevel=stacklevel)
 
     # -- libmushu's methods -------------------------------------------------
 
@@ -327,14 +329,31 @@ class Amp:
         ServiceUnavailable
             Nothing arrived for several seconds and the service does not answer.
         """
+        return self._get_data(self.timeout, stacklevel=4)
+
+    def _get_data(self, timeout: float, stacklevel: int = 3):
         try:
-            data, markers = self._reader.read(self.timeout)
+            data, markers = self._reader.read(timeout)
             self._recorder.look()
         finally:
-            self._warn()
+            self._warn(stacklevel)
         return data, markers
 
     # -- extras -------------------------------------------------------------
+
+    def sample_times(self) -> np.ndarray:
+        """Acquisition times of the samples the last :meth:`get_data` returned, one per row.
+
+        Returns
+        -------
+        ndarray of int64
+            Nanoseconds on this host's monotonic clock
+            (:func:`mushu_core.clock.now_ns`, ``time.monotonic_ns()``): the
+            amp's stamps less the amp host's clock offset, estimated as
+            :attr:`amp_clock` does. Several amps' times, even on other
+            hosts, are on this one clock (:class:`mushu_client.Streams`).
+        """
+        return self._reader.returned_times()
 
     @property
     def recording(self) -> str | None:

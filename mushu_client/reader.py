@@ -175,6 +175,8 @@ class StreamReader:
         self._end_sample: int | None = None  # stop() or the end of the data: no samples after it
         self._markers_settled_at: int | None = None  # the end up to which every marker is in
         self._error: str | None = None
+        #: ``[first_sample, n]`` runs of the samples the last :meth:`read` returned.
+        self.returned: list[list[int]] = []
         self._away_since: float | None = None
         self._last_message = time.monotonic()
 
@@ -206,6 +208,11 @@ class StreamReader:
     @property
     def session(self) -> str | None:
         return self.follower.session
+
+    @property
+    def stopping(self) -> bool:
+        """True once the stream stopped or ended (what is left of it comes without waiting for more)."""
+        return self._end_sample is not None
 
     @property
     def refetched_samples(self) -> int:
@@ -240,6 +247,7 @@ class StreamReader:
             self._markers_settled_at = self._end_sample
             self._await_markers(self._end_sample, deadline)
         data, segments = pending.take(len(self.channels), until)
+        self.returned = segments
         markers = self.placer.place(self.follower.timeline, segments, self.fs, self._marker_offset(),
                                     ended=self._at_end() and not pending.pending)
         if self._amp_markers:
@@ -253,6 +261,13 @@ class StreamReader:
         if self.ended and not len(data) and self._at_end():
             raise EndOfData(f"the amp's data ended after sample {self._end_sample} of session {self.session}")
         return data, markers
+
+    def returned_times(self) -> np.ndarray:
+        """Acquisition times (int64 ns, this host's clock) of the samples the last :meth:`read` returned."""
+        timeline = self.follower.timeline
+        times = [timeline.times_of(first, n) for first, n in self.returned]
+        out = np.concatenate(times) if times else np.empty(0, np.int64)
+        return out - (self.amp_clock.offset_ns or 0)
 
     # -- the bus -----------------------------------------------------------------------
 
@@ -287,12 +302,13 @@ class StreamReader:
                     self._check_alive()
                     if not self.connected:  # away: say so now, do not wait out the timeout
                         return
-                if remaining <= 0:
-                    return
-                # Idle until the next block: the moment for a clock probe, if one is due.
+                # Idle until the next block: the moment for a clock probe, if one is due (also at a
+                # timeout of 0, which a reader of several streams uses).
                 markers_here = self.markers.heard_within(SILENCE_S)
                 if self.amp_clock.update() or (markers_here and self.markers_clock.update()):
                     continue
+                if remaining <= 0:
+                    return
                 bus.poll(min(remaining, 0.1))
                 continue
             self._dispatch(msg)

@@ -271,3 +271,21 @@ def test_a_fill_stopped_at_its_deadline_goes_on_past_what_it_first_asked_for():
     f.on_block(blocks[16])
     f.catch_up()
     assert f.next_sample == 170 and sink.gaps == []
+
+
+# -- the sample clock ------------------------------------------------------------
+
+
+def test_times_of_a_run_of_samples_are_each_sample_s_time_of_across_blocks():
+    from mushu_core.follow.timeline import Timeline
+
+    timeline = Timeline()
+    rng = np.random.default_rng(5)
+    first, t = 0, 10**12
+    for _ in range(40):  # blocks of varying size, stamps jittered so that neighbours overlap or leave gaps
+        n = int(rng.integers(1, 30))
+        timeline.add(first, t + int(rng.integers(-300_000, 300_000)), n, 3000.0)
+        first, t = first + n, t + round(n * 1e9 / 3000)
+    for start, n in [(0, first), (7, 1), (13, 200), (first - 5, 5)]:
+        expected = [timeline.time_of(s) for s in range(start, start + n)]
+        assert timeline.times_of(start, n).tolist() == expected

@@ -11,6 +11,8 @@ from __future__ import annotations
 import bisect
 import math
 
+import numpy as np
+
 
 class Timeline:
     """Acquisition times of a stream's recent samples, from the blocks' stamps.
@@ -67,6 +69,19 @@ class Timeline:
         """Acquisition time of a recorded ``sample``."""
         i = max(0, bisect.bisect_right(self._first, sample) - 1)
         return self._t[i] + round((sample - self._first[i]) * self.period_ns)
+
+    def times_of(self, first: int, n: int) -> np.ndarray:
+        """Acquisition times (int64 ns) of the recorded samples ``first .. first + n - 1``, as :meth:`time_of`."""
+        out = np.empty(n, np.int64)
+        i = max(0, bisect.bisect_right(self._first, first) - 1)
+        sample, end = first, first + n
+        while sample < end:
+            stop = self._first[i + 1] if i + 1 < len(self._first) else end
+            stop = min(end, max(stop, sample + 1))
+            k = np.arange(sample - self._first[i], stop - self._first[i], dtype=np.float64)
+            out[sample - first:stop - first] = self._t[i] + np.round(k * self.period_ns).astype(np.int64)
+            sample, i = stop, i + 1
+        return out
 
     @property
     def end_sample(self) -> int | None:
