@@ -15,7 +15,7 @@ COPY mushu_core ./mushu_core
 COPY mushu_client ./mushu_client
 COPY mushu_cli ./mushu_cli
 COPY services ./services
-RUN pip install --no-cache-dir ".[services,usb]"
+RUN pip install --no-cache-dir ".[services,usb,lsl]"
 
 # Inside a container the services listen on every interface (the *_BIND
 # variables) so that other containers and hosts reach them; the connect

@@ -50,7 +50,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from mushu_core.recordings import Recording, base_name, load, plain_label
+from mushu_core.recordings import Recording, base_name, load, plain_label, stream_recordings
 
 FORMATS = ("edf", "bdf", "fif", "xdf", "bids")
 #: Samples are read and converted in chunks of about this many bytes.
@@ -108,7 +108,8 @@ def convert(name: str, fmt: str, out: str | None = None, progress: bool = True, 
     try:
         if fmt == "xdf":
             from mushu_cli.xdf import write_xdf
-            write_xdf(rec, out, progress)
+            others = list(stream_recordings(base).values())[1:]  # NAME-STREAM: its further streams
+            write_xdf([rec, *(load(b, mmap=True) for b in others)], out, progress)
         elif fmt == "fif":
             write_fif(rec, out, progress)
         else:

@@ -13,7 +13,8 @@ def add_arguments(p):
     p.add_argument("--to", required=True, choices=["edf", "bdf", "fif", "xdf", "bids"], dest="fmt",
                    help="edf: 16 bit, bdf: 24 bit (both with markers as EDF+ annotations); fif: MNE-Python's, "
                         "float32 as recorded; xdf: LSL's, every sample with its acquisition time and a marker "
-                        "stream; bids: the BrainVision set with events.tsv and sidecars, into a BIDS dataset")
+                        "stream, and every further stream recorded with it (NAME-STREAM); bids: the BrainVision "
+                        "set with events.tsv and sidecars, into a BIDS dataset")
     p.add_argument("-o", "--output", help="output file (default NAME.edf, NAME.bdf, NAME_raw.fif or NAME.xdf; "
                                           "never overwritten); for bids the dataset's root (default NAME_bids)")
     bids = p.add_argument_group("bids", "where the recording goes in the dataset (BIDS labels: letters and digits)")

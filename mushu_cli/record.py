@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from mushu_core.config import ConfigError, setting
+from mushu_core.config import ConfigError, amp_stream_settings, setting
 from mushu_core.control import ControlClient
 from mushu_core.errors import Forbidden, MushuError
 from mushu_core.leases import describe_client
@@ -22,6 +22,7 @@ HELP = "show or end the recording in progress on the recorder"
 def add_arguments(p):
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--recorder", help="the recorder's control endpoint (env MUSHU_RECORDER_CONTROL)")
+    common.add_argument("--stream", help="the recorder of this stream, declared as [amp.NAME] recorder in mushu.toml")
     common.add_argument("--timeout", type=float, default=5.0,
                         help="seconds to wait for the recorder (default %(default)g)")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -36,7 +37,9 @@ def add_arguments(p):
 
 def run(args) -> int:
     try:
-        ctl = ControlClient(setting("MUSHU_RECORDER_CONTROL", args.recorder), args.timeout, "recorder")
+        endpoint = args.recorder or (_stream_recorder(args.stream) if args.stream else
+                                     setting("MUSHU_RECORDER_CONTROL"))
+        ctl = ControlClient(endpoint, args.timeout, "recorder")
     except ConfigError as exc:
         print(f"mushu record: {exc}", file=sys.stderr)
         return 2
@@ -58,6 +61,13 @@ def run(args) -> int:
     print(f"mushu record stop: finished {result['base']}: {result['n_samples']} samples, "
           f"{result['markers']} markers, {len(result['gaps'])} gaps")
     return 0
+
+
+def _stream_recorder(stream: str) -> str:
+    own = amp_stream_settings(stream)
+    if "MUSHU_RECORDER_CONTROL" not in own:
+        raise ConfigError(f"stream {stream!r} has no recorder of its own ([amp.{stream}] recorder)")
+    return own["MUSHU_RECORDER_CONTROL"]
 
 
 def render(status: dict) -> str:

@@ -13,8 +13,8 @@ they answer, ``UNREACHABLE`` if not.
 ``state``, ``pid``, ``restarts`` and ``last_exit`` (``{"cause": "SIGSEGV",
 "signal": 11, ...}`` or ``{"cause": "exit status 2", "exit_status": 2, ...}``
 with its ``time``; both None when supervisord does not run it).
-``--watch`` redraws the view until Ctrl-C. The exit code is 0 when all three
-services answer, else 1.
+``--watch`` redraws the view until Ctrl-C. The exit code is 0 when every
+service answers (the LSL bridge, which has no control socket: runs), else 1.
 """
 
 from __future__ import annotations
@@ -87,8 +87,11 @@ def gather(rd: supervise.RunDir, timeout: float = 0.5, previous: dict | None = N
                 count, last = exits.get(name, (0, None))
                 entry.update(restarts=count, last_exit=last and last.as_dict())
         else:
-            entry.update(state="RUNNING" if status else "UNREACHABLE", pid=(status or {}).get("pid"),
+            unsupervised = "UNKNOWN" if endpoint is None else "RUNNING" if status else "UNREACHABLE"
+            entry.update(state=unsupervised, pid=(status or {}).get("pid"),
                          uptime_s=(status or {}).get("uptime_s"))
+        if endpoint is None:  # no control socket: it answers for itself by running
+            entry["answers"] = entry["state"] == "RUNNING"
         services[name] = entry
     for name, entry in services.items():
         if supervise.kind(name) == "amp":
@@ -107,6 +110,8 @@ def public(report: dict) -> dict:
 
 def _ask(name: str, timeout: float):
     endpoint = supervise.control_endpoint(name)
+    if endpoint is None:  # no control socket to ask
+        return None, None, None, time.monotonic()
     ctl = ControlClient(endpoint, timeout, supervise.kind(name))
     try:
         return endpoint, ctl.call("status"), None, time.monotonic()
@@ -161,6 +166,9 @@ def _duration(seconds) -> str:
 
 def _details(name: str, s: dict) -> str:
     st = s["status"]
+    if s["control"] is None:
+        stream = supervise.stream_of(name)
+        return f"LSL outlets of stream {stream or 'the first amp'}'s data and the markers; its log: {s.get('log')}"
     if st is None:
         return f"does not answer at {s['control']}"
     return {"amp": _amp_details, "markers": _markers_details,

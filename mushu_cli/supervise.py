@@ -27,11 +27,17 @@ from mushu_core import config, process, security
 from mushu_core.config import resolved
 
 #: program name -> module run as ``python -m``; also the order of ``status``.
-PROGRAMS = {"amp": "mushu_amp", "markers": "mushu_markers", "recorder": "mushu_recorder"}
+PROGRAMS = {"amp": "mushu_amp", "markers": "mushu_markers", "recorder": "mushu_recorder",
+            "lslbridge": "mushu_lslbridge"}
 #: program name -> the variable of its control endpoint (to connect to).
 CONTROL = {"amp": "MUSHU_AMP_CONTROL", "markers": "MUSHU_MARKERS_CONTROL", "recorder": "MUSHU_RECORDER_CONTROL"}
-#: The program of a further amp service, for stream NAME of ``[amp.NAME]``.
-STREAM_PROGRAM = "amp-{}"
+#: The kinds of program a stream has beside the markers service: its amp service (always), its recorder
+#: (the first stream always; an ``[amp.NAME]`` table if it names a ``recorder`` of its own), its LSL bridge
+#: (where the stream's ``MUSHU_AMP_LSL`` is on). Each is ``KIND`` for the first stream, ``KIND-NAME`` for
+#: ``[amp.NAME]``.
+STREAM_KINDS = ("amp", "recorder", "lslbridge")
+#: Programs without a control socket: supervisord's state is what says they run.
+NO_CONTROL = frozenset({"lslbridge"})
 TEMPLATE = Path(__file__).with_name("supervisord.conf.template")
 #: supervisord with a quicker main loop (see that file), run by path.
 LAUNCHER = str(Path(__file__).with_name("supervisord_run.py"))
@@ -67,29 +73,57 @@ class RunDir:
 
 
 def programs() -> dict[str, str]:
-    """:data:`PROGRAMS` with a program ``amp-NAME`` after ``amp`` for each ``[amp.NAME]`` of the configuration."""
-    found = {"amp": PROGRAMS["amp"]}
-    found.update((STREAM_PROGRAM.format(n), PROGRAMS["amp"]) for n in config.amp_streams())
-    found.update((n, m) for n, m in PROGRAMS.items() if n != "amp")
+    """:data:`PROGRAMS` that the settings ask for, each followed by those of the ``[amp.NAME]`` tables."""
+    streams = {name: config.amp_stream_settings(name) for name in config.amp_streams()}
+    found = {}
+    for program, module in PROGRAMS.items():
+        if program != "lslbridge" or config.setting_flag("MUSHU_AMP_LSL"):
+            found[program] = module
+        if program in STREAM_KINDS:
+            found.update((f"{program}-{name}", module) for name, own in streams.items() if _has(program, own))
     return found
 
 
+def _has(kind: str, own: dict[str, str]) -> bool:
+    """Whether a stream of settings ``own`` (an ``[amp.NAME]`` table's) has a program of ``kind``."""
+    if kind == "recorder":
+        return "MUSHU_RECORDER_CONTROL" in own
+    if kind == "lslbridge":
+        return config.setting_flag("MUSHU_AMP_LSL", own.get("MUSHU_AMP_LSL"))
+    return True
+
+
+def _split(program: str) -> tuple[str, str | None]:
+    kind, _, stream = program.partition("-")
+    return kind, stream or None
+
+
 def stream_of(program: str) -> str | None:
-    """The stream of a further amp service's program (``amp-emg``: ``emg``); None for the others."""
-    return program[4:] if program.startswith("amp-") else None
-
-
-def control_endpoint(program: str) -> str:
-    """Where ``program``'s control socket is, as its clients connect to it."""
-    stream = stream_of(program)
-    if stream is None:
-        return config.setting(CONTROL[program])
-    return config.amp_stream_settings(stream)["MUSHU_AMP_CONTROL"]
+    """The stream of a program of an ``[amp.NAME]`` table (``amp-emg``, ``recorder-emg``: ``emg``); else None."""
+    return _split(program)[1]
 
 
 def kind(program: str) -> str:
-    """What ``program`` is: ``amp``, ``markers`` or ``recorder``."""
-    return "amp" if stream_of(program) is not None else program
+    """What ``program`` is: ``amp``, ``markers``, ``recorder`` or ``lslbridge``."""
+    return _split(program)[0]
+
+
+def control_endpoint(program: str) -> str | None:
+    """Where ``program``'s control socket is, as its clients connect to it (None: it has none)."""
+    kind, stream = _split(program)
+    if kind in NO_CONTROL:
+        return None
+    if stream is None:
+        return config.setting(CONTROL[kind])
+    return config.amp_stream_settings(stream)[CONTROL[kind]]
+
+
+def control_setting(program: str) -> str:
+    """Where the user sets ``program``'s control endpoint, for messages."""
+    kind, stream = _split(program)
+    if stream is None:
+        return CONTROL[kind]
+    return f"[amp.{stream}] {'control' if kind == 'amp' else 'recorder'}"
 
 
 def run_dir() -> RunDir:
@@ -123,13 +157,14 @@ def environment(rd: RunDir) -> dict[str, str]:
 
 
 def stream_environment(rd: RunDir, env: dict[str, str], stream: str) -> dict[str, str]:
-    """The environment of stream ``stream``'s amp service: ``env`` with its ``[amp.NAME]`` settings."""
+    """The environment of stream ``stream``'s services: ``env`` with its ``[amp.NAME]`` settings."""
     own = config.amp_stream_settings(stream)
-    clash = {v: k for k, v in env.items() if k in ("MUSHU_AMP_DATA", "MUSHU_AMP_CONTROL")}
-    for key in ("MUSHU_AMP_DATA", "MUSHU_AMP_CONTROL"):
-        if own[key] in clash:
-            raise ValueError(f"[amp.{stream}] {key.rsplit('_', 1)[1].lower()} = {own[key]!r} is the first amp's "
-                             f"{clash[own[key]]} as well; give each amp endpoints of its own")
+    keys = {"MUSHU_AMP_DATA": "data", "MUSHU_AMP_CONTROL": "control", "MUSHU_RECORDER_CONTROL": "recorder"}
+    clash = {v: k for k, v in env.items() if k in keys}
+    for key, name in keys.items():
+        if own.get(key) in clash:
+            raise ValueError(f"[amp.{stream}] {name} = {own[key]!r} is the first amp's {clash[own[key]]} as well; "
+                             "give each amp endpoints of its own")
     stream_env = {**env, **own}
     stream_env["MUSHU_AMP_STATE"] = own.get("MUSHU_AMP_STATE") or str(rd.path / f"amp-{stream}-state.json")
     return stream_env
@@ -171,17 +206,35 @@ def render(rd: RunDir, env: dict[str, str], foreground: bool = False, services=t
         fields[f"{name}_log"] = "/dev/stdout" if foreground else _escape(rd.log(name))
         fields[f"{name}_autostart"] = str(name in services).lower()
     raw = TEMPLATE.read_text()
-    text = string.Template(raw).substitute(fields)
-    # a further amp service: the first amp's program with a name, an environment and a log of its own
-    amp_block = raw.split("[program:amp]\n", 1)[1].split("\n[program:", 1)[0]
-    more = []
-    for stream in config.amp_streams():
-        program = STREAM_PROGRAM.format(stream)
-        more.append(f"[program:{program}]\n" + string.Template(amp_block).substitute(
-            fields, environment=_env_option(stream_environment(rd, env, stream)),
-            amp_log="/dev/stdout" if foreground else _escape(rd.log(program)),
-            amp_autostart=str(program in services).lower()) + "\n")
-    return text.replace("[program:markers]", "".join(more) + "[program:markers]", 1)
+    text = string.Template(raw).substitute(fields).rstrip("\n") + "\n"
+    # a program of an [amp.NAME] table: the first stream's program of that kind with a name, an
+    # environment and a log of its own, after it
+    order, streams = list(PROGRAMS), programs()
+    if "lslbridge" not in streams:  # not asked for: no such program
+        text = _without(text, "lslbridge")
+    for kind_ in STREAM_KINDS:
+        block = raw.split(f"[program:{kind_}]\n", 1)[1].split("\n[program:", 1)[0].rstrip("\n") + "\n"
+        more = "".join(
+            f"[program:{program}]\n" + string.Template(block).substitute(
+                fields, environment=_env_option(stream_environment(rd, env, stream_of(program))),
+                **{f"{kind_}_log": "/dev/stdout" if foreground else _escape(rd.log(program)),
+                   f"{kind_}_autostart": str(program in services).lower()}) + "\n"
+            for program in streams if kind(program) == kind_ and stream_of(program) is not None)
+        following = [p for p in order[order.index(kind_) + 1:] if f"[program:{p}]" in text]
+        if following:
+            text = text.replace(f"[program:{following[0]}]", more + f"[program:{following[0]}]", 1)
+        elif more:
+            text += "\n" + more.rstrip("\n") + "\n"
+    return text
+
+
+def _without(text: str, program: str) -> str:
+    """The configuration ``text`` without the section ``[program:PROGRAM]``."""
+    head, found, tail = text.partition(f"[program:{program}]\n")
+    if not found:
+        return text
+    rest = tail.split("\n[program:", 1)
+    return head.rstrip("\n") + "\n" + ("\n[program:" + rest[1] if len(rest) > 1 else "")
 
 
 # -- talking to supervisord ------------------------------------------------------

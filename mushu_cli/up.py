@@ -10,6 +10,7 @@ everything again.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -51,6 +52,11 @@ def run(args) -> int:
     if unknown:
         print(f"mushu up: no service {', '.join(sorted(unknown))}; choose from {', '.join(programs)}",
               file=sys.stderr)
+        return 2
+    bridges = [n for n in services if supervise.kind(n) == "lslbridge"]
+    if bridges and importlib.util.find_spec("pylsl") is None:
+        print(f"mushu up: {', '.join(bridges)} (lsl = 1 in the configuration file) need pylsl, which is not "
+              "installed here; install the lsl extra: pip install 'mushu[lsl]'", file=sys.stderr)
         return 2
     try:
         import supervisor  # noqa: F401
@@ -115,6 +121,11 @@ def wait_ready(rd: supervise.RunDir, timeout: float, services=None) -> str | Non
     zmq.Context.instance().setsockopt(zmq.RECONNECT_IVL, 20)
     for name in supervise.programs() if services is None else services:
         endpoint = supervise.control_endpoint(name)
+        if endpoint is None:  # no control socket: running (past startsecs) is ready
+            problem = _supervised_running(rd, name, deadline, timeout)
+            if problem is not None:
+                return problem
+            continue
         ctl = ControlClient(endpoint, 0.25, supervise.kind(name))
         try:
             while True:
@@ -135,6 +146,21 @@ def wait_ready(rd: supervise.RunDir, timeout: float, services=None) -> str | Non
     return None
 
 
+def _supervised_running(rd: supervise.RunDir, name: str, deadline: float, timeout: float) -> str | None:
+    """Wait until supervisord says ``name`` is RUNNING; return an error or None."""
+    while True:
+        info = (supervise.processes(rd) or {}).get(name)
+        if info is None:
+            return f"supervisord at {rd} does not answer or does not run {name}"
+        if info["statename"] == "RUNNING":
+            return None
+        if info["statename"] in DEAD:
+            return f"the {name} service is {info['statename']}: {info.get('spawnerr') or 'it exited'}"
+        if time.monotonic() > deadline:
+            return f"the {name} service is not running after {timeout:g} s ({info['statename']})"
+        time.sleep(0.05)
+
+
 def _answers(ctl: ControlClient, name: str, pid: int) -> str | None:
     """None if ``pid`` answers at ``ctl``; ``"silent"`` if nothing answers yet; else what is wrong."""
     try:
@@ -149,12 +175,13 @@ def _answers(ctl: ControlClient, name: str, pid: int) -> str | None:
     if not pid:  # ours is not running (between restarts): whatever answers is not it
         return "silent"
     return (f"another {name} service (pid {status.get('pid')}) answers at {ctl.endpoint}; stop it, or give mushu "
-            f"other endpoints ({supervise.CONTROL.get(name) or f'[amp.{supervise.stream_of(name)}] control'}, ...)")
+            f"other endpoints ({supervise.control_setting(name)}, ...)")
 
 
 def _report(rd: supervise.RunDir, services, problem: str | None, what: str, stop: bool = True) -> int:
     if problem is None:
-        print(f"mushu {what}: " + ", ".join(f"{n} at {supervise.control_endpoint(n)}" for n in services))
+        endpoints = {n: supervise.control_endpoint(n) for n in services}
+        print(f"mushu {what}: " + ", ".join(f"{n} at {e}" if e else n for n, e in endpoints.items()))
         where = f"recordings in {_recordings_dir()}; " if "recorder" in services else ""
         print(f"  {where}logs in {rd}; 'mushu status' shows how they are, 'mushu down' stops them")
         return 0

@@ -5,27 +5,29 @@ module writes the chunks of the specification
 (https://github.com/sccn/xdf/wiki/Specifications) itself; the tests read
 every file it writes back with pyxdf.
 
-The file holds two streams on the amp host's monotonic clock, in seconds:
+The file holds, on each amp host's monotonic clock, in seconds:
 
-- the samples (``float32``, the recording's channels, labels and units),
-  each with its acquisition time (:meth:`Recording.sample_times`); lost
-  samples are written as NaN, as in the recording;
+- one stream of samples per recorded stream (``float32``, the
+  recording's channels, labels and units), each sample with its
+  acquisition time (:meth:`Recording.sample_times`); lost samples are
+  written as NaN, as in the recording. A recording of several streams
+  (``mushu_client.Streams.start(NAME)``: ``NAME`` and ``NAME-STREAM``)
+  gives one stream each;
 - the markers (one ``string`` channel), each at the time of the sample the
-  recording put it on, so a reader that aligns by time finds the marker on
-  that sample.
+  first stream's recording put it on, so a reader that aligns by time
+  finds the marker on that sample.
 
-The recorder's estimates of the amp host's clock against its own (the
-meta's ``clock_offsets_ns``) become ClockOffset chunks of both streams,
-as LabRecorder writes them: ``pyxdf.load_xdf(..., synchronize_clocks=True)``
-then gives the times on the recorder's clock (the same times when one host
-ran both). Samples are written in chunks of :data:`SAMPLES_PER_CHUNK`, read
-from the memory-mapped ``NAME.eeg``.
+The recorders' estimates of each amp host's clock against their own (each
+meta's ``clock_offsets_ns``) become ClockOffset chunks of that stream, as
+LabRecorder writes them: ``pyxdf.load_xdf(..., synchronize_clocks=True)``
+then gives every stream's times on the recorders' clock (one clock where
+the recorders share a host, as under ``mushu up``). Samples are written in
+chunks of :data:`SAMPLES_PER_CHUNK`, read from the memory-mapped ``.eeg``.
 """
 
 from __future__ import annotations
 
 import datetime
-import os
 import socket
 import struct
 from xml.sax.saxutils import escape
@@ -38,49 +40,53 @@ MAGIC = b"XDF:"
 #: Chunk tags of the specification.
 FILE_HEADER, STREAM_HEADER, SAMPLES, CLOCK_OFFSET, STREAM_FOOTER = 1, 2, 3, 4, 6
 SAMPLES_PER_CHUNK = 4096
-EEG_ID, MARKERS_ID = 1, 2
 
 
-def write_xdf(rec: Recording, out: str, progress: bool = True):
-    """Write recording ``rec`` (as :func:`~mushu_core.recordings.load` returns it) to XDF file ``out``.
+def write_xdf(recs: list[Recording], out: str, progress: bool = True):
+    """Write recordings ``recs`` (as :func:`~mushu_core.recordings.load` returns them) to XDF file ``out``.
+
+    Each recording is one stream; the markers are those of the first.
 
     Raises
     ------
     ValueError
-        If the recording has no block times (a libmushu recording).
+        If a recording has no block times (a libmushu recording).
     """
     from mushu_cli.conversion import _bar, _chunks  # shared with the other formats
 
-    times = rec.sample_times()
-    seconds = times / 1e9
-    mushu = rec.meta.get("mushu", {})
-    markers = sorted(rec.marker_samples(), key=lambda m: m[0])
-    offsets = mushu.get("clock_offsets_ns", {}).get("amp", [])
-    n, n_ch = rec.data.shape
+    seconds = [rec.sample_times() / 1e9 for rec in recs]
+    offsets = [rec.meta.get("mushu", {}).get("clock_offsets_ns", {}).get("amp", []) for rec in recs]
+    markers = sorted(recs[0].marker_samples(), key=lambda m: m[0])
+    n0 = len(recs[0].data)
+    marker_times = [seconds[0][min(s, n0 - 1)] for s, _ in markers] if n0 else []
+    markers_id = len(recs) + 1
     with open(out, "xb") as f:
         f.write(MAGIC)
-        f.write(_chunk(FILE_HEADER, _xml(f"<info><version>1.0</version><datetime>{_iso(rec)}</datetime>"
+        f.write(_chunk(FILE_HEADER, _xml(f"<info><version>1.0</version><datetime>{_iso(recs[0])}</datetime>"
                                          f"<writer>mushu</writer></info>")))
-        f.write(_chunk(STREAM_HEADER, struct.pack("<I", EEG_ID) + _xml(_eeg_info(rec))))
-        f.write(_chunk(STREAM_HEADER, struct.pack("<I", MARKERS_ID) + _xml(_markers_info(rec))))
-        with _bar(n, "XDF", progress) as bar:
-            for a, b in _chunks(n, n_ch):
-                for c in range(a, b, SAMPLES_PER_CHUNK):
-                    d = min(b, c + SAMPLES_PER_CHUNK)
-                    f.write(_chunk(SAMPLES, _numeric_samples(EEG_ID, seconds[c:d], rec.data[c:d])))
-                bar.update(b - a)
+        for sid, rec in enumerate(recs, 1):
+            f.write(_chunk(STREAM_HEADER, struct.pack("<I", sid) + _xml(_samples_info(rec))))
+        f.write(_chunk(STREAM_HEADER, struct.pack("<I", markers_id) + _xml(_markers_info(recs[0]))))
+        with _bar(sum(len(rec.data) for rec in recs), "XDF", progress) as bar:
+            for sid, (rec, t) in enumerate(zip(recs, seconds), 1):
+                n, n_ch = rec.data.shape
+                for a, b in _chunks(n, n_ch):
+                    for c in range(a, b, SAMPLES_PER_CHUNK):
+                        d = min(b, c + SAMPLES_PER_CHUNK)
+                        f.write(_chunk(SAMPLES, _numeric_samples(sid, t[c:d], rec.data[c:d])))
+                    bar.update(b - a)
         if markers:
-            f.write(_chunk(SAMPLES, _string_samples(MARKERS_ID, [(seconds[min(s, n - 1)] if n else 0.0, label)
-                                                                 for s, label in markers])))
-        for sid in (EEG_ID, MARKERS_ID):
-            for o in offsets:  # remote = local + offset_ns: LabRecorder's (remote time, local - remote)
+            f.write(_chunk(SAMPLES, _string_samples(markers_id, list(zip(marker_times, (m[1] for m in markers))))))
+        clocks = [*offsets, offsets[0]]  # the markers are placed on the first stream's samples: its clock
+        for sid, stream_offsets in enumerate(clocks, 1):
+            for o in stream_offsets:  # remote = local + offset_ns: LabRecorder's (remote time, local - remote)
                 f.write(_chunk(CLOCK_OFFSET, struct.pack("<Idd", sid, (o["t_ns"] + o["offset_ns"]) / 1e9,
                                                          -o["offset_ns"] / 1e9)))
-        marker_times = [seconds[min(s, n - 1)] for s, _ in markers] if n else []
-        f.write(_chunk(STREAM_FOOTER, struct.pack("<I", EEG_ID) + _xml(_footer(seconds[:1], seconds[-1:], n,
-                                                                                 offsets))))
-        f.write(_chunk(STREAM_FOOTER, struct.pack("<I", MARKERS_ID) + _xml(_footer(
-            marker_times[:1], marker_times[-1:], len(markers), offsets))))
+        for sid, (rec, t) in enumerate(zip(recs, seconds), 1):
+            f.write(_chunk(STREAM_FOOTER, struct.pack("<I", sid) + _xml(_footer(t[:1], t[-1:], len(rec.data),
+                                                                                 offsets[sid - 1]))))
+        f.write(_chunk(STREAM_FOOTER, struct.pack("<I", markers_id) + _xml(_footer(
+            marker_times[:1], marker_times[-1:], len(markers), offsets[0]))))
 
 
 # -- the chunks ----------------------------------------------------------------------
@@ -137,16 +143,17 @@ def _common(rec: Recording, kind: str) -> str:
             f"<hostname>{escape(socket.gethostname())}</hostname>")
 
 
-def _eeg_info(rec: Recording) -> str:
+def _samples_info(rec: Recording) -> str:
     mushu = rec.meta.get("mushu", {})
+    stream = str(mushu.get("stream") or "eeg")
     units = mushu.get("units") or ["uV"] * len(rec.channels)
     channels = "".join(f"<channel><label>{escape(str(c))}</label><unit>{escape(_unit(u))}</unit>"
                        f"<type>EEG</type></channel>" for c, u in zip(rec.channels, units))
     measured = mushu.get("fs_measured")
-    return (f"<info><name>{escape(str(mushu.get('stream') or 'eeg'))}</name>"
+    return (f"<info><name>{escape(stream)}</name>"
             f"<type>EEG</type><channel_count>{len(rec.channels)}</channel_count>"
             f"<nominal_srate>{rec.fs!r}</nominal_srate><channel_format>float32</channel_format>"
-            f"{_common(rec, 'eeg')}<desc><channels>{channels}</channels>"
+            f"{_common(rec, stream)}<desc><channels>{channels}</channels>"
             f"<acquisition><manufacturer>mushu</manufacturer><model>{escape(str(rec.meta.get('Amp', '')))}"
             f"</model></acquisition>"
             + (f"<mushu><fs_measured>{measured!r}</fs_measured><drift_ppm>{mushu.get('drift_ppm')!r}"

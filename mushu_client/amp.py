@@ -9,7 +9,7 @@ import numpy as np
 from mushu_core import security
 from mushu_core.arrays import to_plain
 from mushu_core.bus import RCVHWM, choose_endpoint
-from mushu_core.config import amp_stream_settings, setting
+from mushu_core.config import ConfigError, amp_stream_settings, setting
 from mushu_core.control import ControlClient
 from mushu_core.errors import Forbidden, RecordingError, RecordingWarning
 from mushu_core.leases import LEASE_S
@@ -95,7 +95,7 @@ def get_amp(name: str, data: str | None = None, control: str | None = None,
         Another amp service than the first: the one of stream ``stream``
         that the configuration file declares (``[amp.NAME]``), at its
         ``data`` and ``control`` endpoints (``data`` and ``control`` given
-        here win).
+        here win), recorded by its own recorder (its table's ``recorder``).
 
     Raises
     ------
@@ -134,9 +134,15 @@ class Amp:
                  recorder: str | None = None, dead_after: float = DEAD_AFTER_S, keys: str | None = None,
                  stream: str | None = None):
         self.name = name
+        self._no_recorder: str | None = None  # why start(filename) cannot record this stream
         if stream is not None:  # [amp.NAME] of the configuration file
             own = amp_stream_settings(stream)
             data, control = data or own["MUSHU_AMP_DATA"], control or own["MUSHU_AMP_CONTROL"]
+            recorder = recorder or own.get("MUSHU_RECORDER_CONTROL")
+            if recorder is None:
+                self._no_recorder = (f"stream {stream!r} has no recorder of its own: give it one in the "
+                                     f"configuration file ([amp.{stream}] recorder = \"tcp://HOST:PORT\"; "
+                                     f"mushu up runs it as recorder-{stream}), or pass recorder=")
         #: Seconds to wait for each control reply and, in get_data(), for new data.
         self.timeout = timeout
         self.data_endpoint = setting("MUSHU_AMP_DATA", data)
@@ -252,6 +258,8 @@ class Amp:
         """
         reader, recorder = self._reader, self._recorder
         if filename is not None:
+            if self._no_recorder:
+                raise ConfigError(self._no_recorder)
             recorder.check(filename, lease)
         if recorder.recording is not None:
             recorder.finish_for_start(self._ctl.call("status"))

@@ -215,6 +215,11 @@ class StreamReader:
         return self._end_sample is not None
 
     @property
+    def finished(self) -> bool:
+        """True once the stream stopped or ended and every sample up to its end was returned."""
+        return self._at_end() and not self.pending.pending
+
+    @property
     def refetched_samples(self) -> int:
         """Samples fetched from the amp's history so far."""
         return self.follower.refetched

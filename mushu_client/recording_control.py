@@ -49,6 +49,8 @@ class RecordingControl:
         self.warnings: list[RecordingWarning] = []
         self._lease: RecordingLease | None = None
         self._next_check = 0.0
+        #: The first stream's recording of the session the next recording is a stream of (``Streams``).
+        self.part_of: str | None = None
 
     def check(self, name: str, lease: float | None = LEASE_S):
         """Refuse ``name`` (it exists, its directory does not) and a bad lease before anything starts."""
@@ -66,9 +68,10 @@ class RecordingControl:
 
         ``owner`` (the Amp): the lease is renewed while it lives.
         """
+        session_of = {} if self.part_of is None else {"part_of": self.part_of}
         reply = self.ctl.call("record", name=name, session=session, first_sample=first_sample,
                               markers_session=markers_session, markers_next_seq=markers_next_seq,
-                              lease_s=lease, client=this_client())
+                              lease_s=lease, client=this_client(), **session_of)
         self.recording = reply["base"]
         self._lease = RecordingLease(self.ctl.endpoint, reply["token"], reply["base"], keys=self.keys, owner=owner)
         self._next_check = time.monotonic() + RENEW_S

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -60,21 +61,76 @@ class Streams:
             self.amps[amp.stream] = amp
         self.timeout = timeout
 
-    def start(self):
-        """Start (or join) every amp; a stream's samples from its start on are returned."""
-        for amp in self.amps.values():
-            amp.start()
+    def start(self, filename: str | None = None):
+        """Start (or join) every amp; a stream's samples from its start on are returned.
+
+        Parameters
+        ----------
+        filename : str, optional
+            Record every stream as well, each by its own recorder: the
+            first stream as ``filename``, each other one as
+            ``filename-STREAM`` (``mushu convert filename --to xdf`` puts
+            them together). Each recording holds exactly what
+            :meth:`get_data` returns of its stream, as :meth:`Amp.start`'s.
+            When they finish, ``filename.session.json`` beside the first
+            says, for every stream, its recording, its first sample's
+            time on its recorder's clock, its nominal and measured rate
+            and the raw clock-offset estimates (docs/recordings.md).
+
+        Raises
+        ------
+        ValueError
+            Two streams share a recorder.
+        """
+        if filename is not None:
+            by_recorder = {}
+            for stream, amp in self.amps.items():
+                by_recorder.setdefault(amp._recorder.ctl.endpoint, []).append(stream)
+            for endpoint, streams in by_recorder.items():
+                if len(streams) > 1:
+                    raise ValueError(f"streams {' and '.join(streams)} share the recorder at {endpoint}: give each "
+                                     "stream a recorder of its own ([amp.NAME] recorder in the configuration file)")
+        started = []
+        try:
+            for i, (stream, amp) in enumerate(self.amps.items()):
+                amp._recorder.part_of = filename  # each stream's entry goes into the session file
+                try:
+                    amp.start(None if filename is None else filename if i == 0 else f"{filename}-{stream}")
+                finally:
+                    amp._recorder.part_of = None
+                started.append(amp)
+        except BaseException:
+            for amp in started:  # all or none: no stream left running, or recording, alone
+                try:
+                    amp.stop()
+                except Exception as exc:  # the first error is the one to raise
+                    warnings.warn(f"stopping stream {amp.stream} after a failed start: {exc}", stacklevel=2)
+            raise
 
     def stop(self):
-        """Stop every amp; the next calls of :meth:`get_data` return every sample up to each stop."""
+        """Stop every amp (and its recording); the next calls of :meth:`get_data` return every sample up to
+        each stop.
+
+        Raises
+        ------
+        RecordingError
+            A stream's recording failed (as :meth:`Amp.stop`); every stream is stopped first.
+        """
+        error = None
         for amp in self.amps.values():
-            amp.stop()
+            try:
+                amp.stop()
+            except Exception as exc:  # the others stop all the same; the first error is raised
+                error = error or exc
+        if error is not None:
+            raise error
 
     def get_data(self, timeout: float | None = None) -> dict[str, StreamData]:
         """Every stream's samples since the previous call, their markers and their times.
 
         Returns at once with what has arrived; waits up to ``timeout``
-        (default: :attr:`timeout`) only while no stream has anything new.
+        (default: :attr:`timeout`) only while no stream has anything new
+        (and not once every stream stopped and returned all its samples).
         Each stream raises and warns as :meth:`Amp.get_data` does.
 
         Returns
@@ -86,7 +142,8 @@ class Streams:
         while True:
             got = {name: self._read(amp) for name, amp in self.amps.items()}
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or any(len(d.data) for d in got.values()):
+            if remaining <= 0 or any(len(d.data) for d in got.values()) or \
+                    all(amp._reader.finished for amp in self.amps.values()):
                 return got
             self._wait(min(remaining, 0.1))
 

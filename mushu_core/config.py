@@ -50,6 +50,8 @@ DEFAULTS = {
     # restore them after a restart (empty: not kept; `mushu up` sets one)
     "MUSHU_AMP_STATE": "",
     "MUSHU_DRIVERS": "",
+    # `mushu up` also runs mushu-lsl-bridge for the stream: it as LSL outlets (the lsl extra)
+    "MUSHU_AMP_LSL": "0",
     # markers service: bus endpoints, its ZeroMQ ingress, and the TCP/UDP
     # ingress (libmushu's port 12344, on loopback unless configured).
     "MUSHU_MARKERS_DATA": "tcp://127.0.0.1:12347",
@@ -118,6 +120,9 @@ HELP = {
     "MUSHU_AMP_STATE": (
         "file where the amp keeps its driver, configuration and running state; a restarted amp restores them"),
     "MUSHU_DRIVERS": "extra drivers, `name=module:Class,...`",
+    "MUSHU_AMP_LSL": (
+        "`1`: `mushu up` also runs `mushu-lsl-bridge` for this stream (program `lslbridge`, `lslbridge-NAME` for "
+        "`[amp.NAME]`), which publishes it and the markers as LSL outlets; needs the `lsl` extra"),
     "MUSHU_MARKERS_DATA": "markers (PUB)",
     "MUSHU_MARKERS_DATA_BIND": "where the markers service binds them",
     "MUSHU_MARKERS_CONTROL": "markers service control (ROUTER)",
@@ -203,8 +208,11 @@ def _file_variables() -> dict[tuple[str, str], str]:
     return keys
 
 
+#: Keys only a further amp service's table ``[amp.NAME]`` has: the control endpoint of the recorder of
+#: its stream (a recorder service of its own, which ``mushu up`` runs as ``recorder-NAME``).
+STREAM_ONLY_KEYS = {"recorder": "MUSHU_RECORDER_CONTROL", "recorder_bind": "MUSHU_RECORDER_CONTROL_BIND"}
 #: The keys of ``[amp]`` that a further amp service's own table ``[amp.NAME]`` may set (its stream is NAME).
-STREAM_KEYS = frozenset(k for s, k in _file_variables() if s == "amp" and k != "stream")
+STREAM_KEYS = frozenset({*(k for s, k in _file_variables() if s == "amp" and k != "stream"), *STREAM_ONLY_KEYS})
 
 
 def _file_values(path: str) -> dict[tuple[str, str], str]:
@@ -225,7 +233,9 @@ def amp_stream_settings(stream: str) -> dict[str, str]:
 
     ``data`` and ``control`` must be its own; a bind endpoint not given is its
     connect endpoint; ``MUSHU_STREAM`` is the name. Keys it does not give are
-    the first amp's (``[amp]``, the environment, the defaults).
+    the first amp's (``[amp]``, the environment, the defaults). ``recorder``
+    (``MUSHU_RECORDER_CONTROL``) is the control endpoint of the stream's own
+    recorder, where it has one.
 
     Raises
     ------
@@ -235,7 +245,7 @@ def amp_stream_settings(stream: str) -> dict[str, str]:
     path = configfile.config_path()
     section = f"amp.{stream}"
     values = _file_values(path) if path else {}
-    variables = {key: name for (s, key), name in _file_variables().items() if s == "amp"}
+    variables = {key: name for (s, key), name in _file_variables().items() if s == "amp"} | STREAM_ONLY_KEYS
     own = {variables[key]: value for (s, key), value in values.items() if s == section}
     if not own:
         raise ConfigError(f"no amp stream {stream!r}: the configuration file {path} has no [amp.{stream}]")
@@ -244,8 +254,9 @@ def amp_stream_settings(stream: str) -> dict[str, str]:
         raise ConfigError(f"{path}: [amp.{stream}] needs endpoints of its own: {' and '.join(missing)} "
                           f"(e.g. data = \"tcp://127.0.0.1:12355\", control = \"tcp://127.0.0.1:12356\")")
     own["MUSHU_STREAM"] = stream
-    for bind in ("MUSHU_AMP_DATA_BIND", "MUSHU_AMP_CONTROL_BIND"):
-        own.setdefault(bind, own[bind[:-len(BIND_SUFFIX)]])
+    for bind in ("MUSHU_AMP_DATA_BIND", "MUSHU_AMP_CONTROL_BIND", "MUSHU_RECORDER_CONTROL_BIND"):
+        if bind[:-len(BIND_SUFFIX)] in own:
+            own.setdefault(bind, own[bind[:-len(BIND_SUFFIX)]])
     return own
 
 

@@ -50,6 +50,7 @@ label``):
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -213,6 +214,27 @@ class Recording:
 
     def __iter__(self):  # data, markers, fs, channels = load(path)
         return iter((self.data, self.markers, self.fs, self.channels))
+
+
+def stream_recordings(path: str) -> dict[str, str]:
+    """The recordings of one recording's streams, ``{stream: base path}``, its own first.
+
+    ``mushu_client.Streams.start(NAME)`` records the first stream as
+    ``NAME`` and every other one as ``NAME-STREAM`` beside it; those whose
+    meta names that stream belong to ``NAME``.
+    """
+    base = base_name(os.fspath(path))
+    found = {_read_meta(base + ".meta").get("mushu", {}).get("stream") or "eeg": base}
+    for meta_path in sorted(glob.glob(glob.escape(base) + "-*.meta")):
+        other = meta_path[:-len(".meta")]
+        stream = other[len(base) + 1:]
+        try:
+            named = _read_meta(meta_path).get("mushu", {}).get("stream")
+        except (OSError, ValueError):
+            continue  # not a recording of this one's: its own name says nothing
+        if named == stream and stream not in found and os.path.exists(other + ".eeg"):
+            found[stream] = other
+    return found
 
 
 def load(path: str, mmap: bool = False) -> Recording:

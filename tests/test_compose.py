@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from mushu_cli import supervise
 from mushu_core import config
 
 try:
@@ -74,15 +75,27 @@ def published(service: dict) -> set[tuple[int, str]]:
     return found
 
 
+#: A service's command, where it is not mushu-KIND.
+SCRIPTS = {"lslbridge": "mushu-lsl-bridge"}
+
+
 def test_three_services_from_one_image_running_mushu_commands(compose):
     services = compose["services"]
-    assert set(services) == {"amp", "markers", "recorder"}
+    assert {n for n, s in services.items() if not s.get("profiles")} == {"amp", "markers", "recorder"}
     assert len({s["image"] for s in services.values()}) == 1
     for name, service in services.items():
         command = service["command"]
         command = command.split() if isinstance(command, str) else command
         assert_runs_mushu(command)
-        assert name in command[-1], f"service {name} runs {command}"
+        kind, _, stream = name.partition("-")
+        assert SCRIPTS.get(kind, kind) in command[-1], f"service {name} runs {command}"
+        if kind == "lslbridge":  # on the host's network, for LSL's multicast, under the profile lsl
+            assert service["profiles"] == ["lsl"] and service["network_mode"] == "host"
+            assert all(urlsplit(v).hostname == "127.0.0.1" for v in environment(service).values() if "://" in v)
+        elif service.get("profiles"):  # a further stream's amp and recorder, under the stream's profile
+            assert kind in ("amp", "recorder") and service["profiles"] == [stream], (name, service["profiles"])
+            assert environment(service)["MUSHU_STREAM"] == stream
+            assert {f"amp-{stream}", f"recorder-{stream}"} <= set(services)
 
 
 def test_every_variable_is_a_mushu_setting():
@@ -95,6 +108,8 @@ def test_every_variable_is_a_mushu_setting():
 def test_services_bind_everywhere_publish_their_ports_and_find_each_other(compose):
     services = compose["services"]
     for name, service in services.items():
+        if name.partition("-")[0] in supervise.NO_CONTROL:
+            continue  # binds nothing: it only reads the bus
         env = environment(service)
         binds = {k: v for k, v in env.items() if k.endswith("_BIND")}
         assert binds, f"{name} binds nothing beyond its container's loopback"
@@ -110,11 +125,19 @@ def test_services_bind_everywhere_publish_their_ports_and_find_each_other(compos
                 assert value == "0.0.0.0", f"{name}: {variable}={value}"
     marker_port = int(environment(services["markers"]).get("MUSHU_MARKERS_PORT", config.DEFAULTS["MUSHU_MARKERS_PORT"]))
     assert {(marker_port, "tcp"), (marker_port, "udp")} <= published(services["markers"])
-    recorder = environment(services["recorder"])
-    for variable in ("MUSHU_AMP_DATA", "MUSHU_AMP_CONTROL", "MUSHU_MARKERS_DATA", "MUSHU_MARKERS_CONTROL"):
-        host = urlsplit(recorder[variable]).hostname
-        assert host in services, f"recorder: {variable} points at {host}, not a compose service"
-        assert urlsplit(recorder[variable]).port == urlsplit(config.DEFAULTS[variable]).port
+    hosts = [(str(p["published"]), p.get("protocol", "tcp")) if isinstance(p, dict) else
+             (str(p).split(":")[0], str(p).partition("/")[2] or "tcp")
+             for s in services.values() for p in s.get("ports", ())]
+    assert len(hosts) == len(set(hosts)), f"a host port is published twice: {sorted(hosts)}"
+    for name in (n for n in services if n.partition("-")[0] == "recorder"):
+        recorder = environment(services[name])
+        stream = name.partition("-")[2]
+        for variable in ("MUSHU_AMP_DATA", "MUSHU_AMP_CONTROL", "MUSHU_MARKERS_DATA", "MUSHU_MARKERS_CONTROL"):
+            host = urlsplit(recorder[variable]).hostname
+            assert host in services, f"{name}: {variable} points at {host}, not a compose service"
+            assert urlsplit(recorder[variable]).port == urlsplit(config.DEFAULTS[variable]).port
+        amp_host = urlsplit(recorder["MUSHU_AMP_DATA"]).hostname
+        assert amp_host == (f"amp-{stream}" if stream else "amp"), f"{name} records {amp_host}"
 
 
 def test_recordings_in_a_named_volume_and_usb_for_the_amp(compose):

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 
@@ -32,9 +33,10 @@ def sh(*cmd, check=True):
 
 
 class Lab:
-    """Namespaces joined by a bridge in a switch namespace."""
+    """Namespaces joined by a bridge in a switch namespace, one per host of ``hosts`` (name: address byte)."""
 
-    def __init__(self):
+    def __init__(self, hosts=HOSTS):
+        self.hosts = hosts
         self.switch = f"{PREFIX}-sw"
         self.namespaces = []
         self.netem = True
@@ -43,14 +45,14 @@ class Lab:
         return f"{PREFIX}-{host}"
 
     def ip(self, host):
-        return f"{SUBNET}.{HOSTS[host]}"
+        return f"{SUBNET}.{self.hosts[host]}"
 
     def up(self):
         sh("ip", "netns", "add", self.switch)
         self.namespaces.append(self.switch)
         sh("ip", "netns", "exec", self.switch, "ip", "link", "add", "br0", "type", "bridge")
         sh("ip", "netns", "exec", self.switch, "ip", "link", "set", "br0", "up")
-        for host in HOSTS:
+        for host in self.hosts:
             ns, a, b = self.ns(host), f"{PREFIX}{host[:3]}a", f"{PREFIX}{host[:3]}b"
             sh("ip", "netns", "add", ns)
             self.namespaces.append(ns)
@@ -66,7 +68,15 @@ class Lab:
                        "delay", "1ms", "200us", check=False)
             self.netem = self.netem and netem.returncode == 0
 
-    def down(self):
+    def down(self, procs=()):
+        """Stop ``procs`` (TERM, then KILL after 5 s) and remove the namespaces."""
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
         for ns in reversed(self.namespaces):
             sh("ip", "netns", "del", ns, check=False)  # removes its veth ends too
         self.namespaces = []
@@ -187,14 +197,7 @@ def test_a_lab_of_hosts_with_a_skewed_markers_clock(tmp_path):
         sender.wait(30)
         r = json.loads(out)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        lab.down()
+        lab.down(procs)
     assert not [ns for ns in sh("ip", "netns", "list").stdout.split() if ns.startswith(PREFIX)]
 
     # the markers service's clock is 100 s ahead, as estimated over the network
@@ -224,3 +227,191 @@ def test_a_lab_of_hosts_with_a_skewed_markers_clock(tmp_path):
     recorded = [[round(ms), label] for ms, label in rec.markers]
     assert [label for _, label in recorded] == [label for _, label in r["markers"]]
     assert max(abs(a - b) for (a, _), (b, _) in zip(recorded, r["markers"])) <= 1
+
+
+# -- a session of three devices -----------------------------------------------------------------------
+
+STREAM_HOSTS = {"eeg": 2, "emg": 3, "lsl": 4, "markers": 5, "recorder": 6, "client": 7}
+#: stream -> (driver, configure(), sampling rate, channels, its amp host's clock offset in s)
+STREAMS = {"eeg": ("rampamp", {"fs": 1000, "channels": 32}, 1000, 32, 0),
+           "emg": ("rampamp", {"fs": 2000, "channels": 8}, 2000, 8, 7),
+           "gaze": ("lslamp", {"name": "lab-gaze", "type": "Gaze", "timeout": 1.0}, 60, 3, 0)}
+HOST_OF = {"eeg": "eeg", "emg": "emg", "gaze": "lsl"}
+
+OUTLET = textwrap.dedent("""
+    import sys, time, pylsl
+    name, fs, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+    info = pylsl.StreamInfo(name, "Gaze", 3, fs, "float32", name + "-src")
+    channels = info.desc().append_child("channels")
+    for label in ("x", "y", "pupil"):
+        ch = channels.append_child("channel")
+        ch.append_child_value("label", label)
+        ch.append_child_value("unit", "a.u.")
+    outlet = pylsl.StreamOutlet(info)
+    start, k = pylsl.local_clock(), 0
+    while pylsl.local_clock() < start + seconds:
+        due = int((pylsl.local_clock() - start) * fs) + 1
+        if due > k:  # sample i: acquired at start + i / fs, values i, i + 1/4, i + 1/2
+            outlet.push_chunk([[i, i + 0.25, i + 0.5] for i in range(k, due)], [start + i / fs for i in range(k, due)])
+            k = due
+        time.sleep(0.002)
+""")
+
+STREAMS_CLIENT = textwrap.dedent("""
+    import json, os, sys, time
+    import numpy as np
+    import mushu_client
+    e = json.loads(sys.argv[1])
+    amps = []
+    for s in e["streams"]:
+        amp = mushu_client.get_amp(s["driver"], data=s["data"], control=s["control"], markers=e["markers_data"],
+                                   markers_control=e["markers_control"], recorder=s["recorder"], timeout=10.0)  # lslamp looks for its outlet in configure
+        amp.configure(**s["configure"])
+        amps.append(amp)
+    streams = mushu_client.Streams(amps)
+    streams.start("lab")
+    open(e["started"], "w").close()
+    got = {s: {"n": 0, "markers": [], "chunks": [], "times": []} for s in streams.amps}
+    def read():
+        chunk = streams.get_data()
+        for s, d in chunk.items():
+            g, fs = got[s], streams.amps[s].get_sampling_frequency()
+            g["markers"] += [[g["n"] + round(ms * fs / 1000), label] for ms, label in d.markers]
+            g["chunks"].append(d.data)
+            g["times"].append(d.times_ns)
+            g["n"] += len(d.data)
+        return any(len(d.data) for d in chunk.values())
+    t_end, kill_at = time.monotonic() + e["seconds"], time.monotonic() + e["seconds"] / 2
+    while time.monotonic() < t_end or not os.path.exists(e["sent"]):  # every marker within the session
+        read()
+        if time.monotonic() > kill_at and not os.path.exists(e["kill"]):
+            open(e["kill"], "w").close()  # the test kills a recorder now, and starts it again
+    t_end = time.monotonic() + 0.3  # the last marker's way to this client
+    while time.monotonic() < t_end:
+        read()
+    streams.stop()
+    while read():
+        pass
+    for s, g in got.items():
+        np.save(f"{e['out']}-{s}.npy", np.concatenate(g["chunks"]))
+        np.save(f"{e['out']}-{s}-times.npy", np.concatenate(g["times"]))
+    print(json.dumps({"markers": {s: g["markers"] for s, g in got.items()},
+                      "results": {s: a.recording_result for s, a in streams.amps.items()},
+                      "gaps": {s: a.gaps for s, a in streams.amps.items()},
+                      "first": {s: a.first_sample for s, a in streams.amps.items()}}))
+""")
+
+
+def test_a_session_of_three_devices_on_hosts_with_skewed_clocks(tmp_path):
+    """EEG 1 kHz x 32, EMG 2 kHz x 8 on a host 7 s ahead, an LSL outlet at 60 Hz x 3 through lslamp, markers on
+    a host 100 s ahead: each marker on the right sample of every stream, every sample recorded with one
+    SIGKILL of a recorder, the XDF's times the client's, the BIDS export readable."""
+    assert can_make_namespaces(), "this test needs root and iproute2 (ip netns) to build its lab"
+    import mne_bids
+    import pyxdf
+
+    from mushu_cli.conversion import convert
+    from mushu_core.recordings import stream_recordings
+    lab = Lab(STREAM_HOSTS)
+    procs, recorders = [], {}
+    py, quiet = sys.executable, {"stderr": subprocess.DEVNULL}
+    ip = lab.ip
+    e = {"markers_data": f"tcp://{ip('markers')}:5503", "markers_control": f"tcp://{ip('markers')}:5504",
+         "seconds": 5.0, "started": str(tmp_path / "started"), "sent": str(tmp_path / "sent.json"),
+         "kill": str(tmp_path / "kill"), "out": str(tmp_path / "client"), "streams": []}
+    for port, (stream, (driver, configure, *_rest)) in enumerate(STREAMS.items()):
+        host = ip(HOST_OF[stream])
+        e["streams"].append({"stream": stream, "driver": driver, "configure": configure,
+                             "data": f"tcp://{host}:{5510 + 2 * port}", "control": f"tcp://{host}:{5511 + 2 * port}",
+                             "recorder": f"tcp://{ip('recorder')}:{5520 + port}"})
+
+    def recorder(s):
+        return lab.run("recorder", py, "-m", "mushu_recorder", "--control", s["recorder"], "--stream", s["stream"],
+                       "--data-dir", str(tmp_path / "rec"), "--amp-data", s["data"], "--amp-control", s["control"],
+                       "--markers-data", e["markers_data"], "--markers-control", e["markers_control"],
+                       "--log-level", "ERROR", **quiet)
+    try:
+        lab.up()
+        procs.append(lab.run("lsl", py, "-c", OUTLET, "lab-gaze", "60", "60", **quiet))
+        procs.append(lab.run("markers", py, "-m", "mushu_markers", "--host", ip("markers"), "--port", "12344",
+                             "--data", e["markers_data"], "--control", e["markers_control"],
+                             "--ingress", f"tcp://{ip('markers')}:5506", "--clock-offset", "100",
+                             "--log-level", "ERROR", **quiet))
+        for s in e["streams"]:
+            offset = STREAMS[s["stream"]][4]
+            procs.append(lab.run(HOST_OF[s["stream"]], py, "-m", "mushu_amp", "--data", s["data"], "--control",
+                                 s["control"], "--stream", s["stream"], "--clock-offset", str(offset),
+                                 "--log-level", "ERROR", **quiet))
+            recorders[s["stream"]] = recorder(s)
+        for s in e["streams"]:  # reachable from inside the namespaces only: ask from the client's host
+            for endpoint in (s["control"], s["recorder"]):
+                probe = lab.run("client", py, "-c", "from mushu_core.control import ControlClient as C; "
+                                f"print(C({endpoint!r}, 10).call('ping'))", stdout=subprocess.PIPE, text=True)
+                assert probe.communicate(timeout=30)[0] and probe.returncode == 0, endpoint
+        (tmp_path / "client.py").write_text(STREAMS_CLIENT)
+        (tmp_path / "sender.py").write_text(SENDER)
+        sender = lab.run("markers", py, str(tmp_path / "sender.py"), ip("markers"), "12344", e["started"], "80",
+                         str(tmp_path / "sent.json"))
+        client = lab.run("client", py, str(tmp_path / "client.py"), json.dumps(e), stdout=subprocess.PIPE, text=True)
+        while client.poll() is None and not os.path.exists(e["kill"]):
+            time.sleep(0.05)  # the client says when: halfway through its recording
+        emg = next(s for s in e["streams"] if s["stream"] == "emg")
+        recorders["emg"].kill()  # SIGKILL, mid-recording
+        recorders["emg"].wait(5)
+        recorders["emg"] = recorder(emg)
+        out, _ = client.communicate(timeout=120)
+        assert client.returncode == 0
+        sender.wait(30)
+        r = json.loads(out)
+    finally:
+        lab.down([*procs, *recorders.values()])
+    assert not [ns for ns in sh("ip", "netns", "list").stdout.split() if ns.startswith(PREFIX)]
+
+    sent = {label: (before, after) for label, before, after in json.load(open(e["sent"]))}
+    base = r["results"]["eeg"]["base"]
+    assert stream_recordings(base) == {"eeg": base, "emg": base + "-emg", "gaze": base + "-gaze"}
+    for stream, (driver, _, fs, channels, _) in STREAMS.items():
+        data, times = np.load(f"{e['out']}-{stream}.npy"), np.load(f"{e['out']}-{stream}-times.npy")
+        assert r["gaps"][stream] == [] and len(data) > 3 * fs, (stream, len(data))
+        if driver == "rampamp":
+            np.testing.assert_array_equal(data, ramp(r["first"][stream], len(data), channels))
+        else:  # the outlet's sample i holds i, i + 1/4, i + 1/2: consecutive, none lost
+            np.testing.assert_array_equal(data[:, 0], data[0, 0] + np.arange(len(data)))
+        period = 1e9 / fs
+        assert abs(np.median(np.diff(times)) - period) < 0.01 * period, stream
+        # every marker on the first sample acquired at or after its send, within a sample period of the
+        # stream's rate (and the clocks' estimates over the network)
+        markers = r["markers"][stream]
+        assert sorted(label for _, label in markers) == sorted(sent), stream
+        for sample, label in markers:
+            before, after = sent[label]
+            assert times[sample] >= before - 1_000_000, (stream, label, (times[sample] - before) / 1e6)
+            assert times[sample] - period <= after + 1_000_000, (stream, label, (times[sample] - after) / 1e6)
+        # the recording holds every sample the client got, bit for bit, and the same markers
+        rec = load(stream_recordings(base)[stream])
+        np.testing.assert_array_equal(rec.data, data)
+        assert rec.meta["mushu"]["gaps"] == []
+        # the recorder's host estimates the clocks' offsets on its own: a marker within a sample's width of a
+        # boundary may go to the neighbouring sample there (within one sample period, as on the client)
+        recorded, client_has = sorted(rec.marker_samples(), key=lambda m: m[1]), sorted(markers, key=lambda m: m[1])
+        assert [label for _, label in recorded] == [label for _, label in client_has], stream
+        assert max(abs(a - b) for (a, _), (b, _) in zip(recorded, client_has)) <= 1, stream
+
+    session = json.loads(open(base + ".session.json").read())  # each stream's first sample on one clock
+    assert set(session["streams"]) == set(STREAMS) and len({v["clock"] for v in session["streams"].values()}) == 1
+    for stream, entry in session["streams"].items():
+        times = np.load(f"{e['out']}-{stream}-times.npy")
+        assert entry["n_samples"] == len(times) and abs(entry["first_sample_ns"] - times[0]) < 1_000_000, stream
+    xdf = convert(base, "xdf", str(tmp_path / "lab.xdf"), progress=False)
+    loaded, _ = pyxdf.load_xdf(xdf, dejitter_timestamps=False)  # clocks synchronised: the recorder's
+    by_name = {s["info"]["name"][0]: s for s in loaded}
+    for stream in STREAMS:
+        times = np.load(f"{e['out']}-{stream}-times.npy") / 1e9
+        stamps = by_name[stream]["time_stamps"]
+        assert len(stamps) == len(times) and np.abs(stamps - times).max() < 1e-3, stream
+    root = str(tmp_path / "bids")
+    convert(base, "bids", root, progress=False, subject="01", task="lab")
+    raw = mne_bids.read_raw_bids(mne_bids.BIDSPath(subject="01", task="lab", datatype="eeg", root=root),
+                                 verbose="error")
+    assert raw.n_times == len(np.load(f"{e['out']}-eeg.npy")) and raw.info["sfreq"] == 1000
+    assert sum(d.startswith("Stimulus/") for d in raw.annotations.description) == len(sent)

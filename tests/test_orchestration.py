@@ -26,7 +26,7 @@ from conftest import free_port
 from support import isolated_env, mushu
 
 from mushu_cli import configdoc, supervise
-from mushu_client import get_amp
+from mushu_client import MarkerSender, Streams, get_amp
 from mushu_core import config
 from mushu_core.configfile import ConfigError
 from mushu_core.control import ControlClient
@@ -473,11 +473,17 @@ def test_up_without_supervisor_says_what_to_install(tmp_path):
 
 
 def test_up_runs_every_amp_the_file_declares_and_clients_pick_theirs(tmp_path, monkeypatch):
+    """Two streams under mushu up, each with its amp, its recorder and its LSL bridge: read as one (Streams),
+    recorded together with one SIGKILL of a recorder, every sample and marker in each stream's recording and
+    the XDF, and each stream's samples on LSL."""
     pytest.importorskip("supervisor")
+    pyxdf, pylsl = pytest.importorskip("pyxdf"), pytest.importorskip("pylsl")
+    from mushu_amp.drivers.rampamp import ramp
+    from mushu_core.recordings import load, stream_recordings
     env = isolated_env(tmp_path)
-    emg = {"data": f"tcp://127.0.0.1:{free_port()}", "control": f"tcp://127.0.0.1:{free_port()}"}
-    (tmp_path / "mushu.toml").write_text(f'[amp.emg]\ndata = "{emg["data"]}"\ncontrol = "{emg["control"]}"\n'
-                                         'history_mb = 8\n')
+    emg = {key: f"tcp://127.0.0.1:{free_port()}" for key in ("data", "control", "recorder")}
+    (tmp_path / "mushu.toml").write_text("[amp]\nlsl = 1\n[amp.emg]\n"  # both streams' LSL bridges as well
+                                         + "".join(f'{k} = "{v}"\n' for k, v in emg.items()) + "history_mb = 8\n")
     env["MUSHU_CONFIG"] = str(tmp_path / "mushu.toml")
     for key, value in env.items():
         if key.startswith("MUSHU_"):
@@ -485,36 +491,96 @@ def test_up_runs_every_amp_the_file_declares_and_clients_pick_theirs(tmp_path, m
     try:
         up = mushu("up", env=env, timeout=60).stdout
         assert f"amp-emg at {emg['control']}" in up and f"amp at {env['MUSHU_AMP_CONTROL']}" in up
+        assert f"recorder-emg at {emg['recorder']}" in up
         eeg, other = get_amp("sinusamp"), get_amp("rampamp", stream="emg")
         eeg.configure(f=10, fs=1000, channels=8)
         other.configure(fs=500, channels=4)
-        eeg.start()
-        other.start()
+        streams = Streams([eeg, other])
+        streams.start("both")
+        inlets = {}
+        for stream in ("eeg", "emg"):  # each stream's LSL bridge under mushu up
+            found = pylsl.resolve_bypred(f"name='mushu-{stream}'", 1, 10.0)
+            assert found, f"no LSL outlet mushu-{stream}"
+            inlets[stream] = pylsl.StreamInlet(found[0])
+            inlets[stream].open_stream(5.0)
         assert (eeg.stream, other.stream) == ("eeg", "emg")
-        got = {"eeg": 0, "emg": []}
-        deadline = time.monotonic() + 10
-        while got["eeg"] < 500 or sum(map(len, got["emg"])) < 250:
-            assert time.monotonic() < deadline, got
-            got["eeg"] += len(eeg.get_data()[0])
-            got["emg"].append(other.get_data()[0])
-        from mushu_amp.drivers.rampamp import ramp
-        data = np.concatenate(got["emg"])
-        np.testing.assert_array_equal(data, ramp(0, len(data), 4))  # every sample, in order, of its own stream
+        got = {stream: {"data": [], "times": [], "markers": []} for stream in streams.amps}
+        rates = {"eeg": 1000, "emg": 500}
+        n = {"eeg": 0, "emg": 0}
+
+        def take(chunk):
+            for stream, d in chunk.items():
+                g = got[stream]
+                g["markers"] += [(n[stream] + round(ms * rates[stream] / 1000), label) for ms, label in d.markers]
+                g["data"].append(d.data)
+                g["times"].append(d.times_ns)
+                n[stream] += len(d.data)
+            return any(len(d.data) for d in chunk.values())
+
+        sender, sent, killed = MarkerSender(), [], None
+        t_end = time.monotonic() + 3.0
+        while time.monotonic() < t_end:
+            take(streams.get_data())
+            elapsed = 3.0 - (t_end - time.monotonic())
+            if elapsed < 2.7 and len(sent) < elapsed * 10:  # ten a second, none in the last 0.3 s
+                sent.append(f"m{len(sent)}")
+                sender.send(sent[-1])
+            if killed is None and time.monotonic() > t_end - 1.8:
+                report = json.loads(mushu("status", "--json", env=env).stdout)
+                killed = report["services"]["recorder-emg"]["pid"]
+                os.kill(killed, signal.SIGKILL)  # the recorder of one stream dies and is started again
         report = json.loads(mushu("status", "--json", env=env).stdout)
-        assert list(report["services"]) == ["amp", "amp-emg", "markers", "recorder"]
+        streams.stop()
+        while take(streams.get_data()):
+            pass
+        sender.close()
+        assert list(report["services"]) == ["amp", "amp-emg", "markers", "recorder", "recorder-emg", "lslbridge",
+                                            "lslbridge-emg"]
         for name, s in report["services"].items():
-            assert s["state"] in UP and s["supervised"] and s["answers"], (name, s)
+            assert s["state"] in UP and s["supervised"], (name, s)
+        for stream, channels in (("eeg", 8), ("emg", 4)):
+            values = np.asarray(inlets[stream].pull_chunk(timeout=1.0, max_samples=100_000)[0], np.float32)
+            assert values.shape[1] == channels and len(values) > rates[stream], (stream, values.shape)
+            if stream == "emg":  # consecutive samples of the amp's ramp
+                np.testing.assert_array_equal(values, ramp(int(values[0, 0]) // channels, len(values), channels))
+            inlets[stream].close_stream()
+        assert report["services"]["recorder-emg"]["pid"] != killed
         st = report["services"]["amp-emg"]["status"]
         assert (st["stream"], st["amp"], st["fs"], st["history"]["limit_bytes"]) == ("emg", "rampamp", 500, 8 << 20)
         assert report["services"]["amp"]["status"]["stream"] == "eeg"
         proc = psutil.Process(report["services"]["amp-emg"]["pid"])
         assert proc.environ()["MUSHU_AMP_STATE"] == str(Path(env["MUSHU_RUN_DIR"]) / "amp-emg-state.json")
         assert 400 < report["services"]["amp-emg"]["rate"] < 600
-        text = mushu("status", env=env).stdout
-        assert re.search(r"(?m)^amp-emg\s+(RUNNING|STARTING)\s+\d+\s+\S+\s+rampamp running, 500 Hz, 4 ch", text), text
         assert "rampamp" in mushu("amps", "--stream", "emg", env=env).stdout
-        eeg.close()
-        other.close()
+        streams.close()
+
+        base = os.path.join(env["MUSHU_DATA_DIR"], "both")
+        assert stream_recordings(base) == {"eeg": base, "emg": base + "-emg"}
+        for stream, path in stream_recordings(base).items():
+            data = np.concatenate(got[stream]["data"])
+            assert len(data) > 2 * rates[stream] and [m[1] for m in got[stream]["markers"]] == sent
+            rec = load(path)
+            np.testing.assert_array_equal(rec.data, data)  # every sample the client got, bit for bit
+            assert rec.marker_samples() == got[stream]["markers"]  # and every marker on the client's sample
+            assert rec.meta["mushu"]["gaps"] == []
+        np.testing.assert_array_equal(np.concatenate(got["emg"]["data"]), ramp(0, n["emg"], 4))
+        session = json.loads(Path(base + ".session.json").read_text())  # each stream's start on one clock
+        assert set(session["streams"]) == {"eeg", "emg"}
+        for stream, entry in session["streams"].items():
+            assert (entry["n_samples"], entry["fs"], entry["gaps"]) == (n[stream], rates[stream], [])
+            assert abs(entry["first_sample_ns"] - got[stream]["times"][0][0]) < 1_000_000, stream
+            assert entry["amp_clock_offsets_ns"]
+            assert entry["recording"] == os.path.basename(stream_recordings(base)[stream])
+
+        mushu("convert", base, "--to", "xdf", "-o", str(tmp_path / "both.xdf"), "-q", env=env)
+        loaded, _ = pyxdf.load_xdf(str(tmp_path / "both.xdf"), dejitter_timestamps=False)
+        by_name = {s["info"]["name"][0]: s for s in loaded}
+        assert set(by_name) == {"eeg", "emg", "mushu markers"}
+        for stream in ("eeg", "emg"):
+            times = np.concatenate(got[stream]["times"]) / 1e9
+            assert len(by_name[stream]["time_stamps"]) == len(times)
+            assert np.abs(by_name[stream]["time_stamps"] - times).max() < 1e-3  # the client's times, on one clock
+        assert list(np.ravel(by_name["mushu markers"]["time_series"])) == sent
     finally:
         force_down(env)
     assert ours(env) == []

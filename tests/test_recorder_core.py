@@ -29,9 +29,12 @@ def core_with(tmp_path, history) -> RecorderCore:
     status = {"session": SESSION, "stream": "eeg", "config": {}, "channels": [f"c{i}" for i in range(CHANNELS)],
               "fs": FS, "amp": "rampamp", "unit": "a.u."}
     clock = {"t_ns": 0, "clock": host_clock_id()}
+
+    def no_markers_service():
+        raise ConnectionError("no markers service runs")  # as its status says (None)
     return RecorderCore(str(tmp_path), Services(
         amp_status=lambda: status, amp_history=history, markers_status=lambda: None,
-        markers_history=lambda *a: iter(()), amp_time=lambda: clock, markers_time=lambda: clock))
+        markers_history=lambda *a: iter(()), amp_time=lambda: clock, markers_time=no_markers_service))
 
 
 def test_samples_the_history_cannot_give_are_a_gap_before_the_live_block(tmp_path):

@@ -37,11 +37,12 @@ from mushu_core.leases import MIN_LEASE_S, describe_client
 from mushu_core.recordings import EXTENSIONS, base_name
 from mushu_core.wire import PROTOCOL_VERSION, Block, Marker, StreamInfo, dispatch
 
-from .files import JOURNAL, RecordingWriter, sync_paths
+from .files import JOURNAL, SESSION, RecordingWriter, add_to_session, sync_paths
 
 log = logging.getLogger("mushu.recorder")
 
-STATE_FILE = ".mushu-recorder.json"
+#: The recorder's state in its data directory, one per stream (recorders of several streams share a directory).
+STATE_FILE = ".mushu-recorder-{stream}.json"
 #: Journal ``seq`` of markers from the amplifier itself (those of the markers
 #: service have theirs, >= 0; gap markers have -1).
 AMP_MARKER_SEQ = -2
@@ -122,10 +123,13 @@ class RecorderCore:
     data_dir : str
         Where relative recording names are resolved.
     services : Services
+    stream : str
+        The amp stream recorded (names the state file).
     """
 
-    def __init__(self, data_dir: str, services: Services):
+    def __init__(self, data_dir: str, services: Services, stream: str = "eeg"):
         self.data_dir = os.path.abspath(data_dir)
+        self.stream = stream
         self.services = services
         self.active: Active | None = None
         self.amp_clock = ClockOffset(services.amp_time)
@@ -161,7 +165,7 @@ class RecorderCore:
         return os.path.normpath(base if os.path.isabs(base) else os.path.join(self.data_dir, base))
 
     def _state_path(self) -> str:
-        return os.path.join(self.data_dir, STATE_FILE)
+        return os.path.join(self.data_dir, STATE_FILE.format(stream=self.stream))
 
     def name_of(self, base: str) -> str:
         """The shortest name that :meth:`resolve` turns into ``base``."""
@@ -198,8 +202,13 @@ class RecorderCore:
         return {"base": base}
 
     def cmd_record(self, name: str, session: str, first_sample: int, markers_session: str | None = None,
-                   markers_next_seq: int = 0, lease_s: float | None = None, client: dict | None = None):
+                   markers_next_seq: int = 0, lease_s: float | None = None, client: dict | None = None,
+                   part_of: str | None = None):
         """Record amp ``session`` from ``first_sample`` on into recording ``name``.
+
+        ``part_of`` names the first stream's recording of a session of
+        several streams: when this one finishes, its stream's entry goes into
+        that recording's session file (``files.SESSION``).
 
         ``markers_session`` / ``markers_next_seq`` say from which marker the
         client follows the markers service, so both see the same markers.
@@ -218,6 +227,8 @@ class RecorderCore:
                 isinstance(k, str) and type(v) in (str, int) for k, v in client.items())):
             raise TypeError(f"client must be a map of names to strings or integers describing the client, "
                             f"not {client!r}")
+        if part_of is not None:
+            part_of = self.resolve(part_of)
         self._expire_lease()
         amp = self.services.amp_status()
         if self.active is not None and self.active.session != session and \
@@ -237,7 +248,7 @@ class RecorderCore:
             "markers_session": markers_session, "markers_first_seq": markers_next_seq,
             "segments": [{"session": session, "first_sample": first_sample, "file_sample": 0}],
             "clock_offsets_ns": {"amp": [], "markers": []},
-            "lease_s": lease_s, "client": client,
+            "lease_s": lease_s, "client": client, "part_of": part_of,
         }
         self.amp_clock.measure()
         self._measure_markers_clock()
@@ -383,6 +394,12 @@ class RecorderCore:
             except OSError as exc:
                 self._fail(exc)
                 error = f"{a.error} (at finish)"
+        if error is None and a.writer.meta["mushu"].get("part_of"):
+            try:
+                self._add_to_session(a.writer)
+            except OSError as exc:  # the recording itself is whole: say so, and what is missing
+                error = f"the session file {a.writer.meta['mushu']['part_of'] + SESSION} was not written: {exc}"
+                log.error("%s", error)
         result = {"base": a.writer.base, "n_samples": a.writer.n_samples, "markers": len(a.writer.markers),
                   "gaps": a.writer.meta["mushu"]["gaps"], "markers_after_end": dropped,
                   "markers_before_start": a.placer.before_start, "end_sample": end_sample,
@@ -396,6 +413,21 @@ class RecorderCore:
         (log.info if ended_by == "client" else log.warning)(
             "finished %s: %d samples, %d markers; %s", result["base"], result["n_samples"], result["markers"], reason)
         return result
+
+    def _add_to_session(self, writer: RecordingWriter):
+        """This stream's entry in its session's file: where its first sample lies on this host's clock."""
+        m = writer.meta["mushu"]
+        offsets = m["clock_offsets_ns"]["amp"]
+        start = m["start_monotonic_ns"]
+        # the estimate nearest the first sample brings its time from the amp's clock onto this host's
+        near = min(offsets, key=lambda o: abs(o["t_ns"] + o["offset_ns"] - start)) if offsets else None
+        entry = {"recording": self.name_of(writer.base), "amp": writer.meta.get("Amp"),
+                 "channels": len(writer.meta["Channels"]), "fs": writer.meta["Sampling Frequency"],
+                 "fs_measured": m.get("fs_measured"), "drift_ppm": m.get("drift_ppm"),
+                 "n_samples": writer.n_samples, "gaps": m["gaps"], "clock": host_clock_id(),
+                 "first_sample_ns": None if start is None else start - (near["offset_ns"] if near else 0),
+                 "amp_clock_offsets_ns": offsets}
+        add_to_session(m["part_of"], m.get("stream") or "eeg", entry)
 
     def _end_early(self, ended_by: str, reason: str) -> dict:
         """End the recording without its client, at the last sample it has written."""

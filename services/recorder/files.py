@@ -12,6 +12,7 @@ off on resume.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import json
 import logging
 import os
@@ -258,6 +259,38 @@ class RecordingWriter:
                 f.close()
             except OSError:
                 pass
+
+
+#: A session of several streams: ``NAME.session.json`` beside the first stream's recording ``NAME``.
+SESSION = ".session.json"
+
+
+def add_to_session(base: str, stream: str, entry: dict):
+    """Put stream ``stream``'s ``entry`` into the session file of recording ``base`` (written and synced).
+
+    The recorders of a session's streams may share a data directory and
+    finish at the same moment: each takes an exclusive lock on the directory
+    for the read, change and atomic rewrite.
+    """
+    path = base + SESSION
+    directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        fcntl.flock(directory, fcntl.LOCK_EX)
+        try:
+            with open(path, encoding="utf-8") as f:
+                session = json.load(f)
+        except FileNotFoundError:
+            session = {"session": os.path.basename(base), "streams": {}}
+        session["streams"][stream] = entry
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(session, f, indent=1, default=_json_default)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        os.fsync(directory)
+    finally:
+        os.close(directory)  # and with it the lock
 
 
 def sync_paths(paths):

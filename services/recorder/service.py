@@ -54,7 +54,7 @@ class RecorderService:
             markers_status=self._markers_status,
             markers_history=self._markers_history,
             amp_time=lambda: self.amp_ctl.call("time"),
-            markers_time=lambda: self.markers_ctl.request("time", timeout=0.2)[0]))
+            markers_time=lambda: self.markers_ctl.request("time", timeout=0.2)[0]), stream)
         self.core.sync_files = self.syncer = BackgroundSync()
         topics = [data_topic(stream), info_topic(stream), marker_topic(marker_stream)]
         self.bus = subscribe([amp_data, markers_data], topics, self.guard.keys, queue_bytes=queue_bytes,
