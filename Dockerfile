@@ -15,7 +15,7 @@ COPY mushu_core ./mushu_core
 COPY mushu_client ./mushu_client
 COPY mushu_cli ./mushu_cli
 COPY services ./services
-RUN pip install --no-cache-dir ".[services,usb,lsl]"
+RUN pip install --no-cache-dir ".[services,usb,lsl,viewer]"
 
 # Inside a container the services listen on every interface (the *_BIND
 # variables) so that other containers and hosts reach them; the connect
@@ -32,8 +32,8 @@ ENV MUSHU_AMP_DATA_BIND=tcp://0.0.0.0:12345 \
     MUSHU_RUN_DIR=/run/mushu
 VOLUME ["/data"]
 WORKDIR /data
-# markers TCP+UDP, amp data/control, markers data/control/ingress, recorder control
-EXPOSE 12344/tcp 12344/udp 12345 12346 12347 12348 12349 12350
+# markers TCP+UDP, amp data/control, markers data/control/ingress, recorder control, the viewer's page
+EXPOSE 12344/tcp 12344/udp 12345 12346 12347 12348 12349 12350 12360
 
 # All three services under supervisord in the foreground; docker-compose.yml
 # runs one service per container instead (mushu-amp, mushu-markers, mushu-recorder).

@@ -39,92 +39,82 @@ from mushu_core.recordings import load, stream_recordings
 
 # tests/support.py: helpers the tests and the benches share (not installed with mushu)
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
-from support import free_port, isolated_env, mushu  # noqa: E402
+from support import free_port, mushu_up  # noqa: E402
 
 
-def _config(root: Path, n_streams: int) -> dict[str, str]:
-    env = isolated_env(root)
+def _config(n_streams: int) -> str:
+    """mushu.toml with a table ``[amp.sN]`` (free loopback ports) for each further stream."""
     tables = []
     for i in range(1, n_streams):
         ends = {k: f"tcp://127.0.0.1:{free_port()}" for k in ("data", "control", "recorder")}
         tables.append(f"[amp.s{i}]\n" + "".join(f'{k} = "{v}"\n' for k, v in ends.items()))
-    (root / "mushu.toml").write_text("\n".join(tables))
-    env["MUSHU_CONFIG"] = str(root / "mushu.toml")
-    return env
+    return "\n".join(tables)
 
 
 def run(seconds: float, n_streams: int, fs: float, channels: int) -> dict:
     root = Path(tempfile.mkdtemp(prefix="mushu-streams-"))
-    env = _config(root, n_streams)
-    saved = {k: v for k, v in os.environ.items() if k.startswith("MUSHU_")}
-    os.environ.update({k: v for k, v in env.items() if k.startswith("MUSHU_")})  # the client's settings too
     try:
-        mushu("up", env=env, timeout=120)
-        amps = [mushu_client.get_amp("rampamp")]
-        amps += [mushu_client.get_amp("rampamp", stream=f"s{i}") for i in range(1, n_streams)]
-        for amp in amps:
-            amp.configure(fs=fs, channels=channels)
-        pids = {name: info["pid"] for name, info in supervise.processes(supervise.run_dir()).items()}
-        streams = mushu_client.Streams(amps)
-        names = list(streams.amps)
-        services = {s: {"amp": psutil.Process(pids["amp" if i == 0 else f"amp-{s}"]),
-                        "recorder": psutil.Process(pids["recorder" if i == 0 else f"recorder-{s}"])}
-                    for i, s in enumerate(names)}
-        got = {s: [] for s in names}
-        ages = {s: [] for s in names}
-        streams.start("bench")
-        cpu0 = {s: {k: p.cpu_times() for k, p in ps.items()} for s, ps in services.items()}
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < seconds:
-            chunk = streams.get_data()
-            returned = time.monotonic_ns()
-            for s, d in chunk.items():
-                if len(d.data):
-                    ages[s].append(returned - int(d.times_ns[-1]))
+        with mushu_up(root, _config(n_streams)) as (env, _up):  # the client's settings too
+            amps = [mushu_client.get_amp("rampamp")]
+            amps += [mushu_client.get_amp("rampamp", stream=f"s{i}") for i in range(1, n_streams)]
+            for amp in amps:
+                amp.configure(fs=fs, channels=channels)
+            pids = {name: info["pid"] for name, info in supervise.processes(supervise.run_dir()).items()}
+            streams = mushu_client.Streams(amps)
+            names = list(streams.amps)
+            services = {s: {"amp": psutil.Process(pids["amp" if i == 0 else f"amp-{s}"]),
+                            "recorder": psutil.Process(pids["recorder" if i == 0 else f"recorder-{s}"])}
+                        for i, s in enumerate(names)}
+            got = {s: [] for s in names}
+            ages = {s: [] for s in names}
+            streams.start("bench")
+            cpu0 = {s: {k: p.cpu_times() for k, p in ps.items()} for s, ps in services.items()}
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < seconds:
+                chunk = streams.get_data()
+                returned = time.monotonic_ns()
+                for s, d in chunk.items():
+                    if len(d.data):
+                        ages[s].append(returned - int(d.times_ns[-1]))
+                        got[s].append(d.data)
+            elapsed = time.monotonic() - t0
+            cpu1 = {s: {k: p.cpu_times() for k, p in ps.items()} for s, ps in services.items()}
+            stop0 = time.monotonic()
+            streams.stop()
+            stop_s = time.monotonic() - stop0
+            while True:  # what was acquired up to each stop
+                chunk = streams.get_data()
+                if not any(len(d.data) for d in chunk.values()):
+                    break
+                for s, d in chunk.items():
                     got[s].append(d.data)
-        elapsed = time.monotonic() - t0
-        cpu1 = {s: {k: p.cpu_times() for k, p in ps.items()} for s, ps in services.items()}
-        stop0 = time.monotonic()
-        streams.stop()
-        stop_s = time.monotonic() - stop0
-        while True:  # what was acquired up to each stop
-            chunk = streams.get_data()
-            if not any(len(d.data) for d in chunk.values()):
-                break
-            for s, d in chunk.items():
-                got[s].append(d.data)
-        first = {s: amp.first_sample for s, amp in streams.amps.items()}
-        streams.close()
-        recordings = stream_recordings(os.path.join(env["MUSHU_DATA_DIR"], "bench"))
-        rows = {}
-        for s in names:
-            data = np.concatenate(got[s])
-            expected = ramp(first[s], len(data), channels)
-            rec = load(recordings[s])
-            a = np.array(ages[s]) / 1e6
+            first = {s: amp.first_sample for s, amp in streams.amps.items()}
+            streams.close()
+            recordings = stream_recordings(os.path.join(env["MUSHU_DATA_DIR"], "bench"))
+            rows = {}
+            for s in names:
+                data = np.concatenate(got[s])
+                expected = ramp(first[s], len(data), channels)
+                rec = load(recordings[s])
+                a = np.array(ages[s]) / 1e6
 
-            def pct(c0, c1):
-                return round(100 * (c1.user + c1.system - c0.user - c0.system) / elapsed, 1)
+                def pct(c0, c1):
+                    return round(100 * (c1.user + c1.system - c0.user - c0.system) / elapsed, 1)
 
-            rows[s] = {"samples": len(data), "client_exact": bool(np.array_equal(data, expected)),
-                       "recording_exact": bool(np.array_equal(rec.data, data)),
-                       "gaps": len(rec.meta["mushu"]["gaps"]) + len(streams.amps[s].gaps),
-                       "age_ms_p50": round(float(np.median(a)), 2), "age_ms_p99": round(float(np.percentile(a, 99)), 2),
-                       "age_ms_max": round(float(a.max()), 2),
-                       "amp_cpu_pct": pct(cpu0[s]["amp"], cpu1[s]["amp"]),
-                       "recorder_cpu_pct": pct(cpu0[s]["recorder"], cpu1[s]["recorder"])}
-            rows[s]["lossless"] = rows[s]["client_exact"] and rows[s]["recording_exact"] and not rows[s]["gaps"]
-        return {"machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()),
-                "streams": n_streams, "fs": fs, "channels": channels, "seconds": round(elapsed, 1),
-                "stop_s": round(stop_s, 2), "per_stream": rows,
-                "recorders_cpu_pct": round(sum(r["recorder_cpu_pct"] for r in rows.values()), 1),
-                "all_lossless": all(r["lossless"] for r in rows.values())}
+                rows[s] = {"samples": len(data), "client_exact": bool(np.array_equal(data, expected)),
+                           "recording_exact": bool(np.array_equal(rec.data, data)),
+                           "gaps": len(rec.meta["mushu"]["gaps"]) + len(streams.amps[s].gaps),
+                           "age_ms_p50": round(float(np.median(a)), 2), "age_ms_p99": round(float(np.percentile(a, 99)), 2),
+                           "age_ms_max": round(float(a.max()), 2),
+                           "amp_cpu_pct": pct(cpu0[s]["amp"], cpu1[s]["amp"]),
+                           "recorder_cpu_pct": pct(cpu0[s]["recorder"], cpu1[s]["recorder"])}
+                rows[s]["lossless"] = rows[s]["client_exact"] and rows[s]["recording_exact"] and not rows[s]["gaps"]
+            return {"machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()),
+                    "streams": n_streams, "fs": fs, "channels": channels, "seconds": round(elapsed, 1),
+                    "stop_s": round(stop_s, 2), "per_stream": rows,
+                    "recorders_cpu_pct": round(sum(r["recorder_cpu_pct"] for r in rows.values()), 1),
+                    "all_lossless": all(r["lossless"] for r in rows.values())}
     finally:
-        mushu("down", env=env, check=False)
-        for k in env:
-            if k.startswith("MUSHU_"):
-                os.environ.pop(k, None)
-        os.environ.update(saved)
         shutil.rmtree(root, ignore_errors=True)
 
 

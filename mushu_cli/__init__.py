@@ -12,9 +12,9 @@ import sys
 
 from mushu_core.security import KeyDirError
 
-from . import amps, convert, down, keys, marker, plot, record, status, up
+from . import amps, convert, down, keys, marker, plot, record, status, up, view
 
-COMMANDS = [up, down, status, amps, marker, record, convert, plot, keys]
+COMMANDS = [up, down, status, amps, marker, record, view, convert, plot, keys]
 
 
 def main(argv=None) -> int:

@@ -166,6 +166,8 @@ def _duration(seconds) -> str:
 
 def _details(name: str, s: dict) -> str:
     st = s["status"]
+    if supervise.kind(name) == "viewer":
+        return f"page at {supervise.viewer_page()}, its addresses with tokens in {supervise.viewer_tokens(None)}"
     if s["control"] is None:
         stream = supervise.stream_of(name)
         return f"LSL outlets of stream {stream or 'the first amp'}'s data and the markers; its log: {s.get('log')}"

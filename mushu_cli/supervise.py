@@ -28,7 +28,9 @@ from mushu_core.config import resolved
 
 #: program name -> module run as ``python -m``; also the order of ``status``.
 PROGRAMS = {"amp": "mushu_amp", "markers": "mushu_markers", "recorder": "mushu_recorder",
-            "lslbridge": "mushu_lslbridge"}
+            "lslbridge": "mushu_lslbridge", "viewer": "mushu_viewer"}
+#: Programs that run only where a setting asks for them.
+OPTIONAL = {"lslbridge": "MUSHU_AMP_LSL", "viewer": "MUSHU_VIEWER_UP"}
 #: program name -> the variable of its control endpoint (to connect to).
 CONTROL = {"amp": "MUSHU_AMP_CONTROL", "markers": "MUSHU_MARKERS_CONTROL", "recorder": "MUSHU_RECORDER_CONTROL"}
 #: The kinds of program a stream has beside the markers service: its amp service (always), its recorder
@@ -37,7 +39,7 @@ CONTROL = {"amp": "MUSHU_AMP_CONTROL", "markers": "MUSHU_MARKERS_CONTROL", "reco
 #: ``[amp.NAME]``.
 STREAM_KINDS = ("amp", "recorder", "lslbridge")
 #: Programs without a control socket: supervisord's state is what says they run.
-NO_CONTROL = frozenset({"lslbridge"})
+NO_CONTROL = frozenset({"lslbridge", "viewer"})
 TEMPLATE = Path(__file__).with_name("supervisord.conf.template")
 #: supervisord with a quicker main loop (see that file), run by path.
 LAUNCHER = str(Path(__file__).with_name("supervisord_run.py"))
@@ -77,7 +79,7 @@ def programs() -> dict[str, str]:
     streams = {name: config.amp_stream_settings(name) for name in config.amp_streams()}
     found = {}
     for program, module in PROGRAMS.items():
-        if program != "lslbridge" or config.setting_flag("MUSHU_AMP_LSL"):
+        if program not in OPTIONAL or config.setting_flag(OPTIONAL[program]):
             found[program] = module
         if program in STREAM_KINDS:
             found.update((f"{program}-{name}", module) for name, own in streams.items() if _has(program, own))
@@ -126,6 +128,17 @@ def control_setting(program: str) -> str:
     return f"[amp.{stream}] {'control' if kind == 'amp' else 'recorder'}"
 
 
+def viewer_tokens(rd: RunDir | None) -> str:
+    """The viewer's tokens file under ``mushu up`` (``rd``: its run directory; None: the settings')."""
+    return config.setting("MUSHU_VIEWER_TOKENS") or str((rd or run_dir()).path / "viewer-tokens.json")
+
+
+def viewer_page() -> str:
+    """The viewer's page, without a token."""
+    host = config.setting("MUSHU_VIEWER_HOST")
+    return f"http://{f'[{host}]' if ':' in host else host}:{config.setting('MUSHU_VIEWER_PORT')}/"
+
+
 def run_dir() -> RunDir:
     """The run directory the settings name (:func:`mushu_core.process.run_dir_path`), not created."""
     return RunDir(process.run_dir_path())
@@ -152,6 +165,8 @@ def environment(rd: RunDir) -> dict[str, str]:
     env["MUSHU_AMP_STATE"] = env.get("MUSHU_AMP_STATE") or str(rd.path / "amp-state.json")
     # and a restarted markers service in the same marker session, with its history
     env["MUSHU_MARKERS_JOURNAL"] = env.get("MUSHU_MARKERS_JOURNAL") or str(rd.path / "markers-journal.bin")
+    # and a restarted viewer with the same tokens: its pages' addresses stay good
+    env["MUSHU_VIEWER_TOKENS"] = viewer_tokens(rd)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -210,8 +225,9 @@ def render(rd: RunDir, env: dict[str, str], foreground: bool = False, services=t
     # a program of an [amp.NAME] table: the first stream's program of that kind with a name, an
     # environment and a log of its own, after it
     order, streams = list(PROGRAMS), programs()
-    if "lslbridge" not in streams:  # not asked for: no such program
-        text = _without(text, "lslbridge")
+    for optional in OPTIONAL:
+        if optional not in streams:  # not asked for: no such program
+            text = _without(text, optional)
     for kind_ in STREAM_KINDS:
         block = raw.split(f"[program:{kind_}]\n", 1)[1].split("\n[program:", 1)[0].rstrip("\n") + "\n"
         more = "".join(

@@ -11,6 +11,7 @@ everything again.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -57,6 +58,10 @@ def run(args) -> int:
     if bridges and importlib.util.find_spec("pylsl") is None:
         print(f"mushu up: {', '.join(bridges)} (lsl = 1 in the configuration file) need pylsl, which is not "
               "installed here; install the lsl extra: pip install 'mushu[lsl]'", file=sys.stderr)
+        return 2
+    if "viewer" in services and importlib.util.find_spec("aiohttp") is None:
+        print("mushu up: the viewer ([viewer] up = 1 in the configuration file) needs aiohttp, which is not "
+              "installed here; install the viewer extra: pip install 'mushu[viewer]'", file=sys.stderr)
         return 2
     try:
         import supervisor  # noqa: F401
@@ -178,12 +183,26 @@ def _answers(ctl: ControlClient, name: str, pid: int) -> str | None:
             f"other endpoints ({supervise.control_setting(name)}, ...)")
 
 
+def _viewer_addresses(rd: supervise.RunDir) -> str:
+    """The viewer's two addresses, from the tokens file it keeps in the run directory."""
+    path = supervise.viewer_tokens(rd)
+    try:
+        with open(path) as f:
+            tokens = json.load(f)
+        page = supervise.viewer_page()
+        return (f"the viewer: look at {page}?token={tokens['viewer']}, control at {page}?token={tokens['controller']}")
+    except (OSError, ValueError, KeyError) as exc:
+        return f"the viewer's addresses are not readable in {path} ({exc}); see its log in {rd}"
+
+
 def _report(rd: supervise.RunDir, services, problem: str | None, what: str, stop: bool = True) -> int:
     if problem is None:
         endpoints = {n: supervise.control_endpoint(n) for n in services}
         print(f"mushu {what}: " + ", ".join(f"{n} at {e}" if e else n for n, e in endpoints.items()))
         where = f"recordings in {_recordings_dir()}; " if "recorder" in services else ""
         print(f"  {where}logs in {rd}; 'mushu status' shows how they are, 'mushu down' stops them")
+        if "viewer" in services:
+            print("  " + _viewer_addresses(rd))
         return 0
     print(f"mushu up: {problem}", file=sys.stderr)
     for name in supervise.programs():

@@ -89,6 +89,12 @@ DEFAULTS = {
     "MUSHU_DATA_DIR": "data",
     # blocks the recorder queues from the amp, at most, in MiB (then it refetches from the history)
     "MUSHU_RECORDER_QUEUE_MB": "256",
+    # viewer: where its page is served (loopback; beyond it only with a token), and its tokens' file
+    "MUSHU_VIEWER_HOST": "127.0.0.1",
+    "MUSHU_VIEWER_PORT": "12360",
+    "MUSHU_VIEWER_TOKENS": "",
+    # `mushu up` also runs the viewer (the viewer extra)
+    "MUSHU_VIEWER_UP": "0",
     # mushu up/down/status: the supervisord run directory (empty:
     # $XDG_RUNTIME_DIR/mushu, else mushu-<uid> in the temporary directory),
     # and the services' log level.
@@ -154,6 +160,10 @@ HELP = {
     "MUSHU_DATA_DIR": "where relative recording names go, on the recorder's computer",
     "MUSHU_RECORDER_QUEUE_MB": (
         "blocks the recorder queues from the amp, at most, MiB (past it, it refetches from the history)"),
+    "MUSHU_VIEWER_HOST": "where `mushu view` serves its page (beyond loopback only with a token: [viewer.md](viewer.md))",
+    "MUSHU_VIEWER_PORT": "the page's port",
+    "MUSHU_VIEWER_TOKENS": "a file of the viewer's and the controller's tokens, kept across runs (empty: new each run)",
+    "MUSHU_VIEWER_UP": "1: `mushu up` also runs the viewer (the viewer extra)",
     "MUSHU_RUN_DIR": ("the run directory: `mushu up`'s supervisord files and logs, and every service's start marker "
                       "(an unclean exit is reported at the next start)"),
     "MUSHU_LOG_LEVEL": "the services' log level",
@@ -168,13 +178,14 @@ DEFAULT_TEXT = {
     "MUSHU_AMP_STATE": "(none; `mushu up`: in the run directory)",
     "MUSHU_MARKERS_JOURNAL": "(none; `mushu up`: in the run directory)",
     "MUSHU_MARKERS_ALLOW": "empty: everyone",
+    "MUSHU_VIEWER_TOKENS": "(none: new tokens each run; `mushu up`: in the run directory)",
     "MUSHU_RUN_DIR": "`$XDG_RUNTIME_DIR/mushu`, else `mushu-<uid>` in the temporary directory",
     "MUSHU_KEYS": "(none: CURVE off)",
 }
 
 
 #: Sections of the configuration file.
-SECTIONS = ("amp", "markers", "recorder", "run", "security")
+SECTIONS = ("amp", "markers", "recorder", "viewer", "run", "security")
 
 #: Variables whose file key does not follow ``MUSHU_<SECTION>_<KEY>``.
 ALIASES = {

@@ -71,3 +71,17 @@ def history_markers(ctl, stream: str, session: str, from_seq: int, until: int):
                 yield marker
         if not progressed:
             return
+
+
+def join_markers(mctl, clock, follower) -> bool:
+    """Follow the markers service from where it is now (its session, its next marker); False if it does not
+    answer yet (its markers are followed once it does). ``clock``: the :class:`~mushu_core.clock.ClockOffset`
+    to the service, measured here too."""
+    try:
+        status = mctl.call("status")
+        clock.measure()
+    except ServiceUnavailable:
+        log.info("markers service not answering yet: its markers are followed once it does")
+        return False
+    follower.follow(status["session"], status["last_seq"] + 1)
+    return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
@@ -101,3 +102,23 @@ def mushu(*args, env, timeout=60, check=True, cwd=None) -> subprocess.CompletedP
     if check and done.returncode != 0:
         raise AssertionError(f"mushu {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
     return done
+
+
+@contextlib.contextmanager
+def mushu_up(root: Path, config: str = ""):
+    """``mushu up`` in an :func:`isolated_env` under ``root`` with ``config`` as its mushu.toml, and this
+    process's MUSHU_* settings the same while it runs (a client here finds the services); yields
+    ``(env, what mushu up printed)``; ``mushu down`` and the settings as they were afterwards."""
+    env = isolated_env(root)
+    (root / "mushu.toml").write_text(config)
+    env["MUSHU_CONFIG"] = str(root / "mushu.toml")
+    saved = {k: v for k, v in os.environ.items() if k.startswith("MUSHU_")}
+    os.environ.update({k: v for k, v in env.items() if k.startswith("MUSHU_")})
+    try:
+        yield env, mushu("up", env=env, timeout=120).stdout
+    finally:
+        mushu("down", env=env, check=False)
+        for k in env:
+            if k.startswith("MUSHU_"):
+                os.environ.pop(k, None)
+        os.environ.update(saved)

@@ -76,7 +76,7 @@ def published(service: dict) -> set[tuple[int, str]]:
 
 
 #: A service's command, where it is not mushu-KIND.
-SCRIPTS = {"lslbridge": "mushu-lsl-bridge"}
+SCRIPTS = {"lslbridge": "mushu-lsl-bridge", "viewer": "mushu-viewer"}
 
 
 def test_three_services_from_one_image_running_mushu_commands(compose):
@@ -92,6 +92,11 @@ def test_three_services_from_one_image_running_mushu_commands(compose):
         if kind == "lslbridge":  # on the host's network, for LSL's multicast, under the profile lsl
             assert service["profiles"] == ["lsl"] and service["network_mode"] == "host"
             assert all(urlsplit(v).hostname == "127.0.0.1" for v in environment(service).values() if "://" in v)
+        elif kind == "viewer":  # under the profile viewer, reading the services by their names
+            env = environment(service)
+            assert service["profiles"] == ["viewer"] and env["MUSHU_VIEWER_HOST"] == "0.0.0.0"
+            assert {urlsplit(v).hostname for v in env.values() if "://" in v} == {"amp", "markers", "recorder"}
+            assert env["MUSHU_MARKERS_HOST"] == "markers" and (12360, "tcp") in published(service)
         elif service.get("profiles"):  # a further stream's amp and recorder, under the stream's profile
             assert kind in ("amp", "recorder") and service["profiles"] == [stream], (name, service["profiles"])
             assert environment(service)["MUSHU_STREAM"] == stream

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 #: What a stimulus PC or an analysis script must not pay for when it imports the client.
-HEAVY = ("mushu_amp", "mushu_markers", "mushu_recorder", "mushu_lslbridge", "mushu_cli", "mne", "edfio",
-         "matplotlib", "scipy", "supervisor", "pylsl", "usb", "tqdm")
+HEAVY = ("mushu_amp", "mushu_markers", "mushu_recorder", "mushu_lslbridge", "mushu_viewer", "mushu_cli", "mne",
+         "edfio", "matplotlib", "scipy", "supervisor", "pylsl", "usb", "tqdm", "aiohttp")
 
 
 def _modules_after(statement: str) -> list[str]:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import isolated_env, mushu
+from support import free_port, isolated_env, mushu
 
 README = Path(__file__).parent.parent / "README.md"
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e-?\d+)?")
@@ -76,12 +76,30 @@ def test_the_quickstart_and_recording_snippets_print_what_the_readme_shows(lab):
 def test_the_shell_commands_run_and_print_what_the_readme_shows(lab):
     root, env, up = lab
     commands = [line for body, _ in shown_and_run("sh") for line in body.splitlines()
-                if line.startswith("mushu ") and " up" not in line and "down" not in line]
+                if line.startswith("mushu ") and " up" not in line and "down" not in line
+                and not line.startswith("mushu view")]  # serves until Ctrl-C: below
     assert any(c.startswith("mushu convert") for c in commands) and any(c.startswith("mushu plot") for c in commands)
     for command in commands:
         args = command.split("#")[0].split()[1:]
         mushu(*args, env=env, cwd=root, timeout=120)
     assert (root / "session-01.png").exists() and (root / "data" / "session-01.edf").exists()
+
+
+def test_mushu_view_prints_what_the_readme_shows(lab):
+    root, env, up = lab
+    shown = [out for body, out in shown_and_run("sh") if body.strip() == "mushu view"]
+    assert shown and shown[0] is not None, "the README shows no output of mushu view"
+    proc = subprocess.Popen([sys.executable, "-m", "mushu_cli", "view"], env={**env, "MUSHU_VIEWER_PORT": str(free_port())},
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        printed = proc.stdout.readline() + proc.stdout.readline()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+    def shape(text):
+        return re.sub(r"127\.0\.0\.1:\d+/\?token=[\w-]+", "127.0.0.1:PORT/?token=TOKEN", text).strip()
+    assert shape(printed) == shape(shown[0]), printed
 
 
 def test_mushu_up_prints_what_the_readme_shows(lab):

@@ -56,7 +56,7 @@ from mushu_core.bus import RCVHWM, BusReader, subscribe
 from mushu_core.clock import ClockOffset, now_ns
 from mushu_core.control import ControlClient
 from mushu_core.errors import ServiceUnavailable
-from mushu_core.fetch import history_blocks, history_markers
+from mushu_core.fetch import history_blocks, history_markers, join_markers
 from mushu_core.follow.markers import MarkerFollower
 from mushu_core.follow.placement import MarkerPlacer
 from mushu_core.follow.stream import BlockFollower
@@ -160,12 +160,7 @@ class LSLBridge:
             self._ensure_outlet(status["channels"], status["fs"], [status["unit"]] * len(status["channels"]),
                                 status["amp"] or "")
         if self.mctl is not None:
-            try:
-                mstatus = self.mctl.call("status")
-                self.markers_clock.measure()
-                self.markers.follow(mstatus["session"], mstatus["last_seq"] + 1)
-            except ServiceUnavailable:
-                log.info("markers service not answering yet: its markers are followed once it does")
+            join_markers(self.mctl, self.markers_clock, self.markers)
         return True
 
     # -- outlets -----------------------------------------------------------------
