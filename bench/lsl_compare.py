@@ -835,7 +835,7 @@ def run(short: bool = False, runs: int | None = None, with_scaling: bool | None 
     """
     runs = runs or (1 if short else 3)
     with_scaling = (not short) if with_scaling is None else with_scaling
-    lat_s, cpu_s_, tp_s, stall_s = (2.0, 2.0, 1.0, 1.0) if short else (8.0, 5.0, 2.0, 4.0)
+    lat_s, cpu_s_, tp_s, stall_s = (1.0, 1.0, 0.5, 0.5) if short else (8.0, 5.0, 2.0, 4.0)
     n_markers, burst = (100, 1000) if short else (500, 20000)
     res = {"machine": lsl_machine(), "mode": "short" if short else "full", "runs": runs,
            "mushu_transport": "IPC" if setting_flag("MUSHU_AMP_LOCAL_IPC") else "TCP"}

@@ -182,14 +182,16 @@ def test_traces_render_and_move_and_the_status_says_what_runs(lab, browser):
     assert ink > 5000, "the traces are drawn"
     wait_for("the canvas changes as data flows", lambda: canvas_digest(browser)[0] != first, timeout=2.0)
     assert js(browser, "window.mushuViewer.nch") == CHANNELS
-    # 1100 pixel columns for 10 s: a column is 9.0909... rows, where (c + 1) * rows rounds above the row
+    # 1100 pixel columns for 5 s: a column is 4.5454... rows, where (c + 1) * rows rounds above the row
     # that completes it for about one column in fifty; each must still be drawn once that row is in
     width = js(browser, "document.getElementById('traces').width")
     browser.set_window_size(1400 + 1100 - width, 900)
     wait_for("the canvas resized", lambda: js(browser, "document.getElementById('traces').width") == 1100)
+    browser.execute_script("const t = document.getElementById('timebase'); t.value = '5'; t.onchange();")
     drawn = js(browser, "window.mushuViewer.drawnCol")
     wait_for("600 columns drawn", lambda: js(browser, "window.mushuViewer.drawnCol") > drawn + 600, timeout=8.0)
     assert js(browser, "window.mushuViewer.blankColumns()") == [], "every pixel column of the traces is drawn"
+    browser.execute_script("const t = document.getElementById('timebase'); t.value = '10'; t.onchange();")
     browser.set_window_size(1400, 900)
     labels = wait_for("status", lambda: browser.find_element("id", "status").text)
     assert "sinusamp" in labels and "1000 Hz nominal" in labels
