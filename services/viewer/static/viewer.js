@@ -95,6 +95,7 @@
       if (h.fs !== V.fs || V.cap < h.n) { V.fs = h.fs; V.cap = Math.max(h.n, 4); reallocate(); }
       V.firstRow = V.lastRow = h.first_sample; makeFilters();
       V.windowCol = colOf(h.first_sample, geometry().rpc) + 1;
+      V.rowsPerSample = h.fs / V.info.fs;  // a long window comes as min/max envelopes: rows are not samples
     }
     let first = h.first_sample, skip = 0;
     if (first < V.lastRow) { skip = V.lastRow - first; first = V.lastRow; }  // already held
@@ -216,7 +217,7 @@
     const oldest = Math.max(newest - g.W + 1, colOf(V.firstRow, g.rpc) + 1);
     for (const m of V.markers) {
       if (m.row === null) continue;
-      const col = colOf(m.row, g.rpc);
+      const col = colOf(V.mode === "recording" ? Math.floor(m.row * (V.rowsPerSample || 1)) : m.row, g.rpc);
       if (col < oldest || col > newest) continue;
       const x = xOf(col, newest, g.W) + 0.5;
       octx.beginPath(); octx.moveTo(x, 0); octx.lineTo(x, g.H); octx.stroke();
