@@ -202,6 +202,13 @@ def test_traces_render_and_move_and_the_status_says_what_runs(lab, browser):
                                                              ".map((td) => td.textContent)") if q != "…"])
     assert quality == ["line noise"] * CHANNELS  # a 50 Hz sinus is nothing but line noise
     browser.save_screenshot(str(ARTIFACTS / "viewer-live.png"))
+    # the display's 50 Hz notch takes the sinus out of the traces (only on the page: the stream is as it was)
+    _, before = canvas_digest(browser)
+    browser.execute_script("const n = document.getElementById('notch'); n.value = '50'; n.onchange();")
+    _, after = canvas_digest(browser)
+    assert after < before / 3, (before, after)
+    browser.execute_script("const n = document.getElementById('notch'); n.value = '0'; n.onchange();")
+    assert canvas_digest(browser)[1] > before / 2
 
 
 def test_a_marker_sent_over_udp_is_a_labelled_line_within_a_second(lab, browser):
