@@ -21,6 +21,8 @@ import numpy as np
 
 from mushu_core.recordings import Recording, plain_label
 
+from .writing import GAP_ANNOTATION
+
 #: BIDS labels are alphanumeric.
 _LABEL = re.compile(r"[^A-Za-z0-9]")
 
@@ -47,7 +49,6 @@ def write_bids(rec: Recording, base: str, root: str, subject: str = "01", sessio
     import mne
     from mne_bids import BIDSPath, write_raw_bids
 
-    from mushu_cli.conversion import GAP_ANNOTATION
 
     path = BIDSPath(subject=subject, session=session, task=task or default_task(base), run=run,
                     datatype="eeg", root=root, suffix="eeg", extension=".vhdr")

@@ -2,7 +2,7 @@
 
 The heavy libraries are imported inside the functions, so the client
 package itself needs only numpy. Samples are read from the memory-mapped
-``NAME.eeg`` in chunks of about :data:`CHUNK_BYTES`. The start time (UTC,
+``NAME.eeg`` in chunks of about :data:`~mushu_cli.writing.CHUNK_BYTES`. The start time (UTC,
 from the meta's ``mushu.start_wall``) becomes the file's start date/time.
 
 Markers become annotations of no duration at their sample. EDF+/BDF+ have
@@ -52,10 +52,9 @@ import numpy as np
 
 from mushu_core.recordings import Recording, base_name, load, plain_label, stream_recordings
 
+from .writing import CHUNK_BYTES, GAP_ANNOTATION, chunks, progress_bar
+
 FORMATS = ("edf", "bdf", "fif", "xdf", "bids")
-#: Samples are read and converted in chunks of about this many bytes.
-CHUNK_BYTES = 8 << 20
-GAP_ANNOTATION = "BAD_mushu_gap"
 PADDING_ANNOTATION = "BAD_mushu_padding"
 #: Volt per unit, for the units mne treats as voltages.
 VOLTS = {"V": 1.0, "mV": 1e-3, "uV": 1e-6, "µV": 1e-6, "nV": 1e-9}
@@ -124,17 +123,6 @@ def convert(name: str, fmt: str, out: str | None = None, progress: bool = True, 
 # -- shared -----------------------------------------------------------------
 
 
-def _bar(total: int, desc: str, progress: bool):
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit=" samples", unit_scale=True, delay=1.0, disable=not progress)
-
-
-def _chunks(n: int, n_channels: int):
-    step = max(1, CHUNK_BYTES // (4 * max(1, n_channels)))
-    for start in range(0, n, step):
-        yield start, min(n, start + step)
-
-
 def _start(rec: Recording) -> datetime.datetime | None:
     wall = rec.meta.get("mushu", {}).get("start_wall")
     return None if wall is None else datetime.datetime.fromtimestamp(wall, datetime.timezone.utc)
@@ -162,7 +150,7 @@ def _header_text(text: str, length: int, what: str) -> str:
 def _finite_range(data: np.ndarray, bar) -> tuple[np.ndarray, np.ndarray]:
     lo = np.full(data.shape[1], np.inf)
     hi = np.full(data.shape[1], -np.inf)
-    for a, b in _chunks(len(data), data.shape[1]):
+    for a, b in chunks(len(data), data.shape[1]):
         x = np.asarray(data[a:b], np.float64)
         finite = np.isfinite(x)
         lo = np.minimum(lo, np.where(finite, x, np.inf).min(axis=0))
@@ -192,7 +180,7 @@ def write_edf(rec: Recording, out: str, bdf: bool = False, progress: bool = True
     record_s, per_record = _record_samples(fs)
     n_records = max(1, math.ceil(n / per_record))
     units = rec.meta.get("mushu", {}).get("units") or ["uV"] * n_ch
-    with _bar(2 * n, "EDF" if not bdf else "BDF", progress) as bar:
+    with progress_bar(2 * n, "EDF" if not bdf else "BDF", progress) as bar:
         lo, hi = _finite_range(data, bar)
         step = (hi - lo) / (dmax - dmin - 1)
         signals, gains, offsets = [], [], []
@@ -207,7 +195,7 @@ def write_edf(rec: Recording, out: str, bdf: bool = False, progress: bool = True
             offsets.append(probe.physical_max / gain - dmax)
         gains, offsets = np.array(gains), np.array(offsets)
         digital = np.full((n_ch, n_records * per_record), dmin, dtype)
-        for a, b in _chunks(n, n_ch):
+        for a, b in chunks(n, n_ch):
             x = np.asarray(data[a:b], np.float64)
             d = np.clip(np.round(x / gains - offsets), dmin + 1, dmax)
             d[~np.isfinite(x)] = dmin
@@ -269,7 +257,7 @@ def write_fif(rec: Recording, out: str, progress: bool = True):
     if start is not None:
         info.set_meas_date(start)
     chunk_s = max(1, CHUNK_BYTES // (8 * n_ch)) / rec.fs
-    with _bar(n, "FIF", progress) as bar:
+    with progress_bar(n, "FIF", progress) as bar:
         raw = _raw_class()(info, rec.data, bar)
         anns = _annotations(rec)
         raw.set_annotations(mne.Annotations([a[0] for a in anns], [a[1] or 0.0 for a in anns],

@@ -36,6 +36,8 @@ import numpy as np
 
 from mushu_core.recordings import Recording
 
+from .writing import chunks, progress_bar
+
 MAGIC = b"XDF:"
 #: Chunk tags of the specification.
 FILE_HEADER, STREAM_HEADER, SAMPLES, CLOCK_OFFSET, STREAM_FOOTER = 1, 2, 3, 4, 6
@@ -52,7 +54,6 @@ def write_xdf(recs: list[Recording], out: str, progress: bool = True):
     ValueError
         If a recording has no block times (a libmushu recording).
     """
-    from mushu_cli.conversion import _bar, _chunks  # shared with the other formats
 
     seconds = [rec.sample_times() / 1e9 for rec in recs]
     offsets = [rec.meta.get("mushu", {}).get("clock_offsets_ns", {}).get("amp", []) for rec in recs]
@@ -67,10 +68,10 @@ def write_xdf(recs: list[Recording], out: str, progress: bool = True):
         for sid, rec in enumerate(recs, 1):
             f.write(_chunk(STREAM_HEADER, struct.pack("<I", sid) + _xml(_samples_info(rec))))
         f.write(_chunk(STREAM_HEADER, struct.pack("<I", markers_id) + _xml(_markers_info(recs[0]))))
-        with _bar(sum(len(rec.data) for rec in recs), "XDF", progress) as bar:
+        with progress_bar(sum(len(rec.data) for rec in recs), "XDF", progress) as bar:
             for sid, (rec, t) in enumerate(zip(recs, seconds), 1):
                 n, n_ch = rec.data.shape
-                for a, b in _chunks(n, n_ch):
+                for a, b in chunks(n, n_ch):
                     for c in range(a, b, SAMPLES_PER_CHUNK):
                         d = min(b, c + SAMPLES_PER_CHUNK)
                         f.write(_chunk(SAMPLES, _numeric_samples(sid, t[c:d], rec.data[c:d])))
