@@ -90,8 +90,8 @@ def _has(kind: str, own: dict[str, str]) -> bool:
     """Whether a stream of settings ``own`` (an ``[amp.NAME]`` table's) has a program of ``kind``."""
     if kind == "recorder":
         return "MUSHU_RECORDER_CONTROL" in own
-    if kind == "lslbridge":
-        return config.setting_flag("MUSHU_AMP_LSL", own.get("MUSHU_AMP_LSL"))
+    if kind in OPTIONAL:
+        return config.setting_flag(OPTIONAL[kind], own.get(OPTIONAL[kind]))
     return True
 
 

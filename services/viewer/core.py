@@ -105,28 +105,33 @@ class Decimator:
 
 
 class Recent:
-    """The frames of the last :data:`RECENT_S` seconds, for a page that opens, and the same span of samples
-    for the quality verdicts."""
+    """The frames of the last :data:`RECENT_S` seconds, for a page that opens, and the last
+    :data:`QUALITY_S` seconds of samples (a ring, written in place) for the quality verdicts."""
 
     def __init__(self, fs: float, channels: int, seconds: float = RECENT_S):
         self.frames: collections.deque = collections.deque()  # (first_sample, n, bytes)
         self.keep = max(1, int(seconds * fs))
         self.window = np.zeros((max(1, int(QUALITY_S * fs)), channels), dtype=np.float32)
+        self.at = 0  # the window's next row to write: its oldest
         self.filled = 0
 
     def add(self, first_sample: int, frame: bytes, n: int, data: np.ndarray):
         self.frames.append((first_sample, n, frame))
         while self.frames and self.frames[0][0] + self.frames[0][1] <= first_sample + n - self.keep:
             self.frames.popleft()
-        data = data[-len(self.window):]
-        self.window = np.concatenate([self.window[len(data):], data])
-        self.filled = min(len(self.window), self.filled + len(data))
+        size = len(self.window)
+        data = data[-size:]
+        head = min(len(data), size - self.at)
+        self.window[self.at:self.at + head] = data[:head]
+        self.window[:len(data) - head] = data[head:]
+        self.at = (self.at + len(data)) % size
+        self.filled = min(size, self.filled + len(data))
 
     def quality(self, fs: float, line_hz: tuple = (50.0, 60.0)) -> list[str] | None:
         """Each channel's verdict over the last :data:`QUALITY_S` seconds; None before a full window."""
         if self.filled < len(self.window):
             return None
-        return channel_quality(self.window, fs, line_hz)
+        return channel_quality(np.roll(self.window, -self.at, axis=0), fs, line_hz)
 
 
 def channel_quality(window: np.ndarray, fs: float, line_hz: tuple = (50.0, 60.0)) -> list[str]:

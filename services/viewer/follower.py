@@ -232,7 +232,6 @@ class BusThread:
         if self.info is None or len(self.info["channels"]) != h.n_channels or self.info["fs"] != h.fs:
             self.new_session(None, block, 0)
         self._pending.append((h.first_sample + skip, block.data[skip:stop], h.time_of(skip)))
-        self.rate.add(h.first_sample + skip, h.time_of(skip))
         self.shown_samples += stop - skip
         if self.placer.start_ns is None:
             self.placer.start_ns = h.time_of(skip)
@@ -247,13 +246,15 @@ class BusThread:
         pending, self._pending = self._pending, []
         if not pending or self.decimator is None:
             return
-        runs: list[list] = []
+        runs: list[list] = []  # [first sample, its rows, the first's t_ns, the sample after the run]
         for first, rows, t_ns in pending:
-            if runs and runs[-1][0] + sum(len(r) for r in runs[-1][1]) == first:
+            if runs and runs[-1][3] == first:
                 runs[-1][1].append(rows)
+                runs[-1][3] += len(rows)
             else:
-                runs.append([first, [rows], t_ns])
-        for first, parts, t_ns in runs:
+                runs.append([first, [rows], t_ns, first + len(rows)])
+        for first, parts, t_ns, _end in runs:
+            self.rate.add(first, t_ns)
             data = np.concatenate(parts) if len(parts) > 1 else parts[0]
             fed = self.decimator.feed(first, data.astype(np.float32, copy=False))
             if fed is None:

@@ -64,11 +64,10 @@ class RecordingSource:
             raise TypeError(f"a window is whole numbers start >= 0 and n > 0, not {start!r}, {n!r}")
         total = len(self.rec.data)
         start = min(max(0, start), max(0, total - 1))
-        data = np.asarray(self.rec.data[start:start + n], dtype=np.float32)
-        channels = max(1, data.shape[1])
-        factor = int(np.ceil(len(data) * channels / MAX_WINDOW_VALUES))
-        if factor > 1:
+        channels = max(1, self.rec.data.shape[1])
+        factor = int(np.ceil(min(n, total - start) * channels / MAX_WINDOW_VALUES))
+        if factor > 1:  # runs aligned on multiples of the factor, as the live envelopes are
             first = start - start % factor
             data = np.asarray(self.rec.data[first:start + n], dtype=np.float32)
             return encode_frame(2 * (first // factor), 2 * self.rec.fs / factor, 0.0, envelope(data, factor), True)
-        return encode_frame(start, self.rec.fs, 0.0, data)
+        return encode_frame(start, self.rec.fs, 0.0, np.asarray(self.rec.data[start:start + n], dtype=np.float32))

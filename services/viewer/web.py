@@ -37,7 +37,6 @@ class Pages:
         self.loop = loop
         self.queues: set[asyncio.Queue] = set()
         self.sockets: set = set()
-        self.dropped = 0
 
     async def close(self):
         """Tell every open page that the viewer goes (it reconnects to the next one)."""
@@ -55,7 +54,6 @@ class Pages:
                 q.put_nowait(text)
             except asyncio.QueueFull:
                 q.dropped += 1
-                self.dropped += 1
 
 
 def make_app(source, access: Access, bind_host: str) -> web.Application:
@@ -178,7 +176,6 @@ class Viewer:
         self.source, self.access, self.host, self.port = source, access, host, port
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
-        self.failed = False
 
     def urls(self) -> dict[str, str]:
         """Each role's URL of the page."""
@@ -213,7 +210,6 @@ class Viewer:
             self.source.run()
         except Exception:  # the pages would show a stream that stands still: stop, and say why
             log.exception("the viewer's bus thread failed; the viewer stops")
-            self.failed = True
             self.shutdown()
 
     def shutdown(self):
